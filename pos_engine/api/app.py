@@ -1,0 +1,68 @@
+"""The app factory: `create_app(settings)` wires store, counters, rulebook and blueprints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response
+from flask_smorest import Api
+
+from pos_engine import __version__
+from pos_engine.api.errors import register_error_handlers
+from pos_engine.config import Settings
+from pos_engine.limits import REQUEST_BODY_BYTES_MAX
+from pos_engine.service.context import EngineContext
+from pos_engine.service.responses import encode
+
+
+class _Api(Api):  # type: ignore[misc]
+    """flask-smorest's Api without its own error format: pos_engine.api.errors owns errors."""
+
+    def _register_error_handlers(self) -> None:
+        pass
+
+
+def build_context(settings: Settings) -> EngineContext:
+    """Open the database, the counter store and the rulebook named by `settings`."""
+    from pos_engine.rules_loader import load_rulebook
+    from pos_engine.store.counters import counter_store_from_url
+    from pos_engine.store.db import Database, SqlRegistry
+
+    database = Database(settings.database_url)
+    return EngineContext(
+        unit_of_work=database.unit_of_work,
+        registry=SqlRegistry(database),
+        counters=counter_store_from_url(settings.redis_url, database, namespace=settings.redis_namespace),
+        rulebook=load_rulebook(settings.rules_dir),
+        clock=settings.clock,
+        card_key=settings.card_key.encode("utf-8"),
+        lookup_cache_ttl_s=settings.lookup_cache_ttl_s,
+    )
+
+
+def create_app(settings: Settings | None = None, context: EngineContext | None = None) -> Flask:
+    """Build the Flask app; a broken rulebook stops it here with file, path and reason."""
+    settings = settings or Settings.from_env()
+    app = Flask("pos_engine")
+    app.config.update(
+        MAX_CONTENT_LENGTH=REQUEST_BODY_BYTES_MAX,
+        API_TITLE="pos-engine",
+        API_VERSION=__version__,
+        OPENAPI_VERSION="3.1.0",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        JSON_SORT_KEYS=False,
+    )
+    ctx = context or build_context(settings)
+    app.extensions["pos_engine"] = ctx
+    api = _Api(app)
+    from pos_engine.api import terminal
+
+    api.register_blueprint(terminal.blp)
+    register_error_handlers(app)
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        return Response(encode({"status": "ok", "rules_version": ctx.rulebook.version}), mimetype="application/json")
+
+    return app

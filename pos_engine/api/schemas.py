@@ -1,0 +1,145 @@
+"""Marshmallow schemas of the terminal API: they parse requests and document answers in OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from pos_engine.domain.evaluation import DECLINE_CODES
+from pos_engine.limits import (
+    AMOUNT_FEN_MAX,
+    CARD_NUMBER_DIGITS_MAX,
+    CARD_NUMBER_DIGITS_MIN,
+    ID_CHARS_MAX,
+    REQUEST_ID_CHARS_MAX,
+)
+
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:\-]+$"
+
+
+class Fen(fields.Integer):
+    """An amount in integer fen: a JSON integer, never a float, a string or a boolean."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool):
+            raise ValidationError("must be an integer number of fen")
+        return int(super()._deserialize(value, attr, data, **kwargs))
+
+
+def request_id_field(**kwargs: Any) -> fields.String:
+    return fields.String(
+        validate=[validate.Length(1, REQUEST_ID_CHARS_MAX), validate.Regexp(REQUEST_ID_PATTERN, error="letters, digits and ._:- only")],
+        **kwargs,
+    )
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class AuthorisationRequestSchema(StrictSchema):
+    request_id = request_id_field(required=True)
+    card_number = fields.String(
+        required=True,
+        validate=validate.Regexp(
+            rf"^[0-9]{{{CARD_NUMBER_DIGITS_MIN},{CARD_NUMBER_DIGITS_MAX}}}$",
+            error=f"must be {CARD_NUMBER_DIGITS_MIN} to {CARD_NUMBER_DIGITS_MAX} digits",
+        ),
+    )
+    merchant_id = fields.String(required=True, validate=validate.Length(1, ID_CHARS_MAX))
+    amount_fen = Fen(required=True, validate=validate.Range(1, AMOUNT_FEN_MAX))
+    occurred_at = fields.AwareDateTime(required=True, format="iso")
+
+
+class ReversalRequestSchema(StrictSchema):
+    request_id = request_id_field(required=True)
+
+
+class RefundRequestSchema(StrictSchema):
+    request_id = request_id_field(required=True)
+    amount_fen = Fen(required=True, validate=validate.Range(1, AMOUNT_FEN_MAX))
+
+
+class VoidRequestSchema(StrictSchema):
+    request_id = request_id_field(required=True)
+    original_request_id = request_id_field(required=True)
+
+
+class ExplainQuerySchema(StrictSchema):
+    explain = fields.Boolean(load_default=False, truthy={"true", "1"}, falsy={"false", "0"})
+
+
+class BenefitSchema(StrictSchema):
+    campaign_id = fields.String(required=True)
+    rule_id = fields.String(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(["discount", "subsidy"]))
+    amount_fen = fields.Integer(required=True)
+
+
+class ExplanationSchema(StrictSchema):
+    campaign_id = fields.String(required=True)
+    rule_id = fields.String(required=True)
+    outcome = fields.String(required=True, validate=validate.OneOf(["applied", "partly_applied", "not_applied"]))
+    reason = fields.String(allow_none=True, required=True, metadata={"description": "the cap or condition, e.g. card/month/fen"})
+    wanted_fen = fields.Integer(required=True)
+    given_fen = fields.Integer(required=True)
+
+
+class AuthorisationSchema(StrictSchema):
+    id = fields.String(required=True)
+    request_id = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(["approved", "declined"]))
+    decline_code = fields.String(allow_none=True, required=True, validate=validate.OneOf(DECLINE_CODES))
+    terminal_id = fields.String(required=True)
+    merchant_id = fields.String(required=True)
+    card_last4 = fields.String(required=True)
+    amount_fen = fields.Integer(required=True)
+    discount_fen = fields.Integer(required=True)
+    subsidy_fen = fields.Integer(required=True)
+    payable_fen = fields.Integer(required=True)
+    benefits = fields.List(fields.Nested(BenefitSchema), required=True)
+    rules_version = fields.String(required=True)
+    occurred_at = fields.String(required=True, metadata={"format": "date-time"})
+    recorded_at = fields.String(required=True, metadata={"format": "date-time"})
+    explanations = fields.List(fields.Nested(ExplanationSchema), metadata={"description": "only with ?explain=true"})
+
+
+class AdjustmentSchema(StrictSchema):
+    id = fields.String(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(["reversal", "refund"]))
+    authorisation_id = fields.String(required=True)
+    request_id = fields.String(required=True)
+    amount_fen = fields.Integer(required=True, metadata={"description": "given back, positive"})
+    discount_fen = fields.Integer(required=True)
+    subsidy_fen = fields.Integer(required=True)
+    payable_fen = fields.Integer(required=True)
+    benefits = fields.List(fields.Nested(BenefitSchema), required=True)
+    recorded_at = fields.String(required=True, metadata={"format": "date-time"})
+
+
+class AuthorisationStateSchema(AuthorisationSchema):
+    reversed = fields.Boolean(required=True)
+    refunded_fen = fields.Integer(required=True)
+    adjustments = fields.List(fields.Nested(AdjustmentSchema), required=True)
+
+
+class VoidResultSchema(StrictSchema):
+    original_request_id = fields.String(required=True)
+    outcome = fields.String(required=True, validate=validate.OneOf(["reversed", "already_reversed", "nothing_to_reverse"]))
+    authorisation_id = fields.String(allow_none=True, required=True)
+    reversal = fields.Nested(AdjustmentSchema, allow_none=True, required=True)
+
+
+class ProblemSchema(Schema):
+    type = fields.String(required=True)
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String(required=True)
+    code = fields.String(required=True, metadata={"description": "stable machine-readable code"})
+    errors = fields.List(fields.Dict(), metadata={"description": "[{field, message}] for invalid fields"})
+    request_id = fields.String()

@@ -1,0 +1,133 @@
+"""The terminal API: signed requests from merchant tills. Views parse, call one use case, answer."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+from urllib.parse import quote
+
+from flask import Response, current_app, g, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from pos_engine.api import schemas
+from pos_engine.api.signing import verify
+from pos_engine.service import swipes
+from pos_engine.service.context import EngineContext
+from pos_engine.service.responses import encode
+
+blp = Blueprint(
+    "terminal",
+    __name__,
+    url_prefix="/v1",
+    description="Signed terminal requests: headers X-Terminal-Id, X-Timestamp (unix s), "
+    "X-Signature = hex HMAC-SHA256 of METHOD\\nPATH\\nTIMESTAMP\\nSHA256_HEX(BODY) keyed with the terminal's secret.",
+)
+ERRORS = {
+    400: "malformed_json",
+    401: "signature_missing, signature_invalid, timestamp_out_of_window, terminal_unknown",
+    403: "terminal_inactive, merchant_mismatch",
+    409: "idempotency_conflict, request_in_progress, and state conflicts",
+    413: "body_too_large",
+    422: "validation_failed and business validation",
+}
+
+
+def engine() -> EngineContext:
+    ctx: EngineContext = current_app.extensions["pos_engine"]
+    return ctx
+
+
+def raw_path() -> str:
+    """The path and query string exactly as the terminal sent them (what it signed)."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if raw:
+        return str(raw)
+    query = request.query_string.decode("latin-1")
+    return quote(request.path) + (f"?{query}" if query else "")
+
+
+def request_hash() -> str:
+    """What makes two requests 'the same' for idempotency: method, path and body."""
+    digest = hashlib.sha256(f"{request.method}\n{raw_path()}\n".encode("latin-1", "replace"))
+    digest.update(request.get_data(cache=True))
+    return digest.hexdigest()
+
+
+@blp.before_request
+def authenticate() -> None:
+    g.terminal = verify(
+        engine(),
+        request.headers.get("X-Terminal-Id"),
+        request.headers.get("X-Timestamp"),
+        request.headers.get("X-Signature"),
+        request.method,
+        raw_path(),
+        request.get_data(cache=True),
+    )
+
+
+def stored(response: swipes.StoredResponse) -> Response:
+    return Response(response.body, status=response.status_code, mimetype="application/json")
+
+
+def error_responses(view: Any) -> Any:
+    for status in ERRORS:
+        view = blp.alt_response(status, schema=schemas.ProblemSchema, description=ERRORS[status], content_type="application/problem+json")(
+            view
+        )
+    return view
+
+
+@blp.route("/authorisations")
+class Authorisations(MethodView):
+    @blp.arguments(schemas.ExplainQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(schemas.AuthorisationRequestSchema)
+    @blp.response(200, schemas.AuthorisationSchema, description="approved or declined (a business decline is 200)")
+    @error_responses
+    def post(self, body: dict[str, Any], explain: bool) -> Response:
+        """Authorise a swipe: decide its discount and subsidy and record it."""
+        request_ = swipes.AuthorisationRequest(**body)
+        return stored(swipes.authorise(engine(), g.terminal, request_, request_hash(), explain=explain))
+
+
+@blp.route("/authorisations/<string:authorisation_id>")
+class AuthorisationById(MethodView):
+    @blp.response(200, schemas.AuthorisationStateSchema)
+    @error_responses
+    def get(self, authorisation_id: str) -> Response:
+        """An authorisation as it stands, with its reversals and refunds."""
+        body = swipes.get_authorisation(engine(), g.terminal, authorisation_id)
+        return Response(encode(body), status=200, mimetype="application/json")
+
+
+@blp.route("/authorisations/<string:authorisation_id>/reversal")
+class Reversal(MethodView):
+    @blp.arguments(schemas.ReversalRequestSchema)
+    @blp.response(200, schemas.AdjustmentSchema)
+    @error_responses
+    def post(self, body: dict[str, Any], authorisation_id: str) -> Response:
+        """Void an authorisation in full (what is not yet refunded)."""
+        return stored(swipes.adjust(engine(), g.terminal, authorisation_id, "reversal", body["request_id"], request_hash()))
+
+
+@blp.route("/authorisations/<string:authorisation_id>/refunds")
+class Refunds(MethodView):
+    @blp.arguments(schemas.RefundRequestSchema)
+    @blp.response(200, schemas.AdjustmentSchema)
+    @error_responses
+    def post(self, body: dict[str, Any], authorisation_id: str) -> Response:
+        """Refund part or all of an authorisation; discount and subsidy are clawed back pro rata."""
+        return stored(
+            swipes.adjust(engine(), g.terminal, authorisation_id, "refund", body["request_id"], request_hash(), body["amount_fen"])
+        )
+
+
+@blp.route("/reversals")
+class Voids(MethodView):
+    @blp.arguments(schemas.VoidRequestSchema)
+    @blp.response(200, schemas.VoidResultSchema)
+    @error_responses
+    def post(self, body: dict[str, Any]) -> Response:
+        """Void whatever a request the terminal got no answer to did (after a timeout); harmless if nothing."""
+        return stored(swipes.reverse_request(engine(), g.terminal, body["request_id"], body["original_request_id"], request_hash()))

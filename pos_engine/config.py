@@ -1,0 +1,42 @@
+"""Settings: one frozen dataclass read from the environment, with embedded defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pos_engine.domain.clock import Clock, SystemClock
+from pos_engine.limits import LOOKUP_CACHE_TTL_S
+
+DEFAULT_DATABASE_PATH = Path("var") / "pos-engine.sqlite3"
+# Only for the embedded demo: production sets POS_ENGINE_CARD_KEY to a secret of its own.
+DEMO_CARD_KEY = "pos-engine-demo-card-key-not-for-production"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How this engine is wired: database, counter store, rulebook, keys."""
+
+    database_url: str = f"sqlite:///{DEFAULT_DATABASE_PATH}"
+    redis_url: str | None = None
+    rules_dir: str = "rules"
+    card_key: str = DEMO_CARD_KEY
+    lookup_cache_ttl_s: float = LOOKUP_CACHE_TTL_S
+    redis_namespace: str = "pos"
+    clock: Clock = field(default_factory=SystemClock)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Read POS_ENGINE_* variables; unset ones take the embedded defaults."""
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        ttl_text = env.get("POS_ENGINE_LOOKUP_CACHE_TTL_S")
+        return cls(
+            database_url=env.get("POS_ENGINE_DATABASE_URL") or defaults.database_url,
+            redis_url=env.get("POS_ENGINE_REDIS_URL") or None,
+            rules_dir=env.get("POS_ENGINE_RULES_DIR") or defaults.rules_dir,
+            card_key=env.get("POS_ENGINE_CARD_KEY") or defaults.card_key,
+            lookup_cache_ttl_s=float(ttl_text) if ttl_text else defaults.lookup_cache_ttl_s,
+            redis_namespace=env.get("POS_ENGINE_REDIS_NAMESPACE") or defaults.redis_namespace,
+        )

@@ -1,0 +1,1 @@
+"""Pure domain: money, rulebook, decisions. Standard library imports only."""

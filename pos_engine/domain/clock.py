@@ -1,0 +1,70 @@
+"""Time: an injectable clock and the business periods of Asia/Shanghai."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+PERIODS = ("day", "week", "month", "year", "campaign")
+
+
+class Clock(Protocol):
+    """Tells the time; tests inject a fixed one."""
+
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    """The machine's clock, timezone-aware UTC."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class FixedClock:
+    """A clock that says what it is told; `advance` moves it."""
+
+    def __init__(self, at: datetime) -> None:
+        assert at.tzinfo is not None
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at
+
+    def set(self, at: datetime) -> None:
+        assert at.tzinfo is not None
+        self.at = at
+
+
+def local(at: datetime) -> datetime:
+    """Return `at` in Asia/Shanghai."""
+    assert at.tzinfo is not None
+    return at.astimezone(SHANGHAI)
+
+
+def period_key(at_local: datetime, period: str) -> str:
+    """Name the business period that contains `at_local` (already in Asia/Shanghai)."""
+    if period == "day":
+        return at_local.strftime("%Y-%m-%d")
+    if period == "week":
+        iso = at_local.isocalendar()
+        return f"{iso.year}-W{iso.week:02d}"
+    if period == "month":
+        return at_local.strftime("%Y-%m")
+    if period == "year":
+        return at_local.strftime("%Y")
+    if period == "campaign":
+        return "all"
+    raise ValueError(f"unknown period {period!r}")
+
+
+def iso_week_bounds(week: str) -> tuple[datetime, datetime]:
+    """Return [start, end) of an ISO week such as '2026-W48', in Asia/Shanghai."""
+    year_text, _, week_text = week.partition("-W")
+    monday = date.fromisocalendar(int(year_text), int(week_text), 1)
+    start = datetime(monday.year, monday.month, monday.day, tzinfo=SHANGHAI)
+    next_monday = date.fromordinal(monday.toordinal() + 7)
+    end = datetime(next_monday.year, next_monday.month, next_monday.day, tzinfo=SHANGHAI)
+    return start, end

@@ -1,0 +1,318 @@
+"""Evaluate a swipe against the compiled rulebook: conditions, then a plan of capped steps.
+
+Evaluation is split in two so that caps can be reserved atomically:
+1. `plan_swipe` (pure, no I/O) checks every indexed rule's conditions and turns
+   each matching rule into a `PlanStep`: its benefit and the counters (caps and
+   budgets) it is subject to, with their limits.
+2. `execute_plan` runs the steps in order against current counter values: each
+   step gives min(its benefit on what is still payable, room under each cap).
+   The counter stores run exactly this inside one atomic operation (the SQL
+   store under a lock, Redis in a Lua script that mirrors this function).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from pos_engine.domain.clock import local, period_key
+from pos_engine.domain.rulebook import Benefit, Limit, Rule, Rulebook
+
+UNIT_FEN = "fen"
+UNIT_USES = "uses"
+
+# Decline codes are part of the contract: terminals and reports match on them.
+DECLINE_CARD_UNKNOWN = "card_unknown"
+DECLINE_CARD_INACTIVE = "card_inactive"
+DECLINE_MEMBER_NOT_IN_SERVICE = "member_not_in_service"
+DECLINE_ANNUAL_REVIEW_DUE = "annual_review_due"
+DECLINE_MERCHANT_INACTIVE = "merchant_inactive"
+DECLINE_NO_BENEFIT = "no_benefit"
+DECLINE_VOIDED_BY_TERMINAL = "voided_by_terminal"
+DECLINE_CODES = (
+    DECLINE_CARD_UNKNOWN,
+    DECLINE_CARD_INACTIVE,
+    DECLINE_MEMBER_NOT_IN_SERVICE,
+    DECLINE_ANNUAL_REVIEW_DUE,
+    DECLINE_MERCHANT_INACTIVE,
+    DECLINE_NO_BENEFIT,
+    DECLINE_VOIDED_BY_TERMINAL,
+)
+
+
+@dataclass(frozen=True)
+class Swipe:
+    """What the rules see of one swipe."""
+
+    amount_fen: int
+    occurred_at: datetime
+    merchant_id: str
+    category: str
+    district: str
+    card_ref: str  # a stable, non-secret card identifier for per-card counters
+    member_groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class CounterRef:
+    """One counter a step is subject to: key, unit, the limit, and its label for explanations."""
+
+    key: str
+    unit: str  # UNIT_FEN or UNIT_USES
+    limit: int
+    label: str
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """A matching rule with the counters it must stay under."""
+
+    rule: Rule
+    counters: tuple[CounterRef, ...]
+
+    @property
+    def benefit(self) -> Benefit:
+        return self.rule.benefit
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A rule that was looked at and did not match: which condition failed."""
+
+    rule: Rule
+    condition: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The steps to run, in order, and the rules that did not match."""
+
+    amount_fen: int
+    steps: tuple[PlanStep, ...]
+    skipped: tuple[Skipped, ...]
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one step gave and, if less than it wanted, why."""
+
+    given_fen: int
+    wanted_fen: int
+    stopped_by: str | None  # a cap label, 'exclusive:<rule ref>', or None
+
+
+def _condition_failure(rule: Rule, swipe: Swipe, at_local: datetime) -> str | None:
+    """Return the name of the first condition that fails, or None if all hold."""
+    campaign_date = at_local.date()
+    c = rule.conditions
+    if c.merchant_ids is not None and swipe.merchant_id not in c.merchant_ids:
+        return "merchant_ids"
+    if c.categories is not None and swipe.category not in c.categories:
+        return "categories"
+    if c.districts is not None and swipe.district not in c.districts:
+        return "districts"
+    if c.member_groups is not None and not (c.member_groups & swipe.member_groups):
+        return "member_groups"
+    if c.weekdays is not None and at_local.weekday() not in c.weekdays:
+        return "weekdays"
+    if c.time_from is not None or c.time_until is not None:
+        time_of_day = at_local.time().replace(tzinfo=None)
+        if c.time_from is not None and time_of_day < c.time_from:
+            return "time_of_day"
+        if c.time_until is not None and time_of_day >= c.time_until:
+            return "time_of_day"
+    if c.date_from is not None and campaign_date < c.date_from:
+        return "dates"
+    if c.date_until is not None and campaign_date > c.date_until:
+        return "dates"
+    if c.amount_fen_min is not None and swipe.amount_fen < c.amount_fen_min:
+        return "amount_fen_min"
+    return None
+
+
+def _subject(limit: Limit, swipe: Swipe) -> str:
+    return swipe.card_ref if limit.per == "card" else swipe.merchant_id
+
+
+def _limit_counters(prefix: str, limits: tuple[Limit, ...], swipe: Swipe, at_local: datetime) -> list[CounterRef]:
+    counters: list[CounterRef] = []
+    for limit in limits:
+        base = f"{prefix}:{limit.per}:{_subject(limit, swipe)}:{limit.period}:{period_key(at_local, limit.period)}"
+        if limit.uses_max is not None:
+            counters.append(CounterRef(f"{base}:{UNIT_USES}", UNIT_USES, limit.uses_max, limit.label(UNIT_USES)))
+        if limit.fen_max is not None:
+            counters.append(CounterRef(f"{base}:{UNIT_FEN}", UNIT_FEN, limit.fen_max, limit.label(UNIT_FEN)))
+    return counters
+
+
+def plan_swipe(rulebook: Rulebook, swipe: Swipe) -> Plan:
+    """Check the indexed rules' conditions and build the capped steps; no I/O."""
+    at_local = local(swipe.occurred_at)
+    today = at_local.date()
+    steps: list[PlanStep] = []
+    skipped: list[Skipped] = []
+    for rule in rulebook.candidates(swipe.merchant_id, swipe.category, swipe.district):
+        campaign = rulebook.campaigns[rule.campaign_id]
+        if not campaign.valid_from <= today <= campaign.valid_until:
+            skipped.append(Skipped(rule, "campaign_validity"))
+            continue
+        failure = _condition_failure(rule, swipe, at_local)
+        if failure is not None:
+            skipped.append(Skipped(rule, failure))
+            continue
+        counters = _limit_counters(f"rule:{rule.ref}", rule.limits, swipe, at_local)
+        counters += _limit_counters(f"campaign:{campaign.campaign_id}", campaign.limits, swipe, at_local)
+        if campaign.budget_fen is not None:
+            counters.append(
+                CounterRef(f"campaign:{campaign.campaign_id}:budget:{UNIT_FEN}", UNIT_FEN, campaign.budget_fen, "campaign/budget/fen")
+            )
+        steps.append(PlanStep(rule, tuple(counters)))
+    return Plan(swipe.amount_fen, tuple(steps), tuple(skipped))
+
+
+def execute_plan(plan: Plan, counters: MutableMapping[str, int]) -> list[StepOutcome]:
+    """Run the steps in order against `counters`, updating them in place.
+
+    This is the reference implementation; the Redis Lua script mirrors it
+    line by line and a property test holds the two together.
+    """
+    payable_fen = plan.amount_fen
+    stopped_kinds: dict[str, str] = {}
+    outcomes: list[StepOutcome] = []
+    for step in plan.steps:
+        kind = step.benefit.kind
+        wanted = step.benefit.wanted_fen(payable_fen)
+        if kind in stopped_kinds:
+            outcomes.append(StepOutcome(0, wanted, f"exclusive:{stopped_kinds[kind]}"))
+            continue
+        given = wanted
+        stopped_by: str | None = None
+        for counter in step.counters:
+            room = max(counter.limit - counters.get(counter.key, 0), 0)
+            if counter.unit == UNIT_USES:
+                if room < 1:
+                    given, stopped_by = 0, counter.label
+                    break
+            elif room < given:
+                given, stopped_by = room, counter.label
+        if given > 0:
+            for counter in step.counters:
+                counters[counter.key] = counters.get(counter.key, 0) + (given if counter.unit == UNIT_FEN else 1)
+            payable_fen -= given
+            if step.rule.exclusive:
+                stopped_kinds[kind] = step.rule.ref
+        outcomes.append(StepOutcome(given, wanted, stopped_by))
+    assert payable_fen >= 0
+    return outcomes
+
+
+def counter_deltas(plan: Plan, outcomes: list[StepOutcome]) -> dict[str, int]:
+    """The counter increments that `outcomes` made, summed per key."""
+    deltas: dict[str, int] = {}
+    for step, outcome in zip(plan.steps, outcomes, strict=True):
+        if outcome.given_fen <= 0:
+            continue
+        for counter in step.counters:
+            deltas[counter.key] = deltas.get(counter.key, 0) + (outcome.given_fen if counter.unit == UNIT_FEN else 1)
+    return deltas
+
+
+@dataclass(frozen=True)
+class BenefitLine:
+    """One rule's contribution to a decision."""
+
+    campaign_id: str
+    rule_id: str
+    kind: str
+    amount_fen: int
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a rule applied, applied partly, or did not apply."""
+
+    campaign_id: str
+    rule_id: str
+    outcome: str  # applied | partly_applied | not_applied
+    reason: str | None
+    wanted_fen: int
+    given_fen: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The engine's answer to a swipe. A decline is a value, not an exception."""
+
+    status: str  # approved | declined
+    amount_fen: int
+    decline_code: str | None = None
+    discount_fen: int = 0
+    subsidy_fen: int = 0
+    payable_fen: int = 0
+    benefits: tuple[BenefitLine, ...] = ()
+    rules_version: str = ""
+    explanations: tuple[Explanation, ...] = ()
+    counter_deltas: Mapping[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        assert self.discount_fen >= 0
+        assert self.subsidy_fen >= 0
+        assert self.payable_fen >= 0
+        assert self.discount_fen + self.subsidy_fen + self.payable_fen == self.amount_fen
+
+    @classmethod
+    def decline(cls, code: str, amount_fen: int, rules_version: str, explanations: tuple[Explanation, ...] = ()) -> Decision:
+        assert code in DECLINE_CODES
+        return cls(
+            status="declined",
+            decline_code=code,
+            amount_fen=amount_fen,
+            payable_fen=amount_fen,
+            rules_version=rules_version,
+            explanations=explanations,
+        )
+
+
+def explain(plan: Plan, outcomes: list[StepOutcome]) -> tuple[Explanation, ...]:
+    """Explain every rule looked at: applied, partly (which cap), or not (which condition)."""
+    lines: list[Explanation] = []
+    for step, outcome in zip(plan.steps, outcomes, strict=True):
+        rule = step.rule
+        if outcome.given_fen <= 0:
+            reason = outcome.stopped_by or "zero_benefit"
+            lines.append(Explanation(rule.campaign_id, rule.rule_id, "not_applied", reason, outcome.wanted_fen, 0))
+        elif outcome.stopped_by is not None:
+            lines.append(
+                Explanation(rule.campaign_id, rule.rule_id, "partly_applied", outcome.stopped_by, outcome.wanted_fen, outcome.given_fen)
+            )
+        else:
+            lines.append(Explanation(rule.campaign_id, rule.rule_id, "applied", None, outcome.wanted_fen, outcome.given_fen))
+    for skip in plan.skipped:
+        lines.append(Explanation(skip.rule.campaign_id, skip.rule.rule_id, "not_applied", f"condition:{skip.condition}", 0, 0))
+    return tuple(lines)
+
+
+def decide(plan: Plan, outcomes: list[StepOutcome], rules_version: str, with_explanations: bool = False) -> Decision:
+    """Turn a plan's outcomes into a decision: approved if any benefit was given."""
+    benefits = tuple(
+        BenefitLine(step.rule.campaign_id, step.rule.rule_id, step.benefit.kind, outcome.given_fen)
+        for step, outcome in zip(plan.steps, outcomes, strict=True)
+        if outcome.given_fen > 0
+    )
+    explanations = explain(plan, outcomes) if with_explanations else ()
+    if not benefits:
+        return Decision.decline(DECLINE_NO_BENEFIT, plan.amount_fen, rules_version, explanations)
+    discount_fen = sum(line.amount_fen for line in benefits if line.kind == "discount")
+    subsidy_fen = sum(line.amount_fen for line in benefits if line.kind == "subsidy")
+    return Decision(
+        status="approved",
+        amount_fen=plan.amount_fen,
+        discount_fen=discount_fen,
+        subsidy_fen=subsidy_fen,
+        payable_fen=plan.amount_fen - discount_fen - subsidy_fen,
+        benefits=benefits,
+        rules_version=rules_version,
+        explanations=explanations,
+        counter_deltas=counter_deltas(plan, outcomes),
+    )

@@ -1,0 +1,73 @@
+"""Integer-fen arithmetic: every division says how it rounds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+BP_PER_WHOLE = 10_000  # basis points in 100 %
+
+
+def div_floor(numerator: int, denominator: int) -> int:
+    """Divide, rounding towards minus infinity."""
+    assert denominator > 0
+    return numerator // denominator
+
+
+def div_ceil(numerator: int, denominator: int) -> int:
+    """Divide, rounding towards plus infinity."""
+    assert denominator > 0
+    return -((-numerator) // denominator)
+
+
+def percent_of(amount_fen: int, rate_bp: int) -> int:
+    """Return rate_bp of amount_fen, rounded down: a funder never pays more than the rule says."""
+    assert amount_fen >= 0
+    assert 0 <= rate_bp <= BP_PER_WHOLE
+    return div_floor(amount_fen * rate_bp, BP_PER_WHOLE)
+
+
+def split_cumulative(part_total: int, whole: int, weights: Sequence[int]) -> list[int]:
+    """Split part_total of whole across weights (which add up to whole), pro rata.
+
+    Used for claw-backs: called with the *cumulative* refunded amount, it gives
+    the cumulative share of each weight. Each share is monotone in part_total,
+    never exceeds its weight, and at part_total == whole every share equals its
+    weight exactly, so a series of partial refunds ends exactly at the totals.
+    Shares are taken in order; each takes floor(weight * rest / rest_whole) and
+    the remainder moves on, so the last weight absorbs the rounding.
+    """
+    assert sum(weights) == whole
+    assert 0 <= part_total <= whole
+    assert all(weight >= 0 for weight in weights)
+    shares: list[int] = []
+    rest, rest_whole = part_total, whole
+    for weight in weights:
+        # Round down: the earlier weights give up the odd fen to the later ones.
+        share = div_floor(weight * rest, rest_whole) if rest_whole else 0
+        shares.append(share)
+        rest -= share
+        rest_whole -= weight
+    assert rest == 0
+    return shares
+
+
+def split_by_shares(amount_fen: int, shares_bp: Sequence[int]) -> list[int]:
+    """Split amount_fen by shares in basis points (adding up to 100 %), exactly."""
+    assert sum(shares_bp) == BP_PER_WHOLE
+    parts: list[int] = []
+    rest, rest_bp = amount_fen, BP_PER_WHOLE
+    for share_bp in shares_bp:
+        # Round down; the last share absorbs the odd fen so the parts add up.
+        part = div_floor(rest * share_bp, rest_bp) if rest_bp else 0
+        parts.append(part)
+        rest -= part
+        rest_bp -= share_bp
+    assert rest == 0
+    return parts
+
+
+def format_yuan(amount_fen: int) -> str:
+    """Format fen as a yuan string for display: 1234 -> '12.34'."""
+    sign = "-" if amount_fen < 0 else ""
+    whole, fen = divmod(abs(amount_fen), 100)
+    return f"{sign}{whole}.{fen:02d}"

@@ -1,0 +1,1 @@
+"""Use cases: authorise, reverse, refund, rebuild and reconcile counters."""

@@ -1,0 +1,55 @@
+"""Errors the use cases raise; pos_engine.api.errors maps each to one HTTP status.
+
+    ServiceError
+     ├── Unauthenticated        who is calling cannot be established (401)
+     ├── Forbidden              the caller may not do this (403)
+     ├── NotFound               no such resource (404)
+     ├── Conflict               the resource's state forbids it (409)
+     ├── Unprocessable          well-formed but invalid input (422), with field errors
+     └── Unavailable            a dependency is down (503)
+
+    DuplicateKey                raised by a unit of work when a unique key already exists;
+                                the use cases catch it and replay the stored answer.
+
+Each error carries a stable `code` that clients match on.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of the use-case errors."""
+
+    def __init__(self, code: str, detail: str, field_errors: dict[str, list[str]] | None = None) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.field_errors = field_errors or {}
+
+
+class Unauthenticated(ServiceError):
+    """The request's signature, timestamp or terminal did not check out."""
+
+
+class Forbidden(ServiceError):
+    """The caller is known but may not do this."""
+
+
+class NotFound(ServiceError):
+    """No such resource, or not one this caller may see."""
+
+
+class Conflict(ServiceError):
+    """The resource's state forbids the request."""
+
+
+class Unprocessable(ServiceError):
+    """Well-formed input that cannot be acted on."""
+
+
+class Unavailable(ServiceError):
+    """A dependency (database, Redis) is down."""
+
+
+class DuplicateKey(Exception):
+    """A unique key (an idempotency record) was already taken by a concurrent request."""

@@ -1,0 +1,95 @@
+"""The ports the use cases depend on; the store implements them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Protocol
+
+from pos_engine.domain.evaluation import Plan, StepOutcome
+from pos_engine.domain.registry import CardHolder, Merchant, Terminal
+
+
+class Registry(Protocol):
+    """Registry lookups on the swipe path."""
+
+    def terminal(self, terminal_id: str) -> Terminal | None: ...
+
+    def merchant(self, merchant_id: str) -> Merchant | None: ...
+
+    def card_holder(self, card_hash: str) -> CardHolder | None: ...
+
+
+class LedgerRepository(Protocol):
+    """What the use cases read and append inside a unit of work (see pos_engine.store.repository)."""
+
+    def idempotency(self, terminal_id: str, request_id: str) -> Any: ...
+
+    def add_idempotency(
+        self,
+        terminal_id: str,
+        request_id: str,
+        request_hash: str,
+        status_code: int,
+        body: bytes,
+        resource_id: str | None,
+        at: datetime,
+    ) -> None: ...
+
+    def add_entry(self, **fields: Any) -> Any: ...
+
+    def add_decline(self, **fields: Any) -> None: ...
+
+    def authorisation(self, authorisation_id: str, *, lock: bool = False) -> Any: ...
+
+    def decline(self, decline_id: str) -> Any: ...
+
+    def adjustments(self, authorisation_id: str) -> list[Any]: ...
+
+    def all_counter_deltas(self, batch_rows: int = 10_000) -> Iterator[dict[str, Any]]: ...
+
+
+class UnitOfWork(Protocol):
+    """One database transaction that rolls back unless committed."""
+
+    session: Any
+    repo: LedgerRepository
+
+    def __enter__(self) -> UnitOfWork: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None: ...
+
+    def commit(self) -> None: ...
+
+
+class CounterStore(Protocol):
+    """Caps and budgets, reserved atomically.
+
+    `transactional` stores (the SQL store) work inside the caller's database
+    transaction, passed as `session`: a rollback undoes their changes. Other
+    stores (Redis) ignore `session`, and the caller gives back what it
+    reserved if its transaction fails.
+    """
+
+    transactional: bool
+
+    def reserve(self, plan: Plan, session: Any = None) -> list[StepOutcome]:
+        """Run `execute_plan` atomically against the stored counters; all or none."""
+        ...
+
+    def apply(self, deltas: Mapping[str, int], session: Any = None) -> None:
+        """Add `deltas` (negative to give back) without checking limits."""
+        ...
+
+    def read(self, keys: Iterable[str], session: Any = None) -> dict[str, int]:
+        """Current values of `keys` (0 for a key never written)."""
+        ...
+
+    def snapshot(self) -> dict[str, int]:
+        """Every counter whose value is not 0."""
+        ...
+
+    def replace_all(self, values: Mapping[str, int]) -> None:
+        """Replace every counter with `values` (used by `counters rebuild`)."""
+        ...

@@ -1,0 +1,446 @@
+"""Use cases of the terminal API: authorise, reverse, refund, void by request id, look up."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from pos_engine.domain.evaluation import (
+    DECLINE_CARD_UNKNOWN,
+    DECLINE_MERCHANT_INACTIVE,
+    DECLINE_VOIDED_BY_TERMINAL,
+    Decision,
+    Plan,
+    Swipe,
+    decide,
+    plan_swipe,
+)
+from pos_engine.domain.money import split_cumulative
+from pos_engine.domain.registry import Terminal, card_decline, merchant_decline
+from pos_engine.limits import OCCURRED_AT_AHEAD_S_MAX, OCCURRED_AT_BEHIND_S_MAX
+from pos_engine.service import responses
+from pos_engine.service.context import EngineContext
+from pos_engine.service.errors import Conflict, DuplicateKey, Forbidden, NotFound, Unprocessable
+from pos_engine.service.ports import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+# The request hash of a record that voids a request the engine never saw (POST /v1/reversals):
+# a late original finds it and gets the voided answer, whatever its body.
+VOID_REQUEST_HASH = "void"
+DUPLICATE_ATTEMPTS_MAX = 3
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class AuthorisationRequest:
+    """A parsed, validated POST /v1/authorisations body."""
+
+    request_id: str
+    card_number: str
+    merchant_id: str
+    amount_fen: int
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """An answer as the terminal gets it, byte for byte."""
+
+    status_code: int
+    body: bytes
+
+
+def new_id(prefix: str) -> str:
+    """A time-ordered, unguessable id: prefix, milliseconds in hex, 64 random bits."""
+    return f"{prefix}_{int(time.time() * 1000):011x}{secrets.token_hex(8)}"
+
+
+def _replay(record: Any, request_hash: str) -> StoredResponse:
+    if record.request_hash not in (request_hash, VOID_REQUEST_HASH):
+        raise Conflict(
+            "idempotency_conflict",
+            f"request_id {record.request_id!r} was already used by this terminal for a different request",
+        )
+    return StoredResponse(record.status_code, bytes(record.response_body))
+
+
+def _in_transaction(ctx: EngineContext, work: Callable[[UnitOfWork], T], on_failure: Callable[[], None] | None = None) -> T:
+    """Run `work` in a unit of work; on a concurrent duplicate, run it again (it then replays)."""
+    for _attempt in range(DUPLICATE_ATTEMPTS_MAX):
+        try:
+            with ctx.unit_of_work() as uow:
+                return work(uow)
+        except DuplicateKey:
+            log.info("concurrent duplicate request; replaying the stored answer")
+            continue
+    raise Conflict("request_in_progress", "the same request is being processed; retry with the same request_id")
+
+
+def _check_occurred_at(ctx: EngineContext, occurred_at: datetime) -> None:
+    now = ctx.clock.now()
+    if occurred_at > now + timedelta(seconds=OCCURRED_AT_AHEAD_S_MAX):
+        raise Unprocessable(
+            "occurred_at_out_of_window",
+            f"occurred_at is more than {OCCURRED_AT_AHEAD_S_MAX} s ahead of the engine's clock",
+            {"occurred_at": ["too far in the future"]},
+        )
+    if occurred_at < now - timedelta(seconds=OCCURRED_AT_BEHIND_S_MAX):
+        raise Unprocessable(
+            "occurred_at_out_of_window",
+            f"occurred_at is more than {OCCURRED_AT_BEHIND_S_MAX} s behind the engine's clock",
+            {"occurred_at": ["too far in the past"]},
+        )
+
+
+def _step_lines(plan: Plan, decision: Decision, ctx: EngineContext) -> list[dict[str, Any]]:
+    """Ledger benefit lines: each with the counters it moved and, for subsidies, the funders' shares."""
+    given = {(line.campaign_id, line.rule_id): line.amount_fen for line in decision.benefits}
+    lines: list[dict[str, Any]] = []
+    for step in plan.steps:
+        amount_fen = given.get((step.rule.campaign_id, step.rule.rule_id), 0)
+        if amount_fen <= 0:
+            continue
+        campaign = ctx.rulebook.campaigns.get(step.rule.campaign_id)
+        line: dict[str, Any] = {
+            "campaign_id": step.rule.campaign_id,
+            "rule_id": step.rule.rule_id,
+            "kind": step.benefit.kind,
+            "amount_fen": amount_fen,
+            "counters": [[counter.key, counter.unit] for counter in step.counters],
+        }
+        if step.benefit.kind == "subsidy" and campaign is not None:
+            line["funders"] = [[share.funder_id, share.share_bp] for share in campaign.funders]
+        lines.append(line)
+    return lines
+
+
+def authorise(
+    ctx: EngineContext, terminal: Terminal, request: AuthorisationRequest, request_hash: str, explain: bool = False
+) -> StoredResponse:
+    """Decide a swipe, reserve its caps, record it, and answer; a retry gets the same answer.
+
+    Raises:
+        Forbidden: the terminal acts for another merchant.
+        Unprocessable: occurred_at is outside the accepted window.
+        Conflict: the request id was used for a different request.
+    """
+    if request.merchant_id != terminal.merchant_id:
+        raise Forbidden("merchant_mismatch", "this terminal may only act for its own merchant", {"merchant_id": ["not this terminal's"]})
+    _check_occurred_at(ctx, request.occurred_at)
+    rulebook = ctx.rulebook
+    merchant = ctx.merchant(request.merchant_id)
+    holder = ctx.card_holder(ctx.card_hash(request.card_number))
+    # A terminal bound to a merchant missing from the registry is treated like an inactive merchant.
+    decline_code = DECLINE_MERCHANT_INACTIVE if merchant is None else merchant_decline(merchant)
+    if decline_code is None:
+        decline_code = DECLINE_CARD_UNKNOWN if holder is None else card_decline(holder, request.occurred_at)
+    plan: Plan | None = None
+    if decline_code is None:
+        assert holder is not None
+        assert merchant is not None
+        swipe = Swipe(
+            amount_fen=request.amount_fen,
+            occurred_at=request.occurred_at,
+            merchant_id=merchant.merchant_id,
+            category=merchant.category,
+            district=merchant.district,
+            card_ref=holder.card_id,
+            member_groups=holder.member_groups,
+        )
+        plan = plan_swipe(rulebook, swipe)
+    card_last4 = request.card_number[-4:]
+    reserved: dict[str, Mapping[str, int]] = {}
+
+    def give_back() -> None:
+        deltas = reserved.pop("deltas", None)
+        if deltas and not ctx.counters.transactional:
+            ctx.counters.apply({key: -value for key, value in deltas.items()})
+
+    def work(uow: UnitOfWork) -> StoredResponse:
+        stored = uow.repo.idempotency(terminal.terminal_id, request.request_id)
+        if stored is not None:
+            return _replay(stored, request_hash)
+        recorded_at = ctx.clock.now()
+        if plan is None:
+            assert decline_code is not None
+            decision = Decision.decline(decline_code, request.amount_fen, rulebook.version)
+        elif not plan.steps:
+            decision = decide(plan, [], rulebook.version, with_explanations=explain)
+        else:
+            outcomes = ctx.counters.reserve(plan, uow.session)
+            decision = decide(plan, outcomes, rulebook.version, with_explanations=explain)
+            if decision.counter_deltas:
+                reserved["deltas"] = decision.counter_deltas
+        explanations = decision.explanations if explain else None
+        if decision.status == "approved":
+            assert plan is not None
+            assert holder is not None
+            entry = uow.repo.add_entry(
+                entry_id=new_id("au"),
+                kind="authorisation",
+                terminal_id=terminal.terminal_id,
+                request_id=request.request_id,
+                merchant_id=request.merchant_id,
+                card_id=holder.card_id,
+                card_last4=card_last4,
+                amount_fen=decision.amount_fen,
+                discount_fen=decision.discount_fen,
+                subsidy_fen=decision.subsidy_fen,
+                payable_fen=decision.payable_fen,
+                occurred_at=request.occurred_at,
+                recorded_at=recorded_at,
+                rules_version=decision.rules_version,
+                benefits=_step_lines(plan, decision, ctx),
+                counter_deltas=dict(decision.counter_deltas or {}),
+            )
+            body = responses.encode(responses.authorisation_body(entry, explanations))
+            resource_id = entry.entry_id
+        else:
+            decline_fields: dict[str, Any] = {
+                "decline_id": new_id("au"),
+                "terminal_id": terminal.terminal_id,
+                "request_id": request.request_id,
+                "merchant_id": request.merchant_id,
+                "card_last4": card_last4,
+                "decline_code": decision.decline_code,
+                "amount_fen": request.amount_fen,
+                "occurred_at": request.occurred_at,
+                "recorded_at": recorded_at,
+                "rules_version": decision.rules_version,
+            }
+            uow.repo.add_decline(**decline_fields)
+            body = responses.encode(responses.decline_body(_Record(decline_fields), explanations))
+            resource_id = decline_fields["decline_id"]
+        uow.repo.add_idempotency(terminal.terminal_id, request.request_id, request_hash, 200, body, resource_id, recorded_at)
+        try:
+            uow.commit()
+        except BaseException:
+            give_back()
+            raise
+        reserved.clear()
+        return StoredResponse(200, body)
+
+    try:
+        return _in_transaction(ctx, work)
+    finally:
+        give_back()
+
+
+class _Record:
+    """Attribute access over a dict, for rendering a row that was built from fields."""
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        self.__dict__.update(fields)
+
+
+def _adjust(
+    ctx: EngineContext, uow: UnitOfWork, terminal: Terminal, auth: Any, kind: str, request_id: str, amount_fen: int | None
+) -> tuple[Any, dict[str, int]]:
+    """Append a reversal or refund of `auth` inside `uow`; return the entry and its counter deltas."""
+    if auth.merchant_id != terminal.merchant_id:
+        raise Forbidden("merchant_mismatch", "this authorisation belongs to another merchant")
+    adjustments = uow.repo.adjustments(auth.entry_id)
+    if any(entry.kind == "reversal" for entry in adjustments):
+        raise Conflict("already_reversed", f"authorisation {auth.entry_id} is already reversed")
+    given_back_before = -sum(entry.amount_fen for entry in adjustments)
+    remaining = auth.amount_fen - given_back_before
+    if kind == "reversal":
+        if remaining == 0:
+            raise Conflict("fully_refunded", f"authorisation {auth.entry_id} is already fully refunded")
+        amount_fen = remaining
+    else:
+        assert amount_fen is not None
+        if amount_fen > remaining:
+            raise Unprocessable(
+                "refund_exceeds_remaining",
+                f"refund of {amount_fen} fen exceeds the {remaining} fen not yet refunded",
+                {"amount_fen": [f"at most {remaining}"]},
+            )
+    # Claw back pro rata on the cumulative amount given back, so a series of partial
+    # refunds ends exactly at the authorisation's totals and never goes negative.
+    weights = [auth.payable_fen] + [line["amount_fen"] for line in auth.benefits]
+    before = split_cumulative(given_back_before, auth.amount_fen, weights)
+    after = split_cumulative(given_back_before + amount_fen, auth.amount_fen, weights)
+    shares = [new - old for new, old in zip(after, before, strict=True)]
+    fully_given_back = given_back_before + amount_fen == auth.amount_fen
+    lines: list[dict[str, Any]] = []
+    deltas: dict[str, int] = {}
+    for line, share in zip(auth.benefits, shares[1:], strict=True):
+        for key, unit in line["counters"]:
+            delta = -share if unit == "fen" else (-1 if fully_given_back else 0)
+            if delta:
+                deltas[key] = deltas.get(key, 0) + delta
+        if share:
+            adjusted = {key: value for key, value in line.items() if key != "amount_fen"}
+            lines.append({**adjusted, "amount_fen": -share})
+    discount_back = sum(-line["amount_fen"] for line in lines if line["kind"] == "discount")
+    subsidy_back = sum(-line["amount_fen"] for line in lines if line["kind"] == "subsidy")
+    payable_back = shares[0]
+    assert discount_back + subsidy_back + payable_back == amount_fen
+    entry = uow.repo.add_entry(
+        entry_id=new_id("rv" if kind == "reversal" else "rf"),
+        kind=kind,
+        authorisation_id=auth.entry_id,
+        terminal_id=terminal.terminal_id,
+        request_id=request_id,
+        merchant_id=auth.merchant_id,
+        card_id=auth.card_id,
+        card_last4=auth.card_last4,
+        amount_fen=-amount_fen,
+        discount_fen=-discount_back,
+        subsidy_fen=-subsidy_back,
+        payable_fen=-payable_back,
+        occurred_at=ctx.clock.now(),
+        recorded_at=ctx.clock.now(),
+        rules_version=auth.rules_version,
+        benefits=lines,
+        counter_deltas=deltas,
+    )
+    if ctx.counters.transactional:
+        ctx.counters.apply(deltas, uow.session)
+    return entry, deltas
+
+
+def _give_back_after_commit(ctx: EngineContext, deltas: Mapping[str, int]) -> None:
+    """Give caps back in a non-transactional store once the ledger holds the adjustment.
+
+    If this fails the counters stay above the ledger: the safe direction (no cap
+    is ever exceeded), and `pos-engine counters reconcile` shows the difference.
+    """
+    if deltas and not ctx.counters.transactional:
+        try:
+            ctx.counters.apply(deltas)
+        except Exception:
+            log.exception("counter give-back failed; run `pos-engine counters reconcile`")
+
+
+def adjust(
+    ctx: EngineContext,
+    terminal: Terminal,
+    authorisation_id: str,
+    kind: str,
+    request_id: str,
+    request_hash: str,
+    amount_fen: int | None = None,
+) -> StoredResponse:
+    """Reverse (kind='reversal') or refund (kind='refund') an approved authorisation.
+
+    Raises:
+        NotFound: no such authorisation.
+        Forbidden: it belongs to another merchant.
+        Conflict: already reversed, fully refunded, a decline, or the request id was reused.
+        Unprocessable: a refund larger than what is not yet refunded.
+    """
+    done: dict[str, dict[str, int]] = {}
+
+    def work(uow: UnitOfWork) -> StoredResponse:
+        stored = uow.repo.idempotency(terminal.terminal_id, request_id)
+        if stored is not None:
+            return _replay(stored, request_hash)
+        auth = uow.repo.authorisation(authorisation_id, lock=True)
+        if auth is None:
+            decline = uow.repo.decline(authorisation_id)
+            if decline is not None and decline.merchant_id == terminal.merchant_id:
+                raise Conflict("authorisation_declined", f"authorisation {authorisation_id} was declined: nothing to give back")
+            raise NotFound("not_found", f"no authorisation {authorisation_id}")
+        entry, deltas = _adjust(ctx, uow, terminal, auth, kind, request_id, amount_fen)
+        body = responses.encode(responses.adjustment_body(entry))
+        uow.repo.add_idempotency(terminal.terminal_id, request_id, request_hash, 200, body, entry.entry_id, entry.recorded_at)
+        uow.commit()
+        done["deltas"] = deltas
+        return StoredResponse(200, body)
+
+    response = _in_transaction(ctx, work)
+    _give_back_after_commit(ctx, done.get("deltas", {}))
+    return response
+
+
+def reverse_request(ctx: EngineContext, terminal: Terminal, request_id: str, original_request_id: str, request_hash: str) -> StoredResponse:
+    """Void whatever `original_request_id` did; harmless if it did nothing, and it stops a late original."""
+    done: dict[str, dict[str, int]] = {}
+
+    def work(uow: UnitOfWork) -> StoredResponse:
+        stored = uow.repo.idempotency(terminal.terminal_id, request_id)
+        if stored is not None:
+            return _replay(stored, request_hash)
+        now = ctx.clock.now()
+        original = uow.repo.idempotency(terminal.terminal_id, original_request_id)
+        outcome, authorisation_id, reversal = "nothing_to_reverse", None, None
+        if original is None:
+            # The original never arrived (or is still on its way): record it as void, so that
+            # if it arrives later it is declined and no subsidy is paid for a swipe the till never saw.
+            void_fields: dict[str, Any] = {
+                "decline_id": new_id("au"),
+                "terminal_id": terminal.terminal_id,
+                "request_id": original_request_id,
+                "merchant_id": terminal.merchant_id,
+                "card_last4": "",
+                "decline_code": DECLINE_VOIDED_BY_TERMINAL,
+                "amount_fen": 0,
+                "occurred_at": now,
+                "recorded_at": now,
+                "rules_version": ctx.rulebook.version,
+            }
+            uow.repo.add_decline(**void_fields)
+            void_body = responses.encode(responses.decline_body(_Record(void_fields)))
+            uow.repo.add_idempotency(
+                terminal.terminal_id, original_request_id, VOID_REQUEST_HASH, 200, void_body, void_fields["decline_id"], now
+            )
+        elif original.resource_id is not None:
+            auth = uow.repo.authorisation(original.resource_id, lock=True)
+            if auth is not None:
+                authorisation_id = auth.entry_id
+                if any(entry.kind == "reversal" for entry in uow.repo.adjustments(auth.entry_id)):
+                    outcome = "already_reversed"
+                else:
+                    try:
+                        entry, deltas = _adjust(ctx, uow, terminal, auth, "reversal", request_id, None)
+                    except Conflict:  # fully refunded already: nothing left to void
+                        pass
+                    else:
+                        outcome, reversal = "reversed", responses.adjustment_body(entry)
+                        done["deltas"] = deltas
+        body = responses.encode(
+            {
+                "original_request_id": original_request_id,
+                "outcome": outcome,
+                "authorisation_id": authorisation_id,
+                "reversal": reversal,
+            }
+        )
+        uow.repo.add_idempotency(terminal.terminal_id, request_id, request_hash, 200, body, authorisation_id, now)
+        uow.commit()
+        return StoredResponse(200, body)
+
+    response = _in_transaction(ctx, work)
+    _give_back_after_commit(ctx, done.get("deltas", {}))
+    return response
+
+
+def get_authorisation(ctx: EngineContext, terminal: Terminal, authorisation_id: str) -> dict[str, Any]:
+    """An authorisation as it stands now, with its reversals and refunds."""
+    with ctx.unit_of_work() as uow:
+        auth = uow.repo.authorisation(authorisation_id)
+        if auth is None:
+            decline = uow.repo.decline(authorisation_id)
+            if decline is None:
+                raise NotFound("not_found", f"no authorisation {authorisation_id}")
+            if decline.merchant_id != terminal.merchant_id:
+                raise Forbidden("merchant_mismatch", "this authorisation belongs to another merchant")
+            return {**responses.decline_body(decline), "reversed": False, "refunded_fen": 0, "adjustments": []}
+        if auth.merchant_id != terminal.merchant_id:
+            raise Forbidden("merchant_mismatch", "this authorisation belongs to another merchant")
+        adjustments = uow.repo.adjustments(auth.entry_id)
+        return {
+            **responses.authorisation_body(auth),
+            "reversed": any(entry.kind == "reversal" for entry in adjustments),
+            "refunded_fen": -sum(entry.amount_fen for entry in adjustments if entry.kind == "refund"),
+            "adjustments": [responses.adjustment_body(entry) for entry in adjustments],
+        }

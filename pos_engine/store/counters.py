@@ -1,0 +1,16 @@
+"""Choose the counter store by URL: Redis when a URL is given, else the SQL store."""
+
+from __future__ import annotations
+
+from pos_engine.service.ports import CounterStore
+from pos_engine.store.db import Database
+from pos_engine.store.sql_counters import SqlCounterStore
+
+
+def counter_store_from_url(redis_url: str | None, database: Database, namespace: str = "pos") -> CounterStore:
+    """`redis://…` or `redis-cluster://…` → Redis (imported only then); None → the SQL store."""
+    if not redis_url:
+        return SqlCounterStore(database)
+    from pos_engine.store.redis_counters import RedisCounterStore
+
+    return RedisCounterStore.from_url(redis_url, namespace=namespace)

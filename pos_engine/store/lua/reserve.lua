@@ -1,0 +1,111 @@
+-- Reserve the caps and budgets of one swipe, atomically: the Lua mirror of
+-- pos_engine.domain.evaluation.execute_plan (keep the two in step; a property
+-- test in tests/integration/test_redis_counters.py holds them together).
+--
+-- KEYS: the plan's distinct counter keys, already namespaced ("{ns}:key").
+-- ARGV[1] = amount_fen, ARGV[2] = number of steps, then for each step:
+--   kind      a small integer naming the benefit kind (discount, subsidy)
+--   exclusive 1 or 0
+--   bp        percent in basis points, or -1 for a fixed benefit
+--   amount    percent benefit: amount_fen_max, or -1 for none; fixed benefit: fixed_fen
+--   n         how many counters the step is subject to, followed by n triples:
+--             key index (into KEYS), unit (f = fen, u = uses), limit
+-- Returns three integers per step: given_fen, wanted_fen, stop, where stop is
+--   0 (not stopped), k > 0 (stopped by the step's k-th counter) or
+--   -j (stopped by the exclusive rule of step j).
+--
+-- Lua numbers are doubles: every integer here stays below 2^53 because the
+-- caller bounds amounts and limits to 10^12 fen (see redis_counters.py).
+
+local BP_PER_WHOLE = 10000
+
+-- Round down: a funder never pays more than the rule says. amount * bp can
+-- pass 2^53 (10^12 * 10^4), so split amount into whole units of 10000 and a
+-- rest; math.fmod is exact on doubles, and rest * bp < 10^8 divides safely.
+local function percent_of(amount, bp)
+  local rest = math.fmod(amount, BP_PER_WHOLE)
+  local whole = (amount - rest) / BP_PER_WHOLE
+  return whole * bp + math.floor(rest * bp / BP_PER_WHOLE)
+end
+
+-- Current values, read once per key; the script's own increments update them
+-- so that a key shared by several steps sees what earlier steps took.
+local values = {}
+local function value(index)
+  local current = values[index]
+  if current == nil then
+    current = tonumber(redis.call('GET', KEYS[index]) or '0')
+    values[index] = current
+  end
+  return current
+end
+
+local payable = tonumber(ARGV[1])
+local step_count = tonumber(ARGV[2])
+local at = 3
+local stopped_kinds = {}
+local deltas = {}
+local result = {}
+
+for step = 1, step_count do
+  local kind = ARGV[at]
+  local exclusive = ARGV[at + 1] == '1'
+  local bp = tonumber(ARGV[at + 2])
+  local amount = tonumber(ARGV[at + 3])
+  local counter_count = tonumber(ARGV[at + 4])
+  local first = at + 5
+  at = first + 3 * counter_count
+
+  local wanted
+  if bp >= 0 then
+    wanted = percent_of(payable, bp)
+    if amount >= 0 and amount < wanted then
+      wanted = amount
+    end
+  else
+    wanted = math.min(amount, payable)
+  end
+
+  local given, stop = wanted, 0
+  if stopped_kinds[kind] ~= nil then
+    given, stop = 0, -stopped_kinds[kind]
+  else
+    for counter = 1, counter_count do
+      local arg = first + 3 * (counter - 1)
+      local room = math.max(tonumber(ARGV[arg + 2]) - value(tonumber(ARGV[arg])), 0)
+      if ARGV[arg + 1] == 'u' then
+        if room < 1 then
+          given, stop = 0, counter
+          break
+        end
+      elseif room <= given then
+        given, stop = room, counter
+      end
+    end
+    if given > 0 then
+      for counter = 1, counter_count do
+        local arg = first + 3 * (counter - 1)
+        local index = tonumber(ARGV[arg])
+        local increment = 1
+        if ARGV[arg + 1] == 'f' then
+          increment = given
+        end
+        values[index] = value(index) + increment
+        deltas[index] = (deltas[index] or 0) + increment
+      end
+      payable = payable - given
+      if exclusive then
+        stopped_kinds[kind] = step
+      end
+    end
+  end
+  result[#result + 1] = given
+  result[#result + 1] = wanted
+  result[#result + 1] = stop
+end
+
+-- Write at the end: nothing above can fail half-way through a plan.
+for index, delta in pairs(deltas) do
+  redis.call('INCRBY', KEYS[index], string.format('%d', delta))
+end
+return result

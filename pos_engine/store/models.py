@@ -1,0 +1,183 @@
+"""SQLAlchemy 2.x models: registry (members, cards, merchants, terminals) and the ledger."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware datetime stored as UTC on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        assert value.tzinfo is not None, "datetimes must be timezone-aware"
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}  # noqa: RUF012  (SQLAlchemy reads it as is)
+
+
+class MemberRow(Base):
+    __tablename__ = "members"
+
+    member_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    unit_id: Mapped[str] = mapped_column(String(64))
+    union_id: Mapped[str] = mapped_column(String(64))
+    district: Mapped[str] = mapped_column(String(32))
+    groups: Mapped[str] = mapped_column(String(500), default="")  # comma-separated group names
+    in_service: Mapped[bool] = mapped_column(Boolean, default=True)
+    annual_review_year: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class CardRow(Base):
+    __tablename__ = "cards"
+
+    card_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # The card number is never stored: a keyed hash finds it, the last four digits show it.
+    card_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    last4: Mapped[str] = mapped_column(String(4))
+    member_id: Mapped[str] = mapped_column(ForeignKey("members.member_id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+
+    __table_args__ = (CheckConstraint("status in ('active', 'lost', 'frozen', 'cancelled')", name="status"),)
+
+
+class MerchantRow(Base):
+    __tablename__ = "merchants"
+
+    merchant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    category: Mapped[str] = mapped_column(String(32))
+    district: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+
+    __table_args__ = (
+        CheckConstraint("status in ('pending', 'active', 'probation', 'suspended', 'removed')", name="status"),
+        CheckConstraint("category in ('dining', 'lodging', 'transport', 'travel', 'shopping', 'entertainment')", name="category"),
+    )
+
+
+class TerminalRow(Base):
+    __tablename__ = "terminals"
+
+    terminal_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.merchant_id"), index=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+
+
+class LedgerEntryRow(Base):
+    """One immutable money movement: an approved authorisation, a reversal or a refund.
+
+    Amounts are signed: an authorisation adds, a reversal or refund subtracts,
+    so a plain SUM over any set of entries is the net money.
+    """
+
+    __tablename__ = "ledger_entries"
+
+    entry_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    authorisation_id: Mapped[str] = mapped_column(String(40), index=True)
+    terminal_id: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(64))
+    merchant_id: Mapped[str] = mapped_column(String(64), index=True)
+    card_id: Mapped[str] = mapped_column(String(40), index=True)
+    card_last4: Mapped[str] = mapped_column(String(4))
+    amount_fen: Mapped[int] = mapped_column(BigInteger)
+    discount_fen: Mapped[int] = mapped_column(BigInteger)
+    subsidy_fen: Mapped[int] = mapped_column(BigInteger)
+    payable_fen: Mapped[int] = mapped_column(BigInteger)
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    rules_version: Mapped[str] = mapped_column(String(64))
+    # [{campaign_id, rule_id, kind, amount_fen, counters: [[key, unit], ...]}], amounts signed like the entry.
+    benefits: Mapped[list[Any]] = mapped_column(JSON)
+    # {counter key: signed delta}: what this entry did to the counters, so they can be rebuilt.
+    counter_deltas: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    __table_args__ = (
+        CheckConstraint("kind in ('authorisation', 'reversal', 'refund')", name="kind"),
+        CheckConstraint("discount_fen + subsidy_fen + payable_fen = amount_fen", name="amounts_add_up"),
+    )
+
+
+class DeclineRow(Base):
+    """A declined swipe: no money moved, kept so the card office can see who is turned away."""
+
+    __tablename__ = "declines"
+
+    decline_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    terminal_id: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(64))
+    merchant_id: Mapped[str] = mapped_column(String(64), index=True)
+    card_last4: Mapped[str] = mapped_column(String(4))
+    decline_code: Mapped[str] = mapped_column(String(32))
+    amount_fen: Mapped[int] = mapped_column(BigInteger)
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    rules_version: Mapped[str] = mapped_column(String(64))
+
+
+class IdempotencyRow(Base):
+    """The stored answer to one terminal request, returned byte for byte on a retry."""
+
+    __tablename__ = "idempotency_records"
+
+    terminal_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response_body: Mapped[bytes] = mapped_column(LargeBinary)
+    resource_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class CounterRow(Base):
+    """A cap or budget counter of the SQL counter store."""
+
+    __tablename__ = "counters"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+Index("ix_ledger_entries_kind_recorded", LedgerEntryRow.kind, LedgerEntryRow.recorded_at)

@@ -1,0 +1,206 @@
+"""The Redis counter store: caps and budgets reserved by Lua scripts, one round trip per swipe.
+
+Every key is stored as ``{namespace}:key``. The braces are a Redis Cluster hash
+tag: all counters of a namespace hash to one slot, so a script may touch any of
+them and stays valid on a cluster. The trade-off is deliberate: one slot, so
+one primary, carries every counter. A Redis primary does well over 100 000
+simple operations a second and a reservation is one short script, far above
+the swipe peak of a city's union card; the cluster then buys failover, not
+write scaling. Split the namespace (one per campaign, say) if that ever changes.
+
+`reserve` runs `reserve.lua`, a line-by-line mirror of
+`pos_engine.domain.evaluation.execute_plan`. Lua numbers are doubles, exact for
+integers below 2^53 (about 9 * 10^15), so every amount, benefit and limit sent
+to it is asserted to be at most `AMOUNT_FEN_MAX` = 10^12 fen (10 billion yuan);
+the script splits its one multiplication (amount * basis points, up to 10^16)
+so that it never leaves the exact range.
+
+Redis is not transactional with the ledger: `session` arguments are ignored,
+and the caller gives back a reservation (`apply` with negative deltas) when its
+own transaction fails. `snapshot` is SCAN + MGET, not a point-in-time copy;
+`replace_all` is atomic but blocks Redis for the time it takes (O(counters)).
+
+Errors: a bad URL raises ValueError; everything else is redis-py's own
+(`redis.exceptions.ConnectionError` and friends: the dependency is unavailable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from importlib.resources import files
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.cluster import RedisCluster
+from redis.commands.core import Script
+
+from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, Plan, StepOutcome
+from pos_engine.domain.money import BP_PER_WHOLE
+
+# Lua numbers are doubles: with amounts and limits at most 10^12 fen, every sum
+# and difference the script makes stays far below 2^53.
+AMOUNT_FEN_MAX = 10**12
+PLAN_STEPS_MAX = 1_000  # more rules than any swipe can match; keeps ARGV bounded
+SCAN_COUNT = 1_000  # keys asked of SCAN per call
+MGET_BATCH_KEYS = 1_000  # keys per MGET in `snapshot`
+
+CLUSTER_SCHEME = "redis-cluster"
+_GLOB_SPECIALS = "\\*?[]"
+
+if TYPE_CHECKING:
+    # Generic in the types-redis stubs that mypy reads; plain classes at run time.
+    RedisClient: TypeAlias = redis.Redis[Any] | RedisCluster[Any]
+
+
+def _lua(name: str) -> str:
+    return files("pos_engine.store").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+def _glob_escape(text: str) -> str:
+    """Escape `text` for a SCAN MATCH pattern, so that it matches only itself."""
+    return "".join("\\" + char if char in _GLOB_SPECIALS else char for char in text)
+
+
+def _register(client: RedisClient, source: str) -> Script:
+    """Register a script once; redis-py then sends EVALSHA and loads the source only on NOSCRIPT."""
+    # The types-redis stubs lack RedisCluster.register_script, which redis-py has had since 4.1.3.
+    return client.register_script(source)  # type: ignore[union-attr]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _bounded(amount_fen: int) -> str:
+    assert 0 <= amount_fen <= AMOUNT_FEN_MAX, amount_fen
+    return str(amount_fen)
+
+
+class RedisCounterStore:
+    """Counters in Redis (or Redis Cluster) under one hash-tagged namespace; not transactional."""
+
+    transactional = False
+
+    def __init__(self, client: RedisClient, namespace: str = "pos") -> None:
+        # Braces would end the hash tag early and scatter the keys over slots.
+        assert namespace, "the namespace must not be empty"
+        assert "{" not in namespace, namespace
+        assert "}" not in namespace, namespace
+        self.client = client
+        self.namespace = namespace
+        self.prefix = "{" + namespace + "}:"
+        self._pattern = _glob_escape(self.prefix) + "*"
+        self._reserve = _register(client, _lua("reserve.lua"))
+        self._apply = _register(client, _lua("apply.lua"))
+        self._replace_all = _register(client, _lua("replace_all.lua"))
+
+    @classmethod
+    def from_url(cls, url: str, namespace: str = "pos") -> RedisCounterStore:
+        """Connect by URL: redis://, rediss:// or unix:// for one server, redis-cluster://host:port for a cluster."""
+        parts = urlsplit(url)
+        if parts.scheme == CLUSTER_SCHEME:
+            if not parts.hostname or parts.port is None:
+                raise ValueError(f"{url!r}: a cluster URL needs a host and a port: redis-cluster://host:port")
+            client: RedisClient = RedisCluster(
+                host=parts.hostname,
+                port=parts.port,
+                username=unquote(parts.username) if parts.username else None,
+                password=unquote(parts.password) if parts.password else None,
+            )
+        elif parts.scheme in ("redis", "rediss", "unix"):
+            client = redis.Redis.from_url(url)
+        else:
+            raise ValueError(f"{url!r}: the scheme must be redis, rediss, unix or {CLUSTER_SCHEME}")
+        return cls(client, namespace=namespace)
+
+    def _key(self, key: str) -> str:
+        assert key, "a counter key must not be empty"
+        return self.prefix + key
+
+    def _run(self, script: Script, keys: list[str], args: list[str]) -> Any:
+        return script(keys=keys, args=args, client=self.client)
+
+    def reserve(self, plan: Plan, session: Any = None) -> list[StepOutcome]:
+        """Run `execute_plan` atomically against the stored counters, in one EVALSHA."""
+        assert len(plan.steps) <= PLAN_STEPS_MAX, len(plan.steps)
+        key_indexes: dict[str, int] = {}
+        kind_ids: dict[str, int] = {}
+        args = [_bounded(plan.amount_fen), str(len(plan.steps))]
+        for step in plan.steps:
+            benefit = step.benefit
+            args.append(str(kind_ids.setdefault(benefit.kind, len(kind_ids))))
+            args.append("1" if step.rule.exclusive else "0")
+            if benefit.percent_bp is not None:
+                assert 0 <= benefit.percent_bp <= BP_PER_WHOLE, benefit.percent_bp
+                args.append(str(benefit.percent_bp))
+                args.append("-1" if benefit.amount_fen_max is None else _bounded(benefit.amount_fen_max))
+            else:
+                assert benefit.fixed_fen is not None
+                args.append("-1")
+                args.append(_bounded(benefit.fixed_fen))
+            args.append(str(len(step.counters)))
+            for counter in step.counters:
+                assert counter.unit in (UNIT_FEN, UNIT_USES), counter.unit
+                # Lua indexes from 1.
+                args.append(str(key_indexes.setdefault(counter.key, len(key_indexes) + 1)))
+                args.append("f" if counter.unit == UNIT_FEN else "u")
+                args.append(_bounded(counter.limit))
+        keys = [self._key(key) for key in key_indexes]
+        reply = cast(list[int], self._run(self._reserve, keys, args))
+        assert len(reply) == 3 * len(plan.steps), reply
+        outcomes: list[StepOutcome] = []
+        for position, step in enumerate(plan.steps):
+            given_fen, wanted_fen, stop = (int(number) for number in reply[3 * position : 3 * position + 3])
+            stopped_by: str | None = None
+            if stop > 0:
+                stopped_by = step.counters[stop - 1].label
+            elif stop < 0:
+                stopped_by = f"exclusive:{plan.steps[-stop - 1].rule.ref}"
+            outcomes.append(StepOutcome(given_fen, wanted_fen, stopped_by))
+        # The Decision invariants rely on these; a script that broke them would cost money.
+        assert all(0 <= outcome.given_fen <= outcome.wanted_fen for outcome in outcomes)
+        assert sum(outcome.given_fen for outcome in outcomes) <= plan.amount_fen
+        return outcomes
+
+    def apply(self, deltas: Mapping[str, int], session: Any = None) -> None:
+        """Add `deltas` (negative to give back) atomically, without checking limits; counters at 0 are deleted."""
+        changed = {key: delta for key, delta in deltas.items() if delta}
+        if not changed:
+            return
+        # INCRBY works on 64-bit integers in Redis itself, so deltas need no 2^53 bound here.
+        self._run(self._apply, [self._key(key) for key in changed], [str(int(delta)) for delta in changed.values()])
+
+    def read(self, keys: Iterable[str], session: Any = None) -> dict[str, int]:
+        """Current values of `keys` (0 for a key never written), in one MGET."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        # One MGET is valid on a cluster: every key carries the same hash tag.
+        values = cast(list[bytes | str | None], self.client.mget([self._key(key) for key in wanted]))
+        return {key: int(value) if value is not None else 0 for key, value in zip(wanted, values, strict=True)}
+
+    def _scan(self) -> Iterator[str]:
+        # On a cluster redis-py scans every primary; the namespace lives on one of them.
+        for raw in self.client.scan_iter(match=self._pattern, count=SCAN_COUNT):
+            yield _text(cast(bytes | str, raw))
+
+    def snapshot(self) -> dict[str, int]:
+        """Every counter of the namespace whose value is not 0, keys without the namespace prefix."""
+        found = list(dict.fromkeys(self._scan()))
+        counters: dict[str, int] = {}
+        for start in range(0, len(found), MGET_BATCH_KEYS):
+            batch = found[start : start + MGET_BATCH_KEYS]
+            values = cast(list[bytes | str | None], self.client.mget(batch))
+            for stored_key, value in zip(batch, values, strict=True):
+                # A key deleted between SCAN and MGET reads as None: it is 0 now.
+                if value is not None and int(value) != 0:
+                    counters[stored_key.removeprefix(self.prefix)] = int(value)
+        return counters
+
+    def replace_all(self, values: Mapping[str, int]) -> None:
+        """Delete every counter of the namespace and write `values`, in one atomic script."""
+        nonzero = {key: value for key, value in values.items() if value}
+        keys = [self.prefix] + [self._key(key) for key in nonzero]
+        args = [self._pattern] + [str(int(value)) for value in nonzero.values()]
+        self._run(self._replace_all, keys, args)

@@ -1,0 +1,541 @@
+"""The Redis counter store against real Redis: the Lua script mirrors `execute_plan` exactly.
+
+Needs Redis on 127.0.0.1:6379; the tests fail, not skip, when it is not there.
+The cluster test starts its own three-node Redis Cluster on 127.0.0.1:7101-7103.
+Every test uses its own namespace and deletes it afterwards.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+from redis.cluster import RedisCluster
+
+from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, CounterRef, Plan, PlanStep, StepOutcome, execute_plan
+from pos_engine.domain.money import percent_of
+from pos_engine.domain.rulebook import Benefit, BenefitKind, Rule
+from pos_engine.store.redis_counters import AMOUNT_FEN_MAX, RedisCounterStore
+
+pytestmark = pytest.mark.redis
+
+REDIS_HOST = "127.0.0.1"
+REDIS_PORT = 6379
+CLUSTER_PORTS = (7101, 7102, 7103)
+CLUSTER_READY_TIMEOUT_S = 30.0
+SOCKET_TIMEOUT_S = 5.0
+
+
+def connect() -> redis.Redis:
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_timeout=SOCKET_TIMEOUT_S)
+    # No skip: a missing Redis is a failure of the test environment, and must show as one.
+    client.ping()
+    return client
+
+
+def connect_cluster() -> RedisCluster:
+    return RedisCluster(host=REDIS_HOST, port=CLUSTER_PORTS[0], socket_timeout=SOCKET_TIMEOUT_S)
+
+
+def unique_namespace() -> str:
+    return f"test-{uuid.uuid4().hex}"
+
+
+def wipe(store: RedisCounterStore) -> None:
+    store.replace_all({})
+    assert store.snapshot() == {}
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    client = connect()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_store(redis_client: redis.Redis) -> Iterator[Callable[..., RedisCounterStore]]:
+    stores: list[RedisCounterStore] = []
+
+    def make(namespace: str | None = None) -> RedisCounterStore:
+        store = RedisCounterStore(redis_client, namespace=namespace or unique_namespace())
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        wipe(store)
+
+
+@pytest.fixture
+def store(make_store: Callable[..., RedisCounterStore]) -> RedisCounterStore:
+    return make_store()
+
+
+def make_rule(
+    rule_id: str = "r1",
+    *,
+    campaign_id: str = "c1",
+    kind: BenefitKind = "subsidy",
+    percent_bp: int | None = None,
+    amount_fen_max: int | None = None,
+    fixed_fen: int | None = None,
+    exclusive: bool = False,
+) -> Rule:
+    benefit = Benefit(kind, percent_bp=percent_bp, amount_fen_max=amount_fen_max, fixed_fen=fixed_fen)
+    return Rule(campaign_id, rule_id, benefit, exclusive=exclusive)
+
+
+def uses_cap(key: str, limit: int) -> CounterRef:
+    return CounterRef(key, UNIT_USES, limit, "card/day/uses")
+
+
+def fen_cap(key: str, limit: int) -> CounterRef:
+    return CounterRef(key, UNIT_FEN, limit, "campaign/budget/fen")
+
+
+# --- the state machine: the real store against a dict driven by execute_plan -------------
+
+# A small pool, so that steps of one plan and successive plans share counters,
+# as campaign-level caps are shared by all the campaign's rules.
+KEY_POOL = (
+    ("card:c1:day:uses", UNIT_USES),
+    ("card:c1:month:fen", UNIT_FEN),
+    ("campaign:c1:budget:fen", UNIT_FEN),
+    ("merchant:m1:week:fen", UNIT_FEN),
+    ("rule:c2/r1:card:week:uses", UNIT_USES),
+)
+KEY_NAMES = tuple(key for key, _ in KEY_POOL)
+KINDS: tuple[BenefitKind, ...] = ("discount", "subsidy")
+
+small_or_huge_fen = st.one_of(st.integers(0, 3_000), st.integers(0, AMOUNT_FEN_MAX), st.just(AMOUNT_FEN_MAX))
+
+
+@st.composite
+def counter_refs(draw: st.DrawFn) -> CounterRef:
+    key, unit = draw(st.sampled_from(KEY_POOL))
+    limit = draw(st.integers(0, 6)) if unit == UNIT_USES else draw(small_or_huge_fen)
+    if draw(st.booleans()) and unit == UNIT_USES:
+        limit = draw(st.integers(0, AMOUNT_FEN_MAX))
+    return CounterRef(key, unit, limit, f"{key}/label")
+
+
+@st.composite
+def benefits(draw: st.DrawFn) -> Benefit:
+    kind: BenefitKind = draw(st.sampled_from(KINDS))
+    if draw(st.booleans()):
+        amount_fen_max = draw(st.none() | small_or_huge_fen)
+        return Benefit(kind, percent_bp=draw(st.integers(0, 10_000)), amount_fen_max=amount_fen_max)
+    return Benefit(kind, fixed_fen=draw(small_or_huge_fen))
+
+
+@st.composite
+def plans(draw: st.DrawFn) -> Plan:
+    steps = []
+    for index in range(draw(st.integers(0, 6))):
+        rule_ = Rule(
+            draw(st.sampled_from(["c1", "c2"])),
+            f"r{index}",
+            draw(benefits()),
+            exclusive=draw(st.booleans()),
+        )
+        steps.append(PlanStep(rule_, tuple(draw(st.lists(counter_refs(), max_size=4)))))
+    amount_fen = draw(st.one_of(st.integers(0, 5_000), st.integers(0, AMOUNT_FEN_MAX), st.just(AMOUNT_FEN_MAX)))
+    return Plan(amount_fen, tuple(steps), ())
+
+
+class CounterStoreMachine(RuleBasedStateMachine):
+    """Drive the real RedisCounterStore and a dict model side by side; they never differ."""
+
+    connect: Callable[[], Any] = staticmethod(connect)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client = type(self).connect()
+        self.store = RedisCounterStore(self.client, namespace=unique_namespace())
+        self.model: dict[str, int] = {}
+
+    @initialize(values=st.dictionaries(st.sampled_from(KEY_NAMES), st.integers(-5, 3_000), max_size=3))
+    def start_from(self, values: dict[str, int]) -> None:
+        self.store.replace_all(values)
+        self.model = dict(values)
+
+    @rule(plan=plans())
+    def reserve(self, plan: Plan) -> None:
+        stored = self.store.reserve(plan)
+        expected = execute_plan(plan, self.model)
+        assert stored == expected
+
+    @rule(deltas=st.dictionaries(st.sampled_from(KEY_NAMES), st.integers(-3_000, 3_000), max_size=3))
+    def apply(self, deltas: dict[str, int]) -> None:
+        self.store.apply(deltas)
+        for key, delta in deltas.items():
+            self.model[key] = self.model.get(key, 0) + delta
+
+    @rule(data=st.data())
+    def give_back_a_reservation(self, data: st.DataObject) -> None:
+        held = sorted(key for key, value in self.model.items() if value > 0)
+        if not held:
+            return
+        key = data.draw(st.sampled_from(held))
+        delta = -data.draw(st.integers(1, self.model[key]))
+        self.store.apply({key: delta})
+        self.model[key] += delta
+
+    @invariant()
+    def counters_agree(self) -> None:
+        assert self.store.snapshot() == {key: value for key, value in self.model.items() if value}
+        assert self.store.read(KEY_NAMES) == {key: self.model.get(key, 0) for key in KEY_NAMES}
+
+    def teardown(self) -> None:
+        wipe(self.store)
+        self.client.close()
+
+
+CounterStoreMachine.TestCase.settings = settings(
+    max_examples=75,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestCounterStoreMatchesExecutePlan = CounterStoreMachine.TestCase
+
+
+# --- examples -----------------------------------------------------------------------------
+
+
+def test_a_campaign_cap_shared_by_two_rules_sees_the_first_rules_increment(store: RedisCounterStore) -> None:
+    budget = fen_cap("campaign:c1:budget:fen", 500)
+    plan = Plan(
+        10_000,
+        (
+            PlanStep(make_rule("r1", kind="discount", fixed_fen=300), (budget,)),
+            PlanStep(make_rule("r2", kind="subsidy", fixed_fen=300), (budget,)),
+        ),
+        (),
+    )
+    assert store.reserve(plan) == [StepOutcome(300, 300, None), StepOutcome(200, 300, "campaign/budget/fen")]
+    assert store.read(["campaign:c1:budget:fen"]) == {"campaign:c1:budget:fen": 500}
+
+
+def test_an_exclusive_rule_stops_later_rules_of_its_kind_only(store: RedisCounterStore) -> None:
+    plan = Plan(
+        10_000,
+        (
+            PlanStep(make_rule("r1", kind="discount", percent_bp=1_000, exclusive=True), ()),
+            PlanStep(make_rule("r2", kind="discount", fixed_fen=100), (uses_cap("u", 5),)),
+            PlanStep(make_rule("r3", kind="subsidy", fixed_fen=100), (uses_cap("u", 5),)),
+        ),
+        (),
+    )
+    assert store.reserve(plan) == [
+        StepOutcome(1_000, 1_000, None),
+        StepOutcome(0, 100, "exclusive:c1/r1"),
+        StepOutcome(100, 100, None),
+    ]
+    assert store.snapshot() == {"u": 1}
+
+
+@pytest.mark.parametrize("percent_bp", [1, 3_333, 9_999, 10_000])
+@pytest.mark.parametrize("amount_fen", [AMOUNT_FEN_MAX, AMOUNT_FEN_MAX - 1, 999_999_999_999 - 7, 9_007_199_254])
+def test_a_percent_of_a_huge_amount_rounds_down_exactly(store: RedisCounterStore, amount_fen: int, percent_bp: int) -> None:
+    # amount * bp passes 2^53 here, where a naive double multiplication would round.
+    plan = Plan(amount_fen, (PlanStep(make_rule(percent_bp=percent_bp), (fen_cap("f", AMOUNT_FEN_MAX),)),), ())
+    wanted = percent_of(amount_fen, percent_bp)
+    assert store.reserve(plan) == [StepOutcome(wanted, wanted, None)]
+    assert store.read(["f"]) == {"f": wanted}
+
+
+def test_amounts_above_the_exact_bound_are_refused_before_calling_redis(store: RedisCounterStore) -> None:
+    plan = Plan(AMOUNT_FEN_MAX + 1, (PlanStep(make_rule(fixed_fen=1), ()),), ())
+    with pytest.raises(AssertionError):
+        store.reserve(plan)
+    assert store.snapshot() == {}
+
+
+def test_reserve_is_one_round_trip(make_store: Callable[..., RedisCounterStore]) -> None:
+    commands: list[str] = []
+
+    class CountingRedis(redis.Redis):
+        def execute_command(self, *args: Any, **options: Any) -> Any:
+            commands.append(str(args[0]))
+            return super().execute_command(*args, **options)
+
+    client = CountingRedis(host=REDIS_HOST, port=REDIS_PORT, socket_timeout=SOCKET_TIMEOUT_S)
+    try:
+        store = RedisCounterStore(client, namespace=unique_namespace())
+        shared = uses_cap("shared", 10)
+        plan = Plan(
+            5_000,
+            tuple(PlanStep(make_rule(f"r{index}", fixed_fen=100), (shared, fen_cap(f"f{index}", 1_000))) for index in range(4)),
+            (),
+        )
+        store.reserve(plan)  # may load the script first, once per server
+        commands.clear()
+        store.reserve(plan)
+        assert commands == ["EVALSHA"]
+        commands.clear()
+        store.apply({"shared": -1, "f0": -100, "f1": 5})
+        assert commands == ["EVALSHA"]
+    finally:
+        wipe(store)
+        client.close()
+
+
+def test_keys_carry_the_namespace_hash_tag(store: RedisCounterStore, redis_client: redis.Redis) -> None:
+    store.apply({"a": 1, "b:c": 2})
+    raw = sorted(key.decode() for key in redis_client.scan_iter(match=f"{{{store.namespace}}}:*"))
+    assert raw == [f"{{{store.namespace}}}:a", f"{{{store.namespace}}}:b:c"]
+
+
+# --- concurrency --------------------------------------------------------------------------
+
+SWIPES = 50
+
+
+def reserve_concurrently(store: RedisCounterStore, plan: Plan) -> list[StepOutcome]:
+    start = threading.Barrier(SWIPES)
+    results: list[StepOutcome] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def swipe() -> None:
+        try:
+            start.wait()
+            outcomes = store.reserve(plan)
+            with lock:
+                results.extend(outcomes)
+        except BaseException as error:  # surfaced below: a thread's exception must fail the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=swipe) for _ in range(SWIPES)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(results) == SWIPES
+    return results
+
+
+def test_fifty_concurrent_swipes_never_pass_a_uses_cap_of_seven(store: RedisCounterStore) -> None:
+    plan = Plan(1_000, (PlanStep(make_rule(fixed_fen=100), (uses_cap("card:day:uses", 7),)),), ())
+    outcomes = reserve_concurrently(store, plan)
+    assert sum(1 for outcome in outcomes if outcome.given_fen > 0) == 7
+    assert all(outcome.stopped_by == "card/day/uses" for outcome in outcomes if outcome.given_fen == 0)
+    assert store.read(["card:day:uses"]) == {"card:day:uses": 7}
+
+
+def test_fifty_concurrent_swipes_share_a_budget_to_the_fen(store: RedisCounterStore) -> None:
+    plan = Plan(1_000, (PlanStep(make_rule(fixed_fen=150), (fen_cap("campaign:c1:budget:fen", 1_000),)),), ())
+    outcomes = reserve_concurrently(store, plan)
+    given = sorted((outcome.given_fen for outcome in outcomes), reverse=True)
+    assert sum(given) == 1_000
+    assert given[:7] == [150] * 6 + [100]
+    assert set(given[7:]) == {0}
+    assert sum(1 for outcome in outcomes if outcome.stopped_by == "campaign/budget/fen") == SWIPES - 6
+    assert store.read(["campaign:c1:budget:fen"]) == {"campaign:c1:budget:fen": 1_000}
+
+
+# --- apply, read, snapshot, replace_all ---------------------------------------------------
+
+
+def test_apply_adds_negative_deltas_and_deletes_counters_back_at_zero(store: RedisCounterStore, redis_client: redis.Redis) -> None:
+    store.apply({"a": 5, "b": 7, "c": 0})
+    store.apply({"a": -2, "b": -7})
+    assert store.read(["a", "b", "c"]) == {"a": 3, "b": 0, "c": 0}
+    assert store.snapshot() == {"a": 3}
+    assert redis_client.exists(f"{{{store.namespace}}}:b") == 0
+    store.apply({"a": -5})
+    assert store.snapshot() == {"a": -2}
+
+
+def test_read_of_no_keys_is_empty(store: RedisCounterStore) -> None:
+    assert store.read([]) == {}
+
+
+def test_snapshot_and_replace_all_round_trip(make_store: Callable[..., RedisCounterStore]) -> None:
+    store = make_store()
+    values = {f"card:{index}:day:uses": index + 1 for index in range(2_500)} | {"campaign:c1:budget:fen": 10**12, "odd:key:*?[x]": 3}
+    store.apply({"stale": 9})
+    store.replace_all(values | {"zero": 0})
+    assert store.snapshot() == values
+    copy = make_store()
+    copy.replace_all(store.snapshot())
+    assert copy.snapshot() == values
+    store.replace_all({})
+    assert store.snapshot() == {}
+    assert copy.snapshot() == values
+
+
+def test_replace_all_leaves_other_namespaces_alone(make_store: Callable[..., RedisCounterStore]) -> None:
+    base = unique_namespace()
+    # Glob characters in a namespace must match only themselves.
+    store = make_store(base + "*?[a]")
+    neighbours = [make_store(base), make_store(base + "x?[a]"), make_store(base + "xa")]
+    for neighbour in neighbours:
+        neighbour.apply({"k": 1})
+    store.apply({"k": 2})
+    store.replace_all({"j": 3})
+    assert store.snapshot() == {"j": 3}
+    for neighbour in neighbours:
+        assert neighbour.snapshot() == {"k": 1}
+
+
+def test_from_url_connects_to_a_single_server() -> None:
+    store = RedisCounterStore.from_url(f"redis://{REDIS_HOST}:{REDIS_PORT}/0", namespace=unique_namespace())
+    try:
+        store.apply({"k": 4})
+        assert store.read(["k"]) == {"k": 4}
+    finally:
+        wipe(store)
+        store.client.close()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis-cluster://127.0.0.1", "memcached://x"])
+def test_from_url_refuses_other_schemes(url: str) -> None:
+    with pytest.raises(ValueError, match="redis"):
+        RedisCounterStore.from_url(url)
+
+
+# --- Redis Cluster ------------------------------------------------------------------------
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        return probe.connect_ex((REDIS_HOST, port)) != 0
+
+
+def _cli(port: int, *args: str) -> str:
+    return subprocess.run(
+        ["redis-cli", "-h", REDIS_HOST, "-p", str(port), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=CLUSTER_READY_TIMEOUT_S,
+    ).stdout
+
+
+def _wait_for(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + CLUSTER_READY_TIMEOUT_S
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return _cli(port, "ping").strip() == "PONG"
+    except subprocess.CalledProcessError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Start a three-node Redis Cluster on loopback, without replicas; shut it down afterwards."""
+    assert shutil.which("redis-server"), "redis-server is needed for the cluster test"
+    busy = [port for port in CLUSTER_PORTS if not _port_is_free(port)]
+    assert not busy, f"ports {busy} are taken; the cluster test needs them"
+    started: list[int] = []
+    try:
+        for port in CLUSTER_PORTS:
+            directory: Path = tmp_path_factory.mktemp(f"redis-cluster-{port}")
+            subprocess.run(
+                [
+                    "redis-server",
+                    "--port", str(port),
+                    "--bind", REDIS_HOST,
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(directory / "nodes.conf"),
+                    "--dir", str(directory),
+                    "--daemonize", "yes",
+                    "--save", "",
+                    "--appendonly", "no",
+                    "--logfile", str(directory / "redis.log"),
+                ],
+                check=True,
+                timeout=CLUSTER_READY_TIMEOUT_S,
+            )  # fmt: skip
+            started.append(port)
+        for port in CLUSTER_PORTS:
+            _wait_for(lambda port=port: _answers(port), f"redis-server on port {port}")
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"{REDIS_HOST}:{port}" for port in CLUSTER_PORTS),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=CLUSTER_READY_TIMEOUT_S,
+        )
+        for port in CLUSTER_PORTS:
+            _wait_for(lambda port=port: "cluster_state:ok" in _cli(port, "cluster", "info"), f"cluster_state:ok on port {port}")
+        yield
+    finally:
+        for port in started:
+            subprocess.run(
+                ["redis-cli", "-h", REDIS_HOST, "-p", str(port), "shutdown", "nosave"], capture_output=True, timeout=10, check=False
+            )
+
+
+@pytest.fixture
+def cluster_store(redis_cluster: None) -> Iterator[RedisCounterStore]:
+    store = RedisCounterStore.from_url(f"redis-cluster://{REDIS_HOST}:{CLUSTER_PORTS[0]}", namespace=unique_namespace())
+    assert isinstance(store.client, RedisCluster)
+    yield store
+    wipe(store)
+    store.client.close()
+
+
+@pytest.mark.slow
+def test_reserve_apply_and_snapshot_work_on_a_redis_cluster(cluster_store: RedisCounterStore) -> None:
+    store = cluster_store
+    shared = fen_cap("campaign:c1:budget:fen", 700)
+    plan = Plan(
+        10_000,
+        (
+            PlanStep(make_rule("r1", kind="discount", fixed_fen=400), (uses_cap("card:1:day:uses", 1), shared)),
+            PlanStep(make_rule("r2", kind="subsidy", percent_bp=1_000), (uses_cap("card:1:week:uses", 3), shared)),
+        ),
+        (),
+    )
+    assert store.reserve(plan) == [StepOutcome(400, 400, None), StepOutcome(300, 960, "campaign/budget/fen")]
+    assert store.reserve(plan) == [StepOutcome(0, 400, "card/day/uses"), StepOutcome(0, 1_000, "campaign/budget/fen")]
+    store.apply({"campaign:c1:budget:fen": -300, "card:1:week:uses": -1})
+    assert store.snapshot() == {"card:1:day:uses": 1, "campaign:c1:budget:fen": 400}
+    assert store.read(["card:1:day:uses", "card:1:week:uses", "nothing"]) == {"card:1:day:uses": 1, "card:1:week:uses": 0, "nothing": 0}
+    store.replace_all({"a": 1, "b": 2})
+    assert store.snapshot() == {"a": 1, "b": 2}
+    # Every key of the namespace sits in one slot, so on one node.
+    client = store.client
+    assert isinstance(client, RedisCluster)
+    assert len({client.keyslot(f"{store.prefix}{key}") for key in ("a", "b", "campaign:c1:budget:fen")}) == 1
+
+
+@pytest.mark.slow
+def test_the_state_machine_holds_on_a_redis_cluster(redis_cluster: None) -> None:
+    class ClusterMachine(CounterStoreMachine):
+        connect = staticmethod(connect_cluster)
+
+    run_state_machine_as_test(
+        ClusterMachine,
+        settings=settings(max_examples=15, stateful_step_count=20, deadline=None, suppress_health_check=[HealthCheck.too_slow]),
+    )
