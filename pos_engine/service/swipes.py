@@ -182,9 +182,11 @@ def authorise(
         if decision.status == "approved":
             assert plan is not None
             assert holder is not None
+            entry_id = new_id("au")
             entry = uow.repo.add_entry(
-                entry_id=new_id("au"),
+                entry_id=entry_id,
                 kind="authorisation",
+                authorisation_id=entry_id,
                 terminal_id=terminal.terminal_id,
                 request_id=request.request_id,
                 merchant_id=request.merchant_id,

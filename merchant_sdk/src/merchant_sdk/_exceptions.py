@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Optional
+from typing import Any
 
 from ._models import RequestReversal
 
@@ -52,7 +52,7 @@ class FieldError:
 class PosError(Exception):
     """Base of every error the SDK raises."""
 
-    def __init__(self, message: str, *, status: Optional[int] = None, code: Optional[str] = None, request_id: Optional[str] = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None, request_id: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -63,7 +63,7 @@ class PosError(Exception):
 class APIConnectionError(PosError):
     """No HTTP answer came: the connection failed, or dropped before the answer."""
 
-    def __init__(self, message: str, *, request_id: Optional[str] = None, may_have_reached_server: bool = True) -> None:
+    def __init__(self, message: str, *, request_id: str | None = None, may_have_reached_server: bool = True) -> None:
         super().__init__(message, request_id=request_id)
         self.may_have_reached_server = may_have_reached_server
         """False only when the request certainly never left (the connection was never made)."""
@@ -93,17 +93,16 @@ class AuthorisationUnknown(PosError):
         message: str,
         *,
         request_id: str,
-        status: Optional[int] = None,
-        code: Optional[str] = None,
-        reversal: Optional[RequestReversal] = None,
+        status: int | None = None,
+        code: str | None = None,
+        reversal: RequestReversal | None = None,
+        reversal_pending: bool = False,
     ) -> None:
         super().__init__(message, status=status, code=code, request_id=request_id)
         self.reversal = reversal
-
-    @property
-    def reversal_pending(self) -> bool:
-        """Whether the server has not yet acknowledged the reversal of this request."""
-        return self.reversal is None
+        """The server's answer to the reversal, when it acknowledged it at once."""
+        self.reversal_pending = reversal_pending
+        """Whether the reversal is queued, to be sent again at the start of the next call."""
 
 
 class APIStatusError(PosError):
@@ -116,13 +115,13 @@ class APIStatusError(PosError):
         message: str,
         *,
         status: int,
-        code: Optional[str],
-        request_id: Optional[str],
-        title: Optional[str] = None,
-        detail: Optional[str] = None,
+        code: str | None,
+        request_id: str | None,
+        title: str | None = None,
+        detail: str | None = None,
         errors: tuple[FieldError, ...] = (),
-        retry_after_s: Optional[float] = None,
-        problem: Optional[Mapping[str, Any]] = None,
+        retry_after_s: float | None = None,
+        problem: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message, status=status, code=code, request_id=request_id)
         self.title = title
@@ -185,7 +184,7 @@ def error_class_for_status(status: int) -> type[APIStatusError]:
     return _STATUS_ERRORS.get(status, APIStatusError)
 
 
-def make_status_error(status: int, problem: Mapping[str, Any], *, request_id: Optional[str], retry_after_s: Optional[float]) -> APIStatusError:
+def make_status_error(status: int, problem: Mapping[str, Any], *, request_id: str | None, retry_after_s: float | None) -> APIStatusError:
     """Build the exception for an error answer from its status and problem document."""
     code = _optional_str(problem.get("code"))
     title = _optional_str(problem.get("title"))
@@ -216,5 +215,5 @@ def make_status_error(status: int, problem: Mapping[str, Any], *, request_id: Op
     )
 
 
-def _optional_str(value: object) -> Optional[str]:
+def _optional_str(value: object) -> str | None:
     return value if isinstance(value, str) else None

@@ -1,0 +1,196 @@
+"""The `pos-engine` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pos_engine.config import Settings
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _fail(message: str) -> None:
+    click.echo(message, err=True)
+    sys.exit(1)
+
+
+def _context(settings: Settings) -> Any:
+    from pos_engine.api.app import build_context
+    from pos_engine.rules_loader import RulebookError
+
+    try:
+        return build_context(settings)
+    except RulebookError as error:
+        _fail(f"the rulebook in {settings.rules_dir} is invalid:\n{error}")
+
+
+def _database(settings: Settings) -> Any:
+    from pos_engine.store.db import Database
+
+    return Database(settings.database_url)
+
+
+@click.group()
+def main() -> None:
+    """pos-engine: the union-card subsidy engine. Configured by POS_ENGINE_* environment variables."""
+
+
+@main.command("init-db")
+def init_db() -> None:
+    """Create or migrate the database schema."""
+    from pos_engine.store.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    click.echo(f"schema is up to date ({_redact(settings.database_url)})")
+
+
+@main.command()
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="where to write credentials JSON")
+@click.option("--reset", is_flag=True, help="wipe registry, ledger and counters and load a fresh world")
+def demo(out: Path, reset: bool) -> None:
+    """Load the demo world (migrating the schema first) and write its credentials as JSON."""
+    from pos_engine.demo import load_demo
+    from pos_engine.domain.clock import local
+    from pos_engine.store.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    ctx = _context(settings)
+    year = local(settings.clock.now()).year
+    credentials = load_demo(_database(settings), settings.card_key.encode("utf-8"), year, reset=reset)
+    if reset:
+        ctx.counters.replace_all({})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(credentials.as_json(), indent=2))
+    cards = credentials.cards
+    click.echo(
+        f"demo world ready: {len(credentials.terminals)} terminals, {len(cards['usable'])} usable cards "
+        f"(+{len(cards['lost'])} lost, {len(cards['review_due'])} review due, {len(cards['not_in_service'])} not in service); "
+        f"credentials in {out}"
+    )
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+def serve(host: str, port: int) -> None:
+    """Run a local server (production runs `gunicorn pos_engine.wsgi:app`)."""
+    from pos_engine.api.app import create_app
+
+    settings = _settings()
+    app = create_app(settings, _context(settings))
+    click.echo(f"pos-engine serving on http://{host}:{port} (rules {app.extensions['pos_engine'].rulebook.version})")
+    app.run(host=host, port=port, threaded=True)
+
+
+@main.group()
+def rules() -> None:
+    """The YAML rulebook."""
+
+
+@rules.command("check")
+@click.argument("directory", type=click.Path(path_type=Path))
+def rules_check(directory: Path) -> None:
+    """Validate a rulebook directory and run its worked examples."""
+    from pos_engine.rules_loader import RulebookError, load_rulebook, run_examples
+
+    try:
+        rulebook = load_rulebook(directory)
+    except RulebookError as error:
+        _fail(str(error))
+        return
+    failures = run_examples(rulebook)
+    if failures:
+        _fail("\n".join(failures))
+    click.echo(
+        f"{directory}: {len(rulebook.campaigns)} campaigns, {rulebook.rule_count} rules, "
+        f"{len(rulebook.examples)} examples pass; version {rulebook.version}"
+    )
+
+
+@main.group()
+def counters() -> None:
+    """Caps and budgets: a cache of the ledger."""
+
+
+@counters.command("rebuild")
+def counters_rebuild() -> None:
+    """Recompute every counter from the ledger (run while terminals are quiet)."""
+    from pos_engine.service.counters import rebuild_counters
+
+    count = rebuild_counters(_context(_settings()))
+    click.echo(f"rebuilt {count} counters from the ledger")
+
+
+@counters.command("reconcile")
+def counters_reconcile() -> None:
+    """Compare every counter with the ledger; exit 1 and list them if any differ."""
+    from pos_engine.service.counters import reconcile_counters
+
+    differences = reconcile_counters(_context(_settings()))
+    if not differences:
+        click.echo("counters agree with the ledger")
+        return
+    for difference in differences:
+        click.echo(f"{difference.key}: ledger {difference.ledger_value}, stored {difference.stored_value}")
+    _fail(f"{len(differences)} counters differ from the ledger; `pos-engine counters rebuild` restores them")
+
+
+@main.group("import")
+def import_() -> None:
+    """Bulk CSV imports; a file with any bad line is refused whole."""
+
+
+@import_.command("members")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def import_members_command(file: Path) -> None:
+    """Import members and their cards.
+
+    Columns: member_id, name, unit_id, union_id, district, groups (';'-separated),
+    in_service (true/false), annual_review_year, card_number, card_status.
+    """
+    from pos_engine.jobs.imports import ImportError_, import_members
+
+    settings = _settings()
+    try:
+        result = import_members(_database(settings), settings.card_key.encode("utf-8"), file)
+    except ImportError_ as error:
+        _fail(f"{file} refused, nothing imported:\n{error}")
+        return
+    click.echo(f"imported {result.rows} members")
+
+
+@import_.command("merchants")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--secrets-out", type=click.Path(dir_okay=False, path_type=Path), help="write new terminals' secrets here (JSON)")
+def import_merchants_command(file: Path, secrets_out: Path | None) -> None:
+    """Import merchants: merchant_id,name,category,district,status[,terminal_id]."""
+    from pos_engine.jobs.imports import ImportError_, import_merchants
+
+    settings = _settings()
+    try:
+        result = import_merchants(_database(settings), file)
+    except ImportError_ as error:
+        _fail(f"{file} refused, nothing imported:\n{error}")
+        return
+    if secrets_out is not None:
+        secrets_out.write_text(json.dumps(result.new_terminal_secrets, indent=2))
+    click.echo(f"imported {result.rows} merchants, {len(result.new_terminal_secrets)} new terminals")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Batch jobs run from the CLI: imports (settlement and scoring come later)."""

@@ -1,0 +1,212 @@
+"""Bulk CSV imports of members (with their cards) and merchants (with their terminals).
+
+Every line is checked before anything is written: a file with any bad line is
+refused whole, with each bad line's number, column and reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from pos_engine.domain.registry import CARD_STATUSES, MERCHANT_STATUSES
+from pos_engine.domain.rulebook import CATEGORIES, DISTRICTS
+from pos_engine.limits import CARD_NUMBER_DIGITS_MAX, CARD_NUMBER_DIGITS_MIN, ID_CHARS_MAX, IMPORT_ROWS_MAX
+from pos_engine.store.db import Database
+from pos_engine.store.models import CardRow, MemberRow, MerchantRow, TerminalRow
+
+MEMBER_COLUMNS = (
+    "member_id",
+    "name",
+    "unit_id",
+    "union_id",
+    "district",
+    "groups",
+    "in_service",
+    "annual_review_year",
+    "card_number",
+    "card_status",
+)
+MERCHANT_COLUMNS = ("merchant_id", "name", "category", "district", "status", "terminal_id")
+IMPORT_BATCH_ROWS = 1_000
+ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+class ImportError_(Exception):
+    """A file that was refused: every problem, each naming its line and column."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class ImportResult:
+    rows: int
+    new_terminal_secrets: dict[str, str] = field(default_factory=dict)
+
+
+def _read(path: Path, columns: tuple[str, ...], optional: set[str]) -> tuple[list[tuple[int, dict[str, str]]], list[str]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ImportError_([f"{path}: cannot read: {error}"]) from error
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    missing = [column for column in columns if column not in header and column not in optional]
+    unknown = [column for column in header if column not in columns]
+    problems = []
+    if missing:
+        problems.append(f"{path}:1: missing columns: {', '.join(missing)}")
+    if unknown:
+        problems.append(f"{path}:1: unknown columns: {', '.join(unknown)}")
+    if problems:
+        raise ImportError_(problems)
+    rows: list[tuple[int, dict[str, str]]] = []
+    try:
+        for row in reader:
+            if len(rows) >= IMPORT_ROWS_MAX:
+                raise ImportError_([f"{path}: more than {IMPORT_ROWS_MAX} rows"])
+            if None in row:
+                problems.append(f"{path}:{reader.line_num}: more fields than columns")
+                continue
+            rows.append((reader.line_num, {key: (value or "").strip() for key, value in row.items()}))
+    except csv.Error as error:
+        raise ImportError_([f"{path}:{reader.line_num}: {error}"]) from error
+    if not rows and not problems:
+        problems.append(f"{path}: no rows")
+    return rows, problems
+
+
+def _check(problems: list[str], where: str, column: str, ok: bool, reason: str) -> None:
+    if not ok:
+        problems.append(f"{where}: {column}: {reason}")
+
+
+def _is_id(value: str) -> bool:
+    return 0 < len(value) <= ID_CHARS_MAX and set(value) <= ID_CHARS
+
+
+def _upsert(database: Database, model: Any, rows: list[dict[str, Any]], keys: list[str], session: Any) -> None:
+    insert = pg_insert if database.is_postgresql else sqlite_insert
+    for start in range(0, len(rows), IMPORT_BATCH_ROWS):
+        batch = rows[start : start + IMPORT_BATCH_ROWS]
+        statement = insert(model).values(batch)
+        updates = {column: statement.excluded[column] for column in batch[0] if column not in keys}
+        session.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates))
+
+
+def _duplicates(rows: Iterable[tuple[int, str]], path: Path, column: str) -> list[str]:
+    first_line: dict[str, int] = {}
+    problems = []
+    for line, value in rows:
+        if value in first_line:
+            problems.append(f"{path}:{line}: {column}: {value!r} already on line {first_line[value]}")
+        else:
+            first_line[value] = line
+    return problems
+
+
+def import_members(database: Database, card_key: bytes, path: Path) -> ImportResult:
+    """Insert or update members and their cards from a CSV file; all lines or none."""
+    rows, problems = _read(path, MEMBER_COLUMNS, optional={"groups"})
+    members, cards = [], []
+    for line, row in rows:
+        where, problems_before = f"{path}:{line}", len(problems)
+        _check(problems, where, "member_id", _is_id(row["member_id"]), "1-64 letters, digits, '-', '_' or '.'")
+        _check(problems, where, "name", 0 < len(row["name"]) <= 200, "required, at most 200 characters")
+        _check(problems, where, "unit_id", _is_id(row["unit_id"]), "1-64 letters, digits, '-', '_' or '.'")
+        _check(problems, where, "union_id", _is_id(row["union_id"]), "1-64 letters, digits, '-', '_' or '.'")
+        _check(problems, where, "district", row["district"] in DISTRICTS, f"one of {', '.join(DISTRICTS)}")
+        _check(problems, where, "in_service", row["in_service"] in ("true", "false"), "true or false")
+        year = row["annual_review_year"]
+        _check(problems, where, "annual_review_year", year == "" or (year.isdigit() and 2000 <= int(year) <= 2100), "a year or empty")
+        number = row["card_number"]
+        _check(
+            problems,
+            where,
+            "card_number",
+            number.isdigit() and CARD_NUMBER_DIGITS_MIN <= len(number) <= CARD_NUMBER_DIGITS_MAX,
+            f"{CARD_NUMBER_DIGITS_MIN}-{CARD_NUMBER_DIGITS_MAX} digits",
+        )
+        _check(problems, where, "card_status", row["card_status"] in CARD_STATUSES, f"one of {', '.join(CARD_STATUSES)}")
+        groups = [group.strip() for group in row.get("groups", "").split(";") if group.strip()]
+        _check(problems, where, "groups", all(_is_id(group) for group in groups), "names separated by ';'")
+        if len(problems) > problems_before:
+            continue
+        card_hash = hmac.new(card_key, number.encode("ascii"), hashlib.sha256).hexdigest()
+        members.append(
+            {
+                "member_id": row["member_id"],
+                "name": row["name"],
+                "unit_id": row["unit_id"],
+                "union_id": row["union_id"],
+                "district": row["district"],
+                "groups": ",".join(groups),
+                "in_service": row["in_service"] == "true",
+                "annual_review_year": int(year) if year else None,
+            }
+        )
+        cards.append(
+            {
+                "card_id": "card-" + card_hash[:24],
+                "card_hash": card_hash,
+                "last4": number[-4:],
+                "member_id": row["member_id"],
+                "status": row["card_status"],
+            }
+        )
+    problems += _duplicates(((line, row["member_id"]) for line, row in rows), path, "member_id")
+    problems += _duplicates(((line, row["card_number"]) for line, row in rows), path, "card_number")
+    if problems:
+        raise ImportError_(problems)
+    with database.sessions() as session, session.begin():
+        _upsert(database, MemberRow, members, ["member_id"], session)
+        _upsert(database, CardRow, cards, ["card_id"], session)
+    return ImportResult(rows=len(members))
+
+
+def import_merchants(database: Database, path: Path, make_secret: Callable[[], str] = lambda: secrets.token_hex(24)) -> ImportResult:
+    """Insert or update merchants (and create their terminals) from a CSV file; all lines or none."""
+    rows, problems = _read(path, MERCHANT_COLUMNS, optional={"terminal_id"})
+    merchants, terminal_rows = [], []
+    for line, row in rows:
+        where, problems_before = f"{path}:{line}", len(problems)
+        _check(problems, where, "merchant_id", _is_id(row["merchant_id"]), "1-64 letters, digits, '-', '_' or '.'")
+        _check(problems, where, "name", 0 < len(row["name"]) <= 200, "required, at most 200 characters")
+        _check(problems, where, "category", row["category"] in CATEGORIES, f"one of {', '.join(CATEGORIES)}")
+        _check(problems, where, "district", row["district"] in DISTRICTS, f"one of {', '.join(DISTRICTS)}")
+        _check(problems, where, "status", row["status"] in MERCHANT_STATUSES, f"one of {', '.join(MERCHANT_STATUSES)}")
+        terminal_id = row.get("terminal_id", "")
+        _check(problems, where, "terminal_id", terminal_id == "" or _is_id(terminal_id), "1-64 letters, digits, '-', '_' or '.'")
+        if len(problems) > problems_before:
+            continue
+        merchants.append({key: row[key] for key in ("merchant_id", "name", "category", "district", "status")})
+        if terminal_id:
+            terminal_rows.append((terminal_id, row["merchant_id"]))
+    problems += _duplicates(((line, row["merchant_id"]) for line, row in rows), path, "merchant_id")
+    problems += _duplicates(((line, row["terminal_id"]) for line, row in rows if row.get("terminal_id")), path, "terminal_id")
+    if problems:
+        raise ImportError_(problems)
+    result = ImportResult(rows=len(merchants))
+    with database.sessions() as session, session.begin():
+        _upsert(database, MerchantRow, merchants, ["merchant_id"], session)
+        for terminal_id, merchant_id in terminal_rows:
+            existing = session.get(TerminalRow, terminal_id)
+            if existing is None:
+                secret = make_secret()
+                session.add(TerminalRow(terminal_id=terminal_id, merchant_id=merchant_id, secret=secret, status="active"))
+                result.new_terminal_secrets[terminal_id] = secret
+            elif existing.merchant_id != merchant_id:
+                raise ImportError_([f"{path}: terminal_id: {terminal_id!r} is bound to merchant {existing.merchant_id!r}"])
+    return result

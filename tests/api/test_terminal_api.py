@@ -1,0 +1,353 @@
+"""The terminal API end to end through Flask, on SQLite+SQL counters and on PostgreSQL+Redis."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from pos_engine.api import schemas
+from pos_engine.domain.clock import FixedClock
+from pos_engine.service.context import EngineContext
+from pos_engine.store.models import DeclineRow, IdempotencyRow, LedgerEntryRow
+from tests.api.conftest import CARD
+from tests.conftest import Backend
+from tests.helpers import SignedClient, World
+
+
+def state(backend: Backend) -> dict[str, Any]:
+    """Everything a request could change: row counts and every counter."""
+    with backend.database.sessions() as session:
+        counts = {
+            model.__tablename__: session.execute(select(func.count()).select_from(model)).scalar_one()
+            for model in (LedgerEntryRow, DeclineRow, IdempotencyRow)
+        }
+    return {**counts, "counters": backend.counters.snapshot()}
+
+
+def test_an_approved_swipe_gets_the_discount_then_the_subsidy_on_what_is_left(terminal: SignedClient) -> None:
+    response = terminal.authorise(CARD, 10_000, "req-1")
+    assert response.status_code == 200
+    body = response.get_json()
+    schemas.AuthorisationSchema().load(body)  # the answer is what the OpenAPI document says
+    assert body["status"] == "approved"
+    assert body["decline_code"] is None
+    assert (body["discount_fen"], body["subsidy_fen"], body["payable_fen"]) == (500, 950, 8550)
+    assert body["benefits"] == [
+        {"campaign_id": "agreement-m-1", "rule_id": "five-percent", "kind": "discount", "amount_fen": 500},
+        {"campaign_id": "city-dining", "rule_id": "ten-percent", "kind": "subsidy", "amount_fen": 950},
+    ]
+    assert body["rules_version"] == "test-v1"
+    assert body["card_last4"] == CARD[-4:]
+    assert "explanations" not in body
+
+
+def test_the_card_number_is_never_stored(terminal: SignedClient, backend: Backend) -> None:
+    terminal.authorise(CARD, 10_000, "req-1")
+    terminal.authorise(CARD, 10_000, "req-2", merchant_id=None, at=None, explain=False)
+    terminal.authorise(CARD[:-1] + "9", 10_000, "req-3")  # unknown card: a decline row
+    with backend.database.engine.connect() as connection:
+        for table in ("ledger_entries", "declines", "idempotency_records", "cards"):
+            rows = connection.exec_driver_sql(f"SELECT * FROM {table}").fetchall()
+            assert rows
+            assert CARD not in repr(rows)
+
+
+@pytest.mark.parametrize(
+    ("card_setup", "code"),
+    [
+        ({"status": "lost"}, "card_inactive"),
+        ({"status": "frozen"}, "card_inactive"),
+        ({"status": "cancelled"}, "card_inactive"),
+        ({"in_service": False}, "member_not_in_service"),
+        ({"annual_review_year": 2025}, "annual_review_due"),
+        ({"annual_review_year": None}, "annual_review_due"),
+    ],
+)
+def test_a_card_that_may_not_be_used_is_declined_with_its_code(
+    terminal: SignedClient, world: World, backend: Backend, card_setup: dict[str, Any], code: str
+) -> None:
+    world.add_card("6217000000000099", **card_setup)
+    response = terminal.authorise("6217000000000099", 10_000, "req-1")
+    body = response.get_json()
+    schemas.AuthorisationSchema().load(body)
+    assert response.status_code == 200
+    assert (body["status"], body["decline_code"]) == ("declined", code)
+    assert (body["discount_fen"], body["subsidy_fen"], body["payable_fen"]) == (0, 0, 10_000)
+    assert state(backend)["ledger_entries"] == 0
+    assert state(backend)["counters"] == {}
+
+
+def test_an_unknown_card_is_declined(terminal: SignedClient) -> None:
+    body = terminal.authorise("6217999999999999", 10_000, "req-1").get_json()
+    assert (body["status"], body["decline_code"]) == ("declined", "card_unknown")
+
+
+@pytest.mark.parametrize("status", ["pending", "suspended", "removed"])
+def test_a_merchant_that_is_not_serving_is_declined(app: Any, world: World, clock: FixedClock, status: str) -> None:
+    terminal_id = world.add_merchant("m-9", status=status)
+    world.add_card(CARD)
+    client = SignedClient(app.test_client(), terminal_id, world.terminals[terminal_id][0], clock)
+    body = client.authorise(CARD, 10_000, "req-1").get_json()
+    assert (body["status"], body["decline_code"]) == ("declined", "merchant_inactive")
+
+
+def test_a_merchant_on_probation_still_serves_members(app: Any, world: World, clock: FixedClock) -> None:
+    terminal_id = world.add_merchant("m-9", status="probation")
+    world.add_card(CARD)
+    client = SignedClient(app.test_client(), terminal_id, world.terminals[terminal_id][0], clock)
+    assert client.authorise(CARD, 10_000, "req-1").get_json()["status"] == "approved"
+
+
+def test_a_swipe_with_no_benefit_left_is_declined_no_benefit_and_explained(app: Any, world: World, clock: FixedClock) -> None:
+    terminal_id = world.add_merchant("m-2")  # no merchant discount here, only the capped subsidy
+    world.add_card(CARD)
+    client = SignedClient(app.test_client(), terminal_id, world.terminals[terminal_id][0], clock)
+    assert client.authorise(CARD, 10_000, "req-1").get_json()["subsidy_fen"] == 1000
+    assert client.authorise(CARD, 10_000, "req-2").get_json()["subsidy_fen"] == 1000
+    body = client.authorise(CARD, 10_000, "req-3", explain=True).get_json()
+    assert (body["status"], body["decline_code"]) == ("declined", "no_benefit")
+    assert body["explanations"] == [
+        {
+            "campaign_id": "city-dining",
+            "rule_id": "ten-percent",
+            "outcome": "not_applied",
+            "reason": "card/month/uses",
+            "wanted_fen": 1000,
+            "given_fen": 0,
+        }
+    ]
+
+
+def test_explain_reports_partly_applied_with_the_cap_that_stopped_it(app: Any, world: World, clock: FixedClock) -> None:
+    terminal_id = world.add_merchant("m-2")
+    world.add_card(CARD)
+    client = SignedClient(app.test_client(), terminal_id, world.terminals[terminal_id][0], clock)
+    client.authorise(CARD, 25_000, "req-1")  # 2500 of the 3000 fen monthly cap
+    body = client.authorise(CARD, 10_000, "req-2", explain=True).get_json()
+    schemas.AuthorisationSchema().load(body)
+    assert body["subsidy_fen"] == 500
+    assert body["explanations"][0]["outcome"] == "partly_applied"
+    assert body["explanations"][0]["reason"] == "card/month/fen"
+    assert (body["explanations"][0]["wanted_fen"], body["explanations"][0]["given_fen"]) == (1000, 500)
+
+
+def test_explain_names_the_condition_a_rule_failed(terminal: SignedClient, context: EngineContext) -> None:
+    from pos_engine.domain.rulebook import Conditions, Rulebook
+    from tests.helpers import make_campaign, make_rule, subsidy
+
+    weekend = make_rule("weekend", "sat-sun", subsidy(percent_bp=1500), conditions=Conditions(weekdays=frozenset({5, 6})))
+    context.replace_rulebook(Rulebook("v2", [*context.rulebook.campaigns.values(), make_campaign("weekend", (weekend,))]))
+    body = terminal.authorise(CARD, 10_000, "req-1", explain=True).get_json()
+    weekend_lines = [line for line in body["explanations"] if line["campaign_id"] == "weekend"]
+    assert weekend_lines == [
+        {
+            "campaign_id": "weekend",
+            "rule_id": "sat-sun",
+            "outcome": "not_applied",
+            "reason": "condition:weekdays",
+            "wanted_fen": 0,
+            "given_fen": 0,
+        }
+    ]
+    assert body["rules_version"] == "v2"
+
+
+def test_the_same_request_gets_the_same_answer_byte_for_byte_and_changes_nothing(terminal: SignedClient, backend: Backend) -> None:
+    first = terminal.authorise(CARD, 10_000, "req-1")
+    before = state(backend)
+    again = terminal.authorise(CARD, 10_000, "req-1")
+    assert again.status_code == 200
+    assert again.data == first.data
+    assert state(backend) == before
+    assert before["ledger_entries"] == 1
+
+
+def test_the_same_request_id_with_another_body_is_refused(terminal: SignedClient, backend: Backend) -> None:
+    terminal.authorise(CARD, 10_000, "req-1")
+    before = state(backend)
+    response = terminal.authorise(CARD, 20_000, "req-1")
+    assert response.status_code == 409
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["code"] == "idempotency_conflict"
+    assert state(backend) == before
+
+
+def test_a_reversal_voids_the_swipe_and_gives_back_every_cap_and_budget(terminal: SignedClient, backend: Backend) -> None:
+    before = state(backend)["counters"]
+    auth = terminal.authorise(CARD, 10_000, "req-1").get_json()
+    assert state(backend)["counters"] != before
+    response = terminal.post(f"/v1/authorisations/{auth['id']}/reversal", {"request_id": "rev-1"})
+    assert response.status_code == 200
+    body = response.get_json()
+    schemas.AdjustmentSchema().load(body)
+    assert (body["kind"], body["amount_fen"], body["discount_fen"], body["subsidy_fen"], body["payable_fen"]) == (
+        "reversal",
+        10_000,
+        500,
+        950,
+        8550,
+    )
+    assert state(backend)["counters"] == before
+    again = terminal.post(f"/v1/authorisations/{auth['id']}/reversal", {"request_id": "rev-1"})
+    assert again.data == response.data
+    other = terminal.post(f"/v1/authorisations/{auth['id']}/reversal", {"request_id": "rev-2"})
+    assert (other.status_code, other.get_json()["code"]) == (409, "already_reversed")
+    refund = terminal.post(f"/v1/authorisations/{auth['id']}/refunds", {"request_id": "rf-1", "amount_fen": 100})
+    assert (refund.status_code, refund.get_json()["code"]) == (409, "already_reversed")
+
+
+def test_partial_refunds_claw_back_pro_rata_and_a_full_refund_returns_every_cap(terminal: SignedClient, backend: Backend) -> None:
+    before = state(backend)["counters"]
+    auth = terminal.authorise(CARD, 10_000, "req-1").get_json()
+    first = terminal.post(f"/v1/authorisations/{auth['id']}/refunds", {"request_id": "rf-1", "amount_fen": 3_333}).get_json()
+    schemas.AdjustmentSchema().load(first)
+    assert first["amount_fen"] == 3_333
+    assert first["discount_fen"] + first["subsidy_fen"] + first["payable_fen"] == 3_333
+    assert 0 <= first["subsidy_fen"] <= 950
+    # A use is still counted while part of the swipe stands.
+    uses = {key: value for key, value in state(backend)["counters"].items() if key.endswith(":uses")}
+    assert list(uses.values()) == [1]
+    too_much = terminal.post(f"/v1/authorisations/{auth['id']}/refunds", {"request_id": "rf-2", "amount_fen": 6_668})
+    assert too_much.status_code == 422
+    assert too_much.get_json()["code"] == "refund_exceeds_remaining"
+    rest = terminal.post(f"/v1/authorisations/{auth['id']}/refunds", {"request_id": "rf-3", "amount_fen": 6_667}).get_json()
+    assert first["discount_fen"] + rest["discount_fen"] == 500
+    assert first["subsidy_fen"] + rest["subsidy_fen"] == 950
+    assert first["payable_fen"] + rest["payable_fen"] == 8550
+    assert state(backend)["counters"] == before
+    got = terminal.get(f"/v1/authorisations/{auth['id']}").get_json()
+    schemas.AuthorisationStateSchema().load(got)
+    assert (got["refunded_fen"], got["reversed"], len(got["adjustments"])) == (10_000, False, 2)
+    nothing_left = terminal.post(f"/v1/authorisations/{auth['id']}/reversal", {"request_id": "rev-1"})
+    assert (nothing_left.status_code, nothing_left.get_json()["code"]) == (409, "fully_refunded")
+
+
+def test_a_refund_of_a_declined_swipe_is_refused(terminal: SignedClient) -> None:
+    declined = terminal.authorise("6217999999999999", 10_000, "req-1").get_json()
+    response = terminal.post(f"/v1/authorisations/{declined['id']}/refunds", {"request_id": "rf-1", "amount_fen": 100})
+    assert (response.status_code, response.get_json()["code"]) == (409, "authorisation_declined")
+
+
+def test_a_void_by_request_id_reverses_what_the_terminal_never_saw(terminal: SignedClient, backend: Backend) -> None:
+    before = state(backend)["counters"]
+    auth = terminal.authorise(CARD, 10_000, "req-1").get_json()
+    response = terminal.post("/v1/reversals", {"request_id": "void-1", "original_request_id": "req-1"})
+    body = response.get_json()
+    schemas.VoidResultSchema().load(body)
+    assert (body["outcome"], body["authorisation_id"]) == ("reversed", auth["id"])
+    assert body["reversal"]["subsidy_fen"] == 950
+    assert state(backend)["counters"] == before
+    again = terminal.post("/v1/reversals", {"request_id": "void-2", "original_request_id": "req-1"}).get_json()
+    assert again["outcome"] == "already_reversed"
+
+
+def test_a_void_of_a_request_never_seen_is_harmless_and_declines_the_late_original(terminal: SignedClient, backend: Backend) -> None:
+    response = terminal.post("/v1/reversals", {"request_id": "void-1", "original_request_id": "req-lost"})
+    assert response.get_json() == {
+        "original_request_id": "req-lost",
+        "outcome": "nothing_to_reverse",
+        "authorisation_id": None,
+        "reversal": None,
+    }
+    late = terminal.authorise(CARD, 10_000, "req-lost").get_json()
+    assert (late["status"], late["decline_code"]) == ("declined", "voided_by_terminal")
+    assert state(backend)["ledger_entries"] == 0
+    assert state(backend)["counters"] == {}
+
+
+def test_get_shows_an_authorisation_only_to_its_own_merchant(terminal: SignedClient, app: Any, world: World, clock: FixedClock) -> None:
+    auth = terminal.authorise(CARD, 10_000, "req-1").get_json()
+    got = terminal.get(f"/v1/authorisations/{auth['id']}")
+    assert got.status_code == 200
+    assert got.get_json()["subsidy_fen"] == 950
+    other_id = world.add_merchant("m-2")
+    other = SignedClient(app.test_client(), other_id, world.terminals[other_id][0], clock)
+    forbidden = other.get(f"/v1/authorisations/{auth['id']}")
+    assert (forbidden.status_code, forbidden.get_json()["code"]) == (403, "merchant_mismatch")
+    refund = other.post(f"/v1/authorisations/{auth['id']}/refunds", {"request_id": "rf-1", "amount_fen": 100})
+    assert (refund.status_code, refund.get_json()["code"]) == (403, "merchant_mismatch")
+    missing = terminal.get("/v1/authorisations/au_nope")
+    assert (missing.status_code, missing.get_json()["code"]) == (404, "not_found")
+
+
+def test_a_terminal_may_not_swipe_for_another_merchant(terminal: SignedClient, world: World, backend: Backend) -> None:
+    world.add_merchant("m-2")
+    before = state(backend)
+    response = terminal.authorise(CARD, 10_000, "req-1", merchant_id="m-2")
+    assert response.status_code == 403
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["code"] == "merchant_mismatch"
+    assert state(backend) == before
+
+
+@pytest.mark.parametrize("offset", [timedelta(seconds=301), timedelta(hours=-24, seconds=-1)])
+def test_an_occurred_at_outside_the_window_is_refused(
+    terminal: SignedClient, clock: FixedClock, backend: Backend, offset: timedelta
+) -> None:
+    before = state(backend)
+    response = terminal.authorise(CARD, 10_000, "req-1", at=clock.now() + offset)
+    assert response.status_code == 422
+    problem = response.get_json()
+    assert problem["code"] == "occurred_at_out_of_window"
+    assert problem["errors"][0]["field"] == "occurred_at"
+    assert state(backend) == before
+
+
+def _swipe_body() -> bytes:
+    return json.dumps(
+        {"request_id": "req-1", "card_number": CARD, "merchant_id": "m-1", "amount_fen": 10_000, "occurred_at": "2026-11-25T12:00:00+08:00"}
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status", "code"),
+    [
+        (lambda h: {k: v for k, v in h.items() if k != "X-Signature"}, 401, "signature_missing"),
+        (lambda h: {k: v for k, v in h.items() if k != "X-Terminal-Id"}, 401, "signature_missing"),
+        (lambda h: {**h, "X-Signature": "0" * 64}, 401, "signature_invalid"),
+        (lambda h: {**h, "X-Signature": "zzzé"}, 401, "signature_invalid"),
+        (lambda h: {**h, "X-Terminal-Id": "t-nobody"}, 401, "terminal_unknown"),
+        (lambda h: {**h, "X-Timestamp": str(int(h["X-Timestamp"]) - 301)}, 401, "timestamp_out_of_window"),
+        (lambda h: {**h, "X-Timestamp": str(int(h["X-Timestamp"]) + 301)}, 401, "timestamp_out_of_window"),
+        (lambda h: {**h, "X-Timestamp": "yesterday"}, 401, "timestamp_out_of_window"),
+    ],
+)
+def test_unsigned_wrongly_signed_or_stale_requests_are_refused_and_change_nothing(
+    terminal: SignedClient, backend: Backend, mutate: Any, status: int, code: str
+) -> None:
+    before = state(backend)
+    body = _swipe_body()
+    headers = mutate(terminal.headers("POST", "/v1/authorisations", body))
+    response = terminal.client.post("/v1/authorisations", data=body, headers=headers)
+    assert response.status_code == status
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["code"] == code
+    assert state(backend) == before
+
+
+def test_a_signature_over_another_body_or_path_is_refused(terminal: SignedClient, backend: Backend) -> None:
+    before = state(backend)
+    body = _swipe_body()
+    headers = terminal.headers("POST", "/v1/authorisations", body.replace(b"10000", b"90000"))
+    assert terminal.client.post("/v1/authorisations", data=body, headers=headers).status_code == 401
+    headers = terminal.headers("POST", "/v1/authorisations", body)
+    assert terminal.client.post("/v1/authorisations?explain=true", data=body, headers=headers).status_code == 401
+    assert state(backend) == before
+
+
+def test_the_openapi_document_describes_the_terminal_api(app: Any) -> None:
+    spec = app.test_client().get("/openapi.json").get_json()
+    assert set(spec["paths"]) >= {
+        "/v1/authorisations",
+        "/v1/authorisations/{authorisation_id}",
+        "/v1/authorisations/{authorisation_id}/reversal",
+        "/v1/authorisations/{authorisation_id}/refunds",
+        "/v1/reversals",
+    }
+    post = spec["paths"]["/v1/authorisations"]["post"]
+    assert {"200", "401", "403", "409", "422"} <= set(post["responses"])
+    assert "AuthorisationRequest" in spec["components"]["schemas"]

@@ -1,0 +1,106 @@
+"""Backends for the tests: SQLite with SQL counters, and real PostgreSQL with real Redis.
+
+PostgreSQL (127.0.0.1:5432, user postgres) and Redis (127.0.0.1:6379) must be
+running: a test that needs one fails when it is missing, it never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy import text
+
+from pos_engine.domain.clock import FixedClock
+from pos_engine.store.db import Database
+from pos_engine.store.migrate import upgrade
+from pos_engine.store.models import Base
+from pos_engine.store.redis_counters import RedisCounterStore
+from pos_engine.store.sql_counters import SqlCounterStore
+from tests.helpers import World
+
+PG_ADMIN_DSN = os.environ.get("POS_ENGINE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("POS_ENGINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Wednesday 2026-11-25, 12:00 in Asia/Shanghai.
+WEDNESDAY_NOON = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(WEDNESDAY_NOON)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated to head."""
+    name = f"pos_engine_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    yield url
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.ping()  # fail, not skip, when Redis is down
+    yield client
+    client.close()
+
+
+@dataclass
+class Backend:
+    name: str
+    database: Database
+    counters: Any
+    url: str
+
+
+def _truncate(database: Database) -> None:
+    with database.engine.begin() as connection:
+        tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
+        connection.execute(text(f"TRUNCATE {tables}"))
+
+
+@pytest.fixture(params=["sqlite", "pg_redis"])
+def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
+    """Each money test runs on the embedded default and on PostgreSQL + Redis."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/engine.sqlite3"
+        upgrade(url)
+        database = Database(url)
+        yield Backend("sqlite", database, SqlCounterStore(database), url)
+        database.dispose()
+        return
+    url = request.getfixturevalue("pg_url")
+    client = request.getfixturevalue("redis_client")
+    database = Database(url)
+    _truncate(database)
+    counters = RedisCounterStore(client, namespace=f"test-{uuid.uuid4().hex}")
+    yield Backend("pg_redis", database, counters, url)
+    counters.replace_all({})
+    database.dispose()
+
+
+@pytest.fixture
+def pg_sql_backend(pg_url: str) -> Iterator[Backend]:
+    """PostgreSQL with the SQL counter store (the fallback when Redis is not configured)."""
+    database = Database(pg_url)
+    _truncate(database)
+    yield Backend("pg_sql", database, SqlCounterStore(database), pg_url)
+    database.dispose()
+
+
+@pytest.fixture
+def world(backend: Backend) -> World:
+    return World(backend.database)
