@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -72,10 +73,10 @@ def _truncate(database: Database) -> None:
         connection.execute(text(f"TRUNCATE {tables}"))
 
 
-@pytest.fixture(params=["sqlite", "pg_redis"])
-def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
-    """Each money test runs on the embedded default and on PostgreSQL + Redis."""
-    if request.param == "sqlite":
+@contextmanager
+def open_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
+    """An empty backend of `kind`: 'sqlite', 'pg_redis' or 'pg_sql'."""
+    if kind == "sqlite":
         url = f"sqlite:///{tmp_path}/engine.sqlite3"
         upgrade(url)
         database = Database(url)
@@ -83,22 +84,30 @@ def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
         database.dispose()
         return
     url = request.getfixturevalue("pg_url")
-    client = request.getfixturevalue("redis_client")
     database = Database(url)
     _truncate(database)
-    counters = RedisCounterStore(client, namespace=f"test-{uuid.uuid4().hex}")
-    yield Backend("pg_redis", database, counters, url)
-    counters.replace_all({})
+    if kind == "pg_sql":
+        yield Backend("pg_sql", database, SqlCounterStore(database), url)
+    else:
+        client = request.getfixturevalue("redis_client")
+        counters = RedisCounterStore(client, namespace=f"test-{uuid.uuid4().hex}")
+        yield Backend("pg_redis", database, counters, url)
+        counters.replace_all({})
     database.dispose()
 
 
-@pytest.fixture
-def pg_sql_backend(pg_url: str) -> Iterator[Backend]:
-    """PostgreSQL with the SQL counter store (the fallback when Redis is not configured)."""
-    database = Database(pg_url)
-    _truncate(database)
-    yield Backend("pg_sql", database, SqlCounterStore(database), pg_url)
-    database.dispose()
+@pytest.fixture(params=["sqlite", "pg_redis"])
+def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
+    """Each money test runs on the embedded default and on PostgreSQL + Redis."""
+    with open_backend(request.param, request, tmp_path) as opened:
+        yield opened
+
+
+@pytest.fixture(params=["sqlite", "pg_redis", "pg_sql"])
+def any_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
+    """The two production pairs plus PostgreSQL with the SQL counter store (the fallback)."""
+    with open_backend(request.param, request, tmp_path) as opened:
+        yield opened
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,14 @@ CLUSTER_READY_TIMEOUT_S = 30.0
 SOCKET_TIMEOUT_S = 5.0
 
 
-def connect() -> redis.Redis:
+def connect() -> redis.Redis[bytes]:
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_timeout=SOCKET_TIMEOUT_S)
     # No skip: a missing Redis is a failure of the test environment, and must show as one.
     client.ping()
     return client
 
 
-def connect_cluster() -> RedisCluster:
+def connect_cluster() -> RedisCluster[bytes]:
     return RedisCluster(host=REDIS_HOST, port=CLUSTER_PORTS[0], socket_timeout=SOCKET_TIMEOUT_S)
 
 
@@ -59,14 +60,14 @@ def wipe(store: RedisCounterStore) -> None:
 
 
 @pytest.fixture
-def redis_client() -> Iterator[redis.Redis]:
+def redis_client() -> Iterator[redis.Redis[bytes]]:
     client = connect()
     yield client
     client.close()
 
 
 @pytest.fixture
-def make_store(redis_client: redis.Redis) -> Iterator[Callable[..., RedisCounterStore]]:
+def make_store(redis_client: redis.Redis[bytes]) -> Iterator[Callable[..., RedisCounterStore]]:
     stores: list[RedisCounterStore] = []
 
     def make(namespace: str | None = None) -> RedisCounterStore:
@@ -248,10 +249,21 @@ def test_an_exclusive_rule_stops_later_rules_of_its_kind_only(store: RedisCounte
     assert store.snapshot() == {"u": 1}
 
 
-@pytest.mark.parametrize("percent_bp", [1, 3_333, 9_999, 10_000])
-@pytest.mark.parametrize("amount_fen", [AMOUNT_FEN_MAX, AMOUNT_FEN_MAX - 1, 999_999_999_999 - 7, 9_007_199_254])
+# amount * bp passes 2^53 for these; the last two are where a plain double
+# multiplication rounds the product up across a whole fen.
+HUGE_PERCENTS = [
+    *(
+        (amount_fen, percent_bp)
+        for amount_fen in (AMOUNT_FEN_MAX, AMOUNT_FEN_MAX - 1, 9_007_199_254)
+        for percent_bp in (1, 3_333, 9_999, 10_000)
+    ),
+    (999_999_800_001, 9_999),
+    (999_997_000_001, 9_999),
+]
+
+
+@pytest.mark.parametrize(("amount_fen", "percent_bp"), HUGE_PERCENTS)
 def test_a_percent_of_a_huge_amount_rounds_down_exactly(store: RedisCounterStore, amount_fen: int, percent_bp: int) -> None:
-    # amount * bp passes 2^53 here, where a naive double multiplication would round.
     plan = Plan(amount_fen, (PlanStep(make_rule(percent_bp=percent_bp), (fen_cap("f", AMOUNT_FEN_MAX),)),), ())
     wanted = percent_of(amount_fen, percent_bp)
     assert store.reserve(plan) == [StepOutcome(wanted, wanted, None)]
@@ -268,7 +280,7 @@ def test_amounts_above_the_exact_bound_are_refused_before_calling_redis(store: R
 def test_reserve_is_one_round_trip(make_store: Callable[..., RedisCounterStore]) -> None:
     commands: list[str] = []
 
-    class CountingRedis(redis.Redis):
+    class CountingRedis(redis.Redis):  # type: ignore[type-arg]
         def execute_command(self, *args: Any, **options: Any) -> Any:
             commands.append(str(args[0]))
             return super().execute_command(*args, **options)
@@ -294,7 +306,7 @@ def test_reserve_is_one_round_trip(make_store: Callable[..., RedisCounterStore])
         client.close()
 
 
-def test_keys_carry_the_namespace_hash_tag(store: RedisCounterStore, redis_client: redis.Redis) -> None:
+def test_keys_carry_the_namespace_hash_tag(store: RedisCounterStore, redis_client: redis.Redis[bytes]) -> None:
     store.apply({"a": 1, "b:c": 2})
     raw = sorted(key.decode() for key in redis_client.scan_iter(match=f"{{{store.namespace}}}:*"))
     assert raw == [f"{{{store.namespace}}}:a", f"{{{store.namespace}}}:b:c"]
@@ -352,7 +364,7 @@ def test_fifty_concurrent_swipes_share_a_budget_to_the_fen(store: RedisCounterSt
 # --- apply, read, snapshot, replace_all ---------------------------------------------------
 
 
-def test_apply_adds_negative_deltas_and_deletes_counters_back_at_zero(store: RedisCounterStore, redis_client: redis.Redis) -> None:
+def test_apply_adds_negative_deltas_and_deletes_counters_back_at_zero(store: RedisCounterStore, redis_client: redis.Redis[bytes]) -> None:
     store.apply({"a": 5, "b": 7, "c": 0})
     store.apply({"a": -2, "b": -7})
     assert store.read(["a", "b", "c"]) == {"a": 3, "b": 0, "c": 0}
@@ -443,6 +455,10 @@ def _answers(port: int) -> bool:
         return False
 
 
+def _cluster_is_ok(port: int) -> bool:
+    return "cluster_state:ok" in _cli(port, "cluster", "info")
+
+
 @pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Start a three-node Redis Cluster on loopback, without replicas; shut it down afterwards."""
@@ -471,7 +487,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             )  # fmt: skip
             started.append(port)
         for port in CLUSTER_PORTS:
-            _wait_for(lambda port=port: _answers(port), f"redis-server on port {port}")
+            _wait_for(partial(_answers, port), f"redis-server on port {port}")
         subprocess.run(
             [
                 "redis-cli",
@@ -487,7 +503,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             timeout=CLUSTER_READY_TIMEOUT_S,
         )
         for port in CLUSTER_PORTS:
-            _wait_for(lambda port=port: "cluster_state:ok" in _cli(port, "cluster", "info"), f"cluster_state:ok on port {port}")
+            _wait_for(partial(_cluster_is_ok, port), f"cluster_state:ok on port {port}")
         yield
     finally:
         for port in started:

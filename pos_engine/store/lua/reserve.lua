@@ -59,7 +59,7 @@ for step = 1, step_count do
   local wanted
   if bp >= 0 then
     wanted = percent_of(payable, bp)
-    if amount > 0 and amount < wanted then
+    if amount >= 0 and amount < wanted then
       wanted = amount
     end
   else

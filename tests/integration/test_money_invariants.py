@@ -1,0 +1,205 @@
+"""Money invariants under concurrency, retries and crashes, on every backend.
+
+Backends: SQLite with the SQL counter store (the embedded default),
+PostgreSQL with Redis, and PostgreSQL with the SQL counter store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from pos_engine.domain.clock import FixedClock
+from pos_engine.domain.registry import Terminal
+from pos_engine.domain.rulebook import Rulebook
+from pos_engine.service import swipes
+from pos_engine.service.context import EngineContext
+from pos_engine.service.counters import reconcile_counters, rebuild_counters
+from pos_engine.store.models import LedgerEntryRow
+from tests.conftest import Backend
+from tests.helpers import World, capped_subsidy_rulebook, make_context
+
+CARD = "6217000000000001"
+THREADS = 50
+
+
+def setup(backend: Backend, rulebook: Rulebook, clock: FixedClock) -> tuple[EngineContext, Terminal]:
+    world = World(backend.database)
+    terminal_id = world.add_merchant("m-1")
+    world.add_card(CARD)
+    ctx = make_context(backend.database, backend.counters, rulebook, clock)
+    terminal = ctx.terminal(terminal_id)
+    assert terminal is not None
+    return ctx, terminal
+
+
+def swipe(ctx: EngineContext, terminal: Terminal, request_id: str, amount_fen: int = 10_000) -> dict[str, Any]:
+    request = swipes.AuthorisationRequest(request_id, CARD, "m-1", amount_fen, ctx.clock.now())
+    body = {"request_id": request_id, "amount_fen": amount_fen}
+    response = swipes.authorise(ctx, terminal, request, json.dumps(body))
+    return json.loads(response.body)  # type: ignore[no-any-return]
+
+
+def ledger(backend: Backend) -> list[LedgerEntryRow]:
+    with backend.database.sessions() as session:
+        return list(session.execute(select(LedgerEntryRow)).scalars())
+
+
+def in_parallel(count: int, work: Callable[[int], Any]) -> list[Any]:
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(work, range(count)))
+
+
+def test_fifty_concurrent_swipes_against_a_cap_of_seven_subsidise_exactly_seven(any_backend: Backend, clock: FixedClock) -> None:
+    ctx, terminal = setup(any_backend, capped_subsidy_rulebook(uses_max=7), clock)
+    answers = in_parallel(THREADS, lambda index: swipe(ctx, terminal, f"req-{index}"))
+    approved = [answer for answer in answers if answer["status"] == "approved"]
+    assert len(approved) == 7
+    assert all(answer["subsidy_fen"] == 1000 for answer in approved)
+    assert {answer["decline_code"] for answer in answers if answer["status"] == "declined"} == {"no_benefit"}
+    uses = {key: value for key, value in any_backend.counters.snapshot().items() if key.endswith(":uses")}
+    assert list(uses.values()) == [7]
+    assert len(ledger(any_backend)) == 7
+    assert reconcile_counters(ctx) == []
+
+
+def test_concurrent_swipes_never_spend_more_than_the_budget(any_backend: Backend, clock: FixedClock) -> None:
+    ctx, terminal = setup(any_backend, capped_subsidy_rulebook(budget_fen=1000), clock)
+    answers = in_parallel(THREADS, lambda index: swipe(ctx, terminal, f"req-{index}", amount_fen=1500))
+    given_fen = sorted(answer["subsidy_fen"] for answer in answers if answer["status"] == "approved")
+    assert sum(given_fen) == 1000
+    assert given_fen == [100] + [150] * 6  # six whole benefits and the one that only partly fits
+    assert any_backend.counters.snapshot() == {"campaign:city-dining:budget:fen": 1000}
+
+
+def test_the_same_request_sent_twenty_times_at_once_is_recorded_once(any_backend: Backend, clock: FixedClock) -> None:
+    ctx, terminal = setup(any_backend, capped_subsidy_rulebook(uses_max=7), clock)
+    answers = in_parallel(20, lambda _index: swipe(ctx, terminal, "req-same"))
+    assert all(answer == answers[0] for answer in answers)
+    assert answers[0]["status"] == "approved"
+    assert len(ledger(any_backend)) == 1
+    uses = {key: value for key, value in any_backend.counters.snapshot().items() if key.endswith(":uses")}
+    assert list(uses.values()) == [1]
+
+
+def test_concurrent_refunds_never_give_back_more_than_the_swipe(any_backend: Backend, clock: FixedClock) -> None:
+    ctx, terminal = setup(any_backend, capped_subsidy_rulebook(fen_max=100_000), clock)
+    auth = swipe(ctx, terminal, "req-1", amount_fen=10_000)
+
+    def refund(index: int) -> int:
+        try:
+            swipes.adjust(ctx, terminal, auth["id"], "refund", f"rf-{index}", f"hash-{index}", 1_500)
+        except swipes.Unprocessable:
+            return 0
+        return 1
+
+    assert sum(in_parallel(20, refund)) == 6  # 6 × 1500 fits in 10000; a seventh would not
+    entries = ledger(any_backend)
+    assert sum(entry.amount_fen for entry in entries) == 1_000
+    assert sum(entry.subsidy_fen for entry in entries) >= 0
+    assert reconcile_counters(ctx) == []
+
+
+def test_a_crash_before_the_ledger_commit_leaves_no_reservation_behind(any_backend: Backend, clock: FixedClock, monkeypatch: Any) -> None:
+    ctx, terminal = setup(any_backend, capped_subsidy_rulebook(uses_max=7), clock)
+    swipe(ctx, terminal, "req-1")
+    before = any_backend.counters.snapshot()
+    from pos_engine.store.repository import Repository
+
+    def crash(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(Repository, "add_idempotency", crash)
+    with pytest.raises(RuntimeError):
+        swipe(ctx, terminal, "req-2")
+    monkeypatch.undo()
+    assert any_backend.counters.snapshot() == before
+    assert len(ledger(any_backend)) == 1
+    # The terminal's retry of the same request then goes through once.
+    assert swipe(ctx, terminal, "req-2")["status"] == "approved"
+    assert len(ledger(any_backend)) == 2
+    assert reconcile_counters(ctx) == []
+
+
+def test_rebuild_after_wiping_the_counters_restores_exactly_the_state_before(backend: Backend, clock: FixedClock) -> None:
+    ctx, terminal = setup(backend, capped_subsidy_rulebook(uses_max=7, budget_fen=50_000), clock)
+    answers = [swipe(ctx, terminal, f"req-{index}", amount_fen=3_000 + index) for index in range(5)]
+    swipes.adjust(ctx, terminal, answers[0]["id"], "reversal", "rev-0", "h-rev-0")
+    swipes.adjust(ctx, terminal, answers[1]["id"], "refund", "rf-1", "h-rf-1", 1_234)
+    clock.set(clock.now() + timedelta(days=1))
+    swipe(ctx, terminal, "req-next-day")
+    before = backend.counters.snapshot()
+    assert before
+    backend.counters.replace_all({})  # wipe: Redis flushed, or the SQL table emptied
+    assert reconcile_counters(ctx)
+    assert rebuild_counters(ctx) == len(before)
+    assert backend.counters.snapshot() == before
+    assert reconcile_counters(ctx) == []
+
+
+def test_reconcile_reports_a_planted_difference(backend: Backend, clock: FixedClock) -> None:
+    ctx, terminal = setup(backend, capped_subsidy_rulebook(uses_max=7), clock)
+    swipe(ctx, terminal, "req-1")
+    assert reconcile_counters(ctx) == []
+    snapshot = backend.counters.snapshot()
+    key = next(key for key in snapshot if key.endswith(":uses"))
+    with backend.database.sessions() as session, session.begin():
+        backend.counters.apply({key: 3, "planted:extra:fen": 5}, session)
+    differences = {difference.key: difference for difference in reconcile_counters(ctx)}
+    assert set(differences) == {key, "planted:extra:fen"}
+    assert (differences[key].ledger_value, differences[key].stored_value) == (1, 4)
+    assert (differences["planted:extra:fen"].ledger_value, differences["planted:extra:fen"].stored_value) == (0, 5)
+
+
+refund_plans = st.lists(st.integers(min_value=1, max_value=100), min_size=1, max_size=6)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(amount_fen=st.integers(min_value=1, max_value=50_000), refund_percents=refund_plans)
+def test_refunds_claw_back_pro_rata_never_go_negative_and_end_at_zero(
+    tmp_path_factory: Any, clock: FixedClock, amount_fen: int, refund_percents: list[int]
+) -> None:
+    from pos_engine.store.db import Database
+    from pos_engine.store.migrate import upgrade
+    from pos_engine.store.sql_counters import SqlCounterStore
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('refunds')}/engine.sqlite3"
+    upgrade(url)
+    database = Database(url)
+    backend = Backend("sqlite", database, SqlCounterStore(database), url)
+    ctx, terminal = setup(backend, capped_subsidy_rulebook(fen_max=10**9), clock)
+    auth = swipe(ctx, terminal, "req-1", amount_fen=amount_fen)
+    if auth["status"] != "approved":
+        assert auth["subsidy_fen"] == 0  # 10 % of under 10 fen rounds down to nothing
+        database.dispose()
+        return
+    remaining = amount_fen
+    for index, percent in enumerate(refund_percents):
+        refund_fen = max(1, remaining * percent // 100)
+        if remaining == 0:
+            break
+        body = json.loads(swipes.adjust(ctx, terminal, auth["id"], "refund", f"rf-{index}", f"h-{index}", refund_fen).body)
+        assert body["discount_fen"] + body["subsidy_fen"] + body["payable_fen"] == refund_fen
+        assert min(body["discount_fen"], body["subsidy_fen"], body["payable_fen"]) >= 0
+        remaining -= refund_fen
+        totals = ledger(backend)
+        assert sum(entry.subsidy_fen for entry in totals) >= 0
+        assert sum(entry.payable_fen for entry in totals) >= 0
+    if remaining:
+        swipes.adjust(ctx, terminal, auth["id"], "reversal", "rev", "h-rev")
+    entries = ledger(backend)
+    assert sum(entry.amount_fen for entry in entries) == 0
+    assert sum(entry.subsidy_fen for entry in entries) == 0
+    assert sum(entry.payable_fen for entry in entries) == 0
+    assert backend.counters.snapshot() == {}
+    with database.sessions() as session:
+        assert session.execute(select(func.count()).select_from(LedgerEntryRow)).scalar_one() == len(entries)
+    database.dispose()
