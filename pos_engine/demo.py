@@ -148,7 +148,7 @@ def load_demo(
                     )
     with database.sessions() as session, session.begin():
         if session.get(MemberRow, members[0]["member_id"]) is not None and not reset:
-            stored_secrets = dict(session.execute(select(TerminalRow.terminal_id, TerminalRow.secret)).tuples())
+            stored_secrets = {row.terminal_id: row.secret for row in session.execute(select(TerminalRow.terminal_id, TerminalRow.secret))}
             for terminal in credentials.terminals:
                 terminal["secret"] = stored_secrets.get(terminal["terminal_id"], terminal["secret"])
         else:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 from urllib.parse import quote
 
 from flask import Response, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from webargs.flaskparser import FlaskParser
 
 from pos_engine.api import schemas
 from pos_engine.api.signing import verify
@@ -16,7 +18,28 @@ from pos_engine.service import swipes
 from pos_engine.service.context import EngineContext
 from pos_engine.service.responses import encode
 
-blp = Blueprint(
+
+class _JsonParser(FlaskParser):
+    """webargs' parser, refusing as malformed JSON what the json module raises beyond decode errors.
+
+    Integers longer than Python's digit limit raise ValueError and very deep
+    nesting raises RecursionError: both are bad input, not engine failures.
+    """
+
+    def _raw_load_json(self, req: Any) -> Any:
+        try:
+            return super()._raw_load_json(req)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise
+        except (ValueError, RecursionError) as error:
+            self._handle_invalid_json_error(json.JSONDecodeError(str(error), "", 0), req)
+
+
+class _Blueprint(Blueprint):  # type: ignore[misc]
+    ARGUMENTS_PARSER = _JsonParser()
+
+
+blp = _Blueprint(
     "terminal",
     __name__,
     url_prefix="/v1",

@@ -19,6 +19,8 @@ Redis is not transactional with the ledger: `session` arguments are ignored,
 and the caller gives back a reservation (`apply` with negative deltas) when its
 own transaction fails. `snapshot` is SCAN + MGET, not a point-in-time copy;
 `replace_all` is atomic but blocks Redis for the time it takes (O(counters)).
+It writes after a SCAN inside its script, which needs script effects
+replication: Redis 5 or later (tested on 7.0).
 
 Errors: a bad URL raises ValueError; everything else is redis-py's own
 (`redis.exceptions.ConnectionError` and friends: the dependency is unavailable).

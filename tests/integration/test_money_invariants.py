@@ -22,7 +22,7 @@ from pos_engine.domain.registry import Terminal
 from pos_engine.domain.rulebook import Rulebook
 from pos_engine.service import swipes
 from pos_engine.service.context import EngineContext
-from pos_engine.service.counters import reconcile_counters, rebuild_counters
+from pos_engine.service.counters import rebuild_counters, reconcile_counters
 from pos_engine.store.models import LedgerEntryRow
 from tests.conftest import Backend
 from tests.helpers import World, capped_subsidy_rulebook, make_context

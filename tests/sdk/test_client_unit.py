@@ -14,13 +14,14 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from merchant_sdk._retry import backoff_delay_s, parse_retry_after_s, should_retry
 
 import merchant_sdk
 from merchant_sdk import (
@@ -49,7 +50,6 @@ from merchant_sdk import (
     fen_to_yuan,
     format_yuan,
 )
-from merchant_sdk._retry import backoff_delay_s, parse_retry_after_s, should_retry
 
 SDK_ROOT = Path(__file__).resolve().parents[2] / "merchant_sdk"
 BASE_URL = "https://pos.test"
@@ -628,7 +628,7 @@ def test_a_rate_limit_is_retried_no_sooner_than_retry_after(client, engine, cloc
 
 
 def test_a_retry_after_given_as_an_http_date_is_honoured(client, engine, clock):
-    later = datetime.fromtimestamp(clock.time() + 7, timezone.utc)
+    later = datetime.fromtimestamp(clock.time() + 7, UTC)
     engine.fail(
         "GET", "/v1/authorisations/au_0001", problem(503, "unavailable", headers={"Retry-After": format_datetime(later, usegmt=True)})
     )
@@ -677,7 +677,7 @@ def test_backoff_grows_exponentially_has_jitter_and_is_capped():
 
     assert no_jitter[:3] == [0.25, 0.5, 1.0]
     assert max(no_jitter) == MAX_RETRY_DELAY_S
-    assert all(low == high * 0.75 for low, high in zip(most_jitter, no_jitter))
+    assert all(low == high * 0.75 for low, high in zip(most_jitter, no_jitter, strict=False))
     assert backoff_delay_s(0, retry_after_s=2.0, rand=lambda: 0.0) == 2.0
 
 
@@ -711,7 +711,7 @@ def test_the_retry_predicate_sorts_failures():
 
 
 def test_retry_after_is_read_as_seconds_or_a_date_and_garbage_is_ignored():
-    now = datetime(2026, 11, 25, 4, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)
 
     assert parse_retry_after_s(httpx.Headers({"Retry-After": "2"}), now=now) == 2.0
     assert parse_retry_after_s(httpx.Headers({"Retry-After": "Wed, 25 Nov 2026 04:00:05 GMT"}), now=now) == 5.0
@@ -956,7 +956,7 @@ def test_occurred_at_is_sent_as_given_or_now_in_utc(client, engine, clock):
     client.authorise(USABLE_CARD, MERCHANT_ID, 100, occurred_at=datetime(2026, 11, 25, 12, 0, tzinfo=CHINA))
 
     first, second = engine.bodies("POST", "/v1/authorisations")
-    assert datetime.fromisoformat(first["occurred_at"]) == datetime.fromtimestamp(clock.time(), timezone.utc)
+    assert datetime.fromisoformat(first["occurred_at"]) == datetime.fromtimestamp(clock.time(), UTC)
     assert first["occurred_at"].endswith("+00:00")
     assert second["occurred_at"] == "2026-11-25T12:00:00+08:00"
     assert set(first) == {"request_id", "card_number", "merchant_id", "amount_fen", "occurred_at"}

@@ -34,7 +34,10 @@ local values = {}
 local function value(index)
   local current = values[index]
   if current == nil then
-    current = tonumber(redis.call('GET', KEYS[index]) or '0')
+    local stored = redis.call('GET', KEYS[index]) or '0'
+    -- Fail before any write (Redis does not roll a script back) if a counter is not an integer.
+    assert(string.find(stored, '^-?%d+$'), 'counter is not an integer: ' .. KEYS[index])
+    current = tonumber(stored)
     values[index] = current
   end
   return current

@@ -1,0 +1,164 @@
+"""The `pos-engine` command: clear messages and non-zero exits for bad input, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from pos_engine.cli import main
+from pos_engine.store.db import Database
+from pos_engine.store.models import CardRow, MemberRow, MerchantRow, TerminalRow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "POS_ENGINE_DATABASE_URL": f"sqlite:///{tmp_path}/engine.sqlite3",
+        "POS_ENGINE_RULES_DIR": str(ROOT / "rules"),
+        "POS_ENGINE_REDIS_URL": "",
+    }
+
+
+def run(env: dict[str, str], *args: str) -> Any:
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def count(env: dict[str, str], model: Any) -> int:
+    database = Database(env["POS_ENGINE_DATABASE_URL"])
+    with database.sessions() as session:
+        value = session.execute(select(func.count()).select_from(model)).scalar_one()
+    database.dispose()
+    return int(value)
+
+
+def test_demo_writes_credentials_in_the_documented_shape_and_is_repeatable(env: dict[str, str], tmp_path: Path) -> None:
+    result = run(env, "demo", "--out", str(tmp_path / "demo.json"))
+    assert result.exit_code == 0, result.output
+    credentials = json.loads((tmp_path / "demo.json").read_text())
+    assert set(credentials) == {"terminals", "cards"}
+    assert set(credentials["cards"]) == {"usable", "lost", "review_due", "not_in_service"}
+    assert all(credentials["cards"][kind] for kind in credentials["cards"])
+    first = credentials["terminals"][0]
+    assert set(first) == {"terminal_id", "secret", "merchant_id", "category", "district"}
+    assert (first["merchant_id"], first["category"], first["district"]) == ("m-wujin-dining-001", "dining", "wujin")
+    assert count(env, MerchantRow) >= 300
+    assert count(env, MemberRow) >= 2000
+    again = run(env, "demo", "--out", str(tmp_path / "again.json"))
+    assert again.exit_code == 0
+    assert json.loads((tmp_path / "again.json").read_text()) == credentials  # same world, same secrets
+
+
+def test_init_db_creates_and_then_keeps_the_schema(env: dict[str, str]) -> None:
+    assert run(env, "init-db").exit_code == 0
+    assert run(env, "init-db").exit_code == 0
+    assert count(env, MemberRow) == 0
+
+
+def test_rules_check_accepts_the_demo_rulebook(env: dict[str, str]) -> None:
+    result = run(env, "rules", "check", str(ROOT / "rules"))
+    assert result.exit_code == 0, result.output
+    assert "examples pass" in result.output
+
+
+def test_rules_check_refuses_a_broken_rulebook_with_file_line_and_reason(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "rules" / "campaigns").mkdir(parents=True)
+    (tmp_path / "rules" / "funders.yaml").write_text("funders:\n  - {id: city_federation, name: City, kind: city_federation}\n")
+    (tmp_path / "rules" / "campaigns" / "bad.yaml").write_text(
+        "campaign:\n  id: bad\n  name: Bad\n  valid: {from: 2026-01-01, until: 2026-12-31}\n  rules:\n"
+        "    - id: r1\n      when: {weekdays: [sunday]}\n      benefit: {discount: {percent: 5}}\n"
+    )
+    result = CliRunner().invoke(main, ["rules", "check", str(tmp_path / "rules")], env=env)
+    assert result.exit_code == 1
+    assert "bad.yaml:7" in result.output
+    assert "weekdays[0]" in result.output
+    assert "sunday" in result.output
+
+
+def test_the_engine_refuses_to_start_on_a_broken_rulebook(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "funders.yaml").write_text("funders: [\n")
+    result = CliRunner().invoke(main, ["counters", "reconcile"], env={**env, "POS_ENGINE_RULES_DIR": str(tmp_path / "broken")})
+    assert result.exit_code == 1
+    assert "funders.yaml" in result.output
+
+
+def test_counters_reconcile_exits_non_zero_and_lists_a_difference(env: dict[str, str], tmp_path: Path) -> None:
+    assert run(env, "demo", "--out", str(tmp_path / "demo.json")).exit_code == 0
+    assert "agree" in run(env, "counters", "reconcile").output
+    database = Database(env["POS_ENGINE_DATABASE_URL"])
+    from pos_engine.store.sql_counters import SqlCounterStore
+
+    with database.sessions() as session, session.begin():
+        SqlCounterStore(database).apply({"campaign:city-dining:budget:fen": 42}, session)
+    database.dispose()
+    result = CliRunner().invoke(main, ["counters", "reconcile"], env=env)
+    assert result.exit_code == 1
+    assert "campaign:city-dining:budget:fen: ledger 0, stored 42" in result.output
+    assert run(env, "counters", "rebuild").exit_code == 0
+    assert CliRunner().invoke(main, ["counters", "reconcile"], env=env).exit_code == 0
+
+
+MEMBERS_HEADER = "member_id,name,unit_id,union_id,district,groups,in_service,annual_review_year,card_number,card_status\n"
+
+
+def test_import_members_loads_every_line(env: dict[str, str], tmp_path: Path) -> None:
+    run(env, "init-db")
+    path = tmp_path / "members.csv"
+    path.write_text(
+        MEMBERS_HEADER
+        + "mem-a,Li Lei,unit-1,union-wujin,wujin,model_worker;hardship,true,2026,6217000000001111,active\n"
+        + "mem-b,Han Meimei,unit-2,union-xinbei,xinbei,,false,,6217000000002222,lost\n"
+    )
+    result = run(env, "import", "members", str(path))
+    assert result.exit_code == 0, result.output
+    assert count(env, MemberRow) == 2
+    assert count(env, CardRow) == 2
+
+
+def test_import_members_refuses_the_whole_file_naming_each_bad_line(env: dict[str, str], tmp_path: Path) -> None:
+    run(env, "init-db")
+    path = tmp_path / "members.csv"
+    path.write_text(
+        MEMBERS_HEADER
+        + "mem-a,Li Lei,unit-1,union-wujin,wujin,,true,2026,6217000000001111,active\n"
+        + "mem-b,Han,unit-2,union-x,changzhou,,yes,2026,12ab,stolen\n"
+        + "mem-a,Dup,unit-1,union-wujin,wujin,,true,2026,6217000000003333,active\n"
+    )
+    result = CliRunner().invoke(main, ["import", "members", str(path)], env=env)
+    assert result.exit_code == 1
+    for expected in (":3: district", ":3: in_service", ":3: card_number", ":3: card_status", ":4: member_id: 'mem-a' already on line 2"):
+        assert expected in result.output
+    assert count(env, MemberRow) == 0  # nothing half-written
+
+
+def test_import_refuses_a_file_with_missing_columns(env: dict[str, str], tmp_path: Path) -> None:
+    run(env, "init-db")
+    path = tmp_path / "merchants.csv"
+    path.write_text("merchant_id,name\nm-1,Shop\n")
+    result = CliRunner().invoke(main, ["import", "merchants", str(path)], env=env)
+    assert result.exit_code == 1
+    assert "missing columns: category, district, status" in result.output
+
+
+def test_import_merchants_creates_terminals_and_writes_their_secrets(env: dict[str, str], tmp_path: Path) -> None:
+    run(env, "init-db")
+    path = tmp_path / "merchants.csv"
+    path.write_text("merchant_id,name,category,district,status,terminal_id\nm-new,New Noodles,dining,jintan,active,t-new\n")
+    result = run(env, "import", "merchants", str(path), "--secrets-out", str(tmp_path / "secrets.json"))
+    assert result.exit_code == 0, result.output
+    secrets = json.loads((tmp_path / "secrets.json").read_text())
+    assert list(secrets) == ["t-new"]
+    assert count(env, TerminalRow) == 1
+
+
+def test_a_missing_argument_is_a_usage_error_not_a_traceback(env: dict[str, str]) -> None:
+    result = CliRunner().invoke(main, ["demo"], env=env)
+    assert result.exit_code == 2
+    assert "--out" in result.output

@@ -1,0 +1,74 @@
+"""Several gunicorn workers share the caps: the embedded default and PostgreSQL + Redis."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.live import LiveEngine, live_engine, run_cli
+
+CAPPED_RULEBOOK = {
+    "funders.yaml": "funders:\n  - {id: city_federation, name: City federation, kind: city_federation}\n",
+    "campaigns/capped.yaml": """campaign:
+  id: capped
+  name: Seven subsidised swipes per card
+  funders: [{funder: city_federation, share_percent: 100}]
+  valid: {from: 2026-01-01, until: 2030-12-31}
+  limits: [{per: card, period: campaign, uses_max: 7}]
+  rules:
+    - id: ten-percent
+      benefit: {subsidy: {percent: 10}}
+""",
+}
+
+
+def write_rulebook(directory: Path) -> Path:
+    for name, text in CAPPED_RULEBOOK.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text(text)
+    return directory
+
+
+def fifty_swipes_on_one_card(engine: LiveEngine) -> list[dict[str, Any]]:
+    terminal = engine.terminal(0)
+    card = engine.credentials["cards"]["usable"][0]
+    now = datetime.now(UTC).isoformat()
+
+    def swipe(index: int) -> dict[str, Any]:
+        with httpx.Client(timeout=30) as client:
+            body = {
+                "request_id": f"mp-{index}",
+                "card_number": card,
+                "merchant_id": terminal["merchant_id"],
+                "amount_fen": 5000,
+                "occurred_at": now,
+            }
+            response = engine.signed_post(client, terminal, "/v1/authorisations", body)
+            assert response.status_code == 200, response.text
+            return response.json()  # type: ignore[no-any-return]
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        return list(pool.map(swipe, range(50)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "pg_redis"])
+def test_fifty_swipes_across_three_workers_subsidise_exactly_seven(tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
+    rules_dir = write_rulebook(tmp_path / "rules")
+    options: dict[str, Any] = {}
+    if kind == "pg_redis":
+        request.getfixturevalue("redis_client")  # fails, not skips, if Redis is down
+        options = {"database_url": request.getfixturevalue("pg_url"), "redis_url": "redis://127.0.0.1:6379/0"}
+    with live_engine(tmp_path, workers=3, rules_dir=rules_dir, **options) as engine:
+        answers = fifty_swipes_on_one_card(engine)
+        approved = [answer for answer in answers if answer["status"] == "approved"]
+        assert len(approved) == 7
+        assert all(answer["subsidy_fen"] == 500 for answer in approved)
+        reconcile = run_cli(engine.env, "counters", "reconcile", check=False)
+        assert reconcile.returncode == 0, reconcile.stdout + reconcile.stderr
+        assert "agree" in reconcile.stdout
