@@ -107,6 +107,7 @@ from pos_engine.domain.rulebook import (
     Rule,
     Rulebook,
 )
+from pos_engine.limits import AMOUNT_FEN_MAX as SWIPE_AMOUNT_FEN_MAX
 
 # Where things are inside a rulebook directory.
 FUNDERS_FILE = "funders.yaml"
@@ -132,8 +133,9 @@ ID_CHARS_MAX = 64  # campaign, rule, funder, group and merchant ids
 PROBLEMS_REPORTED_MAX = 500  # problems listed in one RulebookError
 
 # Redis Lua scripts mirror the evaluation and Lua numbers are doubles, so every
-# amount stays far below 2**53; 10**12 fen is ten billion yuan.
-AMOUNT_FEN_MAX = 10**12
+# amount in a rule (budget, cap, fixed amount) stays far below 2**53; 10**12 fen
+# is ten billion yuan. An example's swipe is held to the API's own limit.
+RULE_AMOUNT_FEN_MAX = 10**12
 USES_MAX = 1_000_000  # uses in one limit
 PRIORITY_MAX = 1_000_000  # priorities run from 0 to this
 PRIORITY_DEFAULT = 100
@@ -411,7 +413,7 @@ class _Text(_Field[str]):
 class _Whole(_Field[int]):
     """A whole number of `unit` between `minimum` and `maximum`."""
 
-    def __init__(self, *, unit: str, minimum: int = 1, maximum: int = AMOUNT_FEN_MAX, **kwargs: Any) -> None:
+    def __init__(self, *, unit: str, minimum: int = 1, maximum: int = RULE_AMOUNT_FEN_MAX, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.unit = unit
         self.minimum = minimum
@@ -419,7 +421,8 @@ class _Whole(_Field[int]):
 
     def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValidationError(f"must be a whole number of {self.unit}, got {_describe(value)}")
+            of_unit = f" of {self.unit}" if self.unit else ""
+            raise ValidationError(f"must be a whole number{of_unit}, got {_describe(value)}")
         if value < self.minimum:
             bound = "more than 0" if self.minimum == 1 else f"at least {self.minimum}"
             raise ValidationError(f"must be {bound}, got {value}")
@@ -711,7 +714,7 @@ class FunderShareSchema(_Schema):
 class ExampleSwipeSchema(_Schema):
     """The swipe of a worked example."""
 
-    amount_fen = _Whole(unit="fen", required=True)
+    amount_fen = _Whole(unit="fen", required=True, maximum=SWIPE_AMOUNT_FEN_MAX)
     occurred_at = _Instant(required=True)
     merchant_id = _Text(required=True, pattern=_MERCHANT_ID, hint=_MERCHANT_ID_HINT)
     category = _Text(required=True, choices=CATEGORIES)
@@ -1007,6 +1010,9 @@ def _check_references(funders_file: _File, campaign_files: Sequence[_File], prob
         if not isinstance(campaign, dict):
             continue
         _check_funder_shares(file, campaign, known_funders if funders_readable else None, problems)
+        _check_limits_given_once(file, ("campaign",), campaign, problems)
+        for index, rule in _items(campaign, "rules"):
+            _check_limits_given_once(file, ("campaign", "rules", index), rule, problems)
         campaign_id = _text(campaign, "id")
         for example_index, example in _items(campaign, "examples"):
             for expect_index, expected in _items(example, "expect"):
@@ -1046,6 +1052,29 @@ def _check_funder_shares(file: _File, campaign: dict[str, Any], known_funders: M
                 ("campaign", "funders"),
                 f"missing: the campaign has subsidy rules ({', '.join(subsidies[:3])}), so it needs funders who pay them",
             )
+
+
+def _check_limits_given_once(file: _File, path: DocPath, owner: dict[str, Any], problems: _Problems) -> None:
+    """Each cap (subject, period, unit) at most once per rule or campaign.
+
+    Two limits on the same counter would share one counter key, so each use
+    would be counted twice and the tighter cap could be overrun.
+    """
+    seen: dict[tuple[str, str, str], int] = {}
+    for index, limit in _items(owner, "limits"):
+        per, period = _text(limit, "per"), _text(limit, "period")
+        if per is None or period is None:
+            continue
+        for unit in ("uses_max", "fen_max"):
+            if unit not in limit:
+                continue
+            if (per, period, unit) in seen:
+                first = seen[(per, period, unit)]
+                problems.add(
+                    file, (*path, "limits", index), f"limits[{first}] already sets {unit} per {per} per {period}; give each cap once"
+                )
+            else:
+                seen[(per, period, unit)] = index
 
 
 def _check_expected_rule(

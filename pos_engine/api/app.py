@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response
@@ -11,6 +12,7 @@ from pos_engine import __version__
 from pos_engine.api.errors import register_error_handlers
 from pos_engine.config import Settings
 from pos_engine.limits import REQUEST_BODY_BYTES_MAX
+from pos_engine.rules_watch import RulebookWatcher
 from pos_engine.service.context import EngineContext
 from pos_engine.service.responses import encode
 
@@ -40,8 +42,12 @@ def build_context(settings: Settings) -> EngineContext:
     )
 
 
-def create_app(settings: Settings | None = None, context: EngineContext | None = None) -> Flask:
-    """Build the Flask app; a broken rulebook stops it here with file, path and reason."""
+def create_app(settings: Settings | None = None, context: EngineContext | None = None, *, watch_rules: bool | None = None) -> Flask:
+    """Build the Flask app; a broken rulebook stops it here with file, path and reason.
+
+    With `watch_rules` (the default when the app builds its own context), a
+    changed rulebook is reloaded within seconds, and a broken one refused.
+    """
     settings = settings or Settings.from_env()
     app = Flask("pos_engine")
     app.config.update(
@@ -55,6 +61,13 @@ def create_app(settings: Settings | None = None, context: EngineContext | None =
     )
     ctx = context or build_context(settings)
     app.extensions["pos_engine"] = ctx
+    watcher: RulebookWatcher | None = None
+    if watch_rules if watch_rules is not None else context is None:
+        from pos_engine.rules_loader import load_rulebook
+
+        watcher = RulebookWatcher(Path(settings.rules_dir), load_rulebook, ctx.replace_rulebook)
+        watcher.start()
+    app.extensions["pos_engine_rules_watcher"] = watcher
     api = _Api(app)
     from pos_engine.api import terminal
 
@@ -63,6 +76,9 @@ def create_app(settings: Settings | None = None, context: EngineContext | None =
 
     @app.get("/healthz")
     def healthz() -> Any:
-        return Response(encode({"status": "ok", "rules_version": ctx.rulebook.version}), mimetype="application/json")
+        body: dict[str, Any] = {"status": "ok", "rules_version": ctx.rulebook.version}
+        if watcher is not None and watcher.last_error:
+            body["rules_reload_error"] = watcher.last_error
+        return Response(encode(body), mimetype="application/json")
 
     return app

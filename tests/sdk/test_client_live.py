@@ -388,10 +388,12 @@ def test_a_wrong_secret_is_refused(make_client, card):
     assert raised.value.code == "signature_invalid"
 
 
-def test_a_void_that_arrives_before_its_request_declines_the_request(client, card):
-    voided = client.reverse_request("till-live-late-0001")
+def test_a_void_that_arrives_before_its_request_declines_the_request(make_client, card):
+    voided = make_client().reverse_request("till-live-late-0001")
 
-    late = client.authorise(card, DINING_MERCHANT_ID, 10000, request_id="till-live-late-0001")
+    # Another client stands in for the original request arriving late: the
+    # client that voided it refuses to send that request id again.
+    late = make_client().authorise(card, DINING_MERCHANT_ID, 10000, request_id="till-live-late-0001")
 
     assert (voided.outcome, voided.authorisation_id) == ("nothing_to_reverse", None)
     assert (late.status, late.decline_code) == ("declined", "voided_by_terminal")
@@ -429,6 +431,8 @@ def test_a_lost_answer_raises_authorisation_unknown_and_the_engine_voids_the_swi
     assert client.reverse_request("till-live-drop-0001").outcome == "already_reversed"
     details = client.get(error.reversal.reversal.authorisation_id)
     assert details.reversed is True
+    with pytest.raises(ValueError, match="new request id"):
+        client.authorise(card, DINING_MERCHANT_ID, 10000, request_id="till-live-drop-0001")
 
 
 def test_a_timeout_raises_authorisation_unknown_and_the_engine_voids_the_swipe(make_client, proxy, card):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -740,6 +741,22 @@ def test_a_timeout_on_every_attempt_raises_authorisation_unknown_and_reverses_th
     assert client.pending_reversals == ()
 
 
+def test_a_voided_request_id_is_never_authorised_again(make_client, engine):
+    client = make_client(max_retries=0)
+    engine.fail("POST", "/v1/authorisations", "timeout")
+    with pytest.raises(AuthorisationUnknown):
+        swipe(client, request_id="till-42-0012")
+    client.reverse_request("till-42-0013")
+    sent = len(engine.seen)
+
+    for voided in ("till-42-0012", "till-42-0013"):
+        with pytest.raises(ValueError, match="new request id"):
+            swipe(client, request_id=voided)
+
+    assert len(engine.seen) == sent
+    assert swipe(client).approved
+
+
 def test_a_connection_dropped_after_sending_is_treated_like_a_timeout(make_client, engine):
     client = make_client(max_retries=0)
     engine.fail("POST", "/v1/authorisations", "drop")
@@ -758,7 +775,7 @@ def test_a_timeout_before_the_engine_saw_the_request_voids_it_against_a_late_arr
 
     with pytest.raises(AuthorisationUnknown) as raised:
         swipe(client, request_id="till-42-0005")
-    late = swipe(client, request_id="till-42-0005")
+    late = swipe(make_client(), request_id="till-42-0005")  # the original, arriving late
 
     assert raised.value.reversal is not None
     assert raised.value.reversal.outcome == "nothing_to_reverse"
@@ -828,6 +845,33 @@ def test_a_reversal_that_fails_is_sent_again_on_the_next_call_until_acknowledged
     paths = [r.url.path for r in engine.seen if r.url.path != "/v1/authorisations"]
     assert paths == ["/v1/reversals", "/v1/reversals", "/v1/authorisations/au_9999", "/v1/reversals", "/v1/authorisations/au_0001"]
     assert engine.authorisations["au_0001"]["reversed"] is True
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda client: swipe(client),
+        lambda client: client.get("au_0001"),
+        lambda client: client.refund("au_0001", 100),
+        lambda client: client.reverse("au_0001"),
+        lambda client: client.reverse_request("till-42-other"),
+    ],
+    ids=["authorise", "get", "refund", "reverse", "reverse_request"],
+)
+def test_every_call_sends_the_queued_reversals_first(make_client, engine, call):
+    client = make_client(max_retries=0)
+    engine.fail("POST", "/v1/authorisations", "timeout")
+    engine.fail("POST", "/v1/reversals", "connect_error")
+    with pytest.raises(AuthorisationUnknown):
+        swipe(client, request_id="till-42-queued")
+    before = len(engine.seen)
+
+    with contextlib.suppress(PosError):
+        call(client)
+
+    first = engine.seen[before]
+    assert (first.url.path, json.loads(first.content)["original_request_id"]) == ("/v1/reversals", "till-42-queued")
+    assert client.pending_reversals == ()
 
 
 def test_a_queued_reversal_is_sent_on_close(make_client, engine):

@@ -248,6 +248,8 @@ REFUSALS = [
      "a per-merchant limit counts fen only (fen_max); uses are counted per card"),
     ("a limit with neither uses nor fen", "{per: card, period: day, uses_max: 1}", "{per: card, period: day}", "period: day}",
      "campaign.rules[0].limits[0]", "a limit needs uses_max, fen_max or both"),
+    ("a cap given twice", "{per: merchant, period: week, fen_max: 100000}", "{per: card, period: day, uses_max: 2}", "uses_max: 2",
+     "campaign.rules[0].limits[1]", "limits[0] already sets uses_max per card per day; give each cap once"),
     ("shares that do not add up to 100", "share_percent: 40}", "share_percent: 30}", "  funders:", "campaign.funders",
      "shares add up to 90 %, not 100 %"),
     ("shares just over 100", "share_percent: 40}", "share_percent: 40.01}", "  funders:", "campaign.funders",

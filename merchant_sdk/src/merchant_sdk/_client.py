@@ -9,6 +9,7 @@ import random
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,7 +19,14 @@ from urllib.parse import quote
 
 import httpx
 
-from ._constants import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S, MAX_RETRIES_LIMIT, MAX_REVERSALS_PER_FLUSH
+from ._constants import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    MAX_RETRIES_LIMIT,
+    MAX_REVERSALS_PER_FLUSH,
+    VOIDED_REQUEST_IDS_REMEMBERED,
+)
 from ._exceptions import (
     APIConnectionError,
     APITimeoutError,
@@ -116,6 +124,7 @@ class _BaseClient:
         self._clock: Callable[[], float] = time.time
         self._rand: Callable[[], float] = random.random
         self._pending: dict[str, _Call[RequestReversal]] = {}
+        self._voided: OrderedDict[str, None] = OrderedDict()
         self._pending_lock = threading.Lock()
 
     @property
@@ -152,6 +161,11 @@ class _BaseClient:
             occurred_at = datetime.fromtimestamp(self._clock(), timezone.utc)
         elif occurred_at.tzinfo is None or occurred_at.utcoffset() is None:
             raise ValueError("occurred_at must be timezone-aware")
+        if request_id is not None and self._was_voided(request_id):
+            # The engine answers a repeated request id with its first answer,
+            # even an approval that the void has since reversed: the till
+            # would then give a discount nobody pays for.
+            raise ValueError(f"request {request_id} was voided after it got no answer: swipe again with a new request id")
         request_id = _request_id(request_id)
         body = {
             "request_id": request_id,
@@ -180,6 +194,7 @@ class _BaseClient:
 
     def _reverse_request_call(self, original_request_id: str, request_id: str | None) -> _Call[RequestReversal]:
         _require_text("original_request_id", original_request_id)
+        self._remember_voided(original_request_id)
         if request_id is None:
             # Voiding a request whose timeout reversal is still queued: send
             # the queued one, so the server sees one reversal request, not two.
@@ -238,7 +253,19 @@ class _BaseClient:
 
     # Timeout reversals -----------------------------------------------------------
 
+    def _remember_voided(self, original_request_id: str) -> None:
+        with self._pending_lock:
+            self._voided[original_request_id] = None
+            self._voided.move_to_end(original_request_id)
+            while len(self._voided) > VOIDED_REQUEST_IDS_REMEMBERED:
+                self._voided.popitem(last=False)
+
+    def _was_voided(self, request_id: str) -> bool:
+        with self._pending_lock:
+            return request_id in self._voided
+
     def _queue_reversal(self, original_request_id: str) -> _Call[RequestReversal]:
+        self._remember_voided(original_request_id)
         with self._pending_lock:
             call = self._pending.get(original_request_id)
             if call is None:

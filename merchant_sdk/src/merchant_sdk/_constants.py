@@ -33,3 +33,6 @@ MAX_REVERSALS_PER_FLUSH: Final = 8
 
 TIMESTAMP_WINDOW_S: Final = 300
 """The server refuses a request whose timestamp is further than this from its clock."""
+
+VOIDED_REQUEST_IDS_REMEMBERED: Final = 1024
+"""Voided authorisation request ids a client remembers, to refuse reusing them."""

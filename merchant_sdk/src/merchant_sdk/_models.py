@@ -93,7 +93,7 @@ class Authorisation:
     @property
     def charge_fen(self) -> int:
         """What the till charges: `payable_fen` when approved, else the full amount."""
-        return self.payable_fen
+        return self.payable_fen if self.approved else self.amount_fen
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,39 @@
+"""A changed rulebook is picked up by a running engine; a broken one is refused and the old one kept."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from pos_engine.domain.rulebook import Rulebook
+from pos_engine.rules_loader import load_rulebook
+from pos_engine.rules_watch import RulebookWatcher
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def touch_later(path: Path, text: str) -> None:
+    path.write_text(text)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+def test_a_valid_change_is_installed_and_a_broken_one_refused(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    installed: list[Rulebook] = [load_rulebook(rules)]
+    watcher = RulebookWatcher(rules, load_rulebook, installed.append)
+    assert watcher.check_now() is False  # nothing changed
+
+    city = rules / "campaigns" / "city-dining.yaml"
+    touch_later(city, city.read_text().replace("name:", "name: Renamed", 1))
+    assert watcher.check_now() is True
+    assert installed[-1].version != installed[0].version
+    assert watcher.last_error is None
+
+    touch_later(city, city.read_text() + "\n  surprise: field\n")
+    assert watcher.check_now() is False
+    assert len(installed) == 2  # the running rulebook stays
+    assert watcher.last_error is not None
+    assert "city-dining.yaml" in watcher.last_error
