@@ -41,9 +41,7 @@ def generated_campaigns(rule_count: int, merchant_ids: list[str], seed: int = 48
                 )
                 benefit = Benefit("subsidy", percent_bp=rng.choice([500, 1000]), amount_fen_max=2000)
                 limits = (Limit("card", "month", uses_max=4, fen_max=5000),)
-            rules.append(
-                Rule(campaign_id, f"r{rule_index:03d}", benefit, conditions, priority=rng.randint(1, 200), limits=limits)
-            )
+            rules.append(Rule(campaign_id, f"r{rule_index:03d}", benefit, conditions, priority=rng.randint(1, 200), limits=limits))
         campaigns.append(
             Campaign(
                 campaign_id,

@@ -89,7 +89,9 @@ def bench_authorise(label: str, database_url: str, redis_url: str | None, rulebo
     def authorise(index: int) -> object:
         terminal = rng.choice(terminals)
         assert terminal is not None
-        request = swipes.AuthorisationRequest(f"{run}-{index}", rng.choice(cards), terminal.merchant_id, rng.randint(500, 30_000), ctx.clock.now())
+        request = swipes.AuthorisationRequest(
+            f"{run}-{index}", rng.choice(cards), terminal.merchant_id, rng.randint(500, 30_000), ctx.clock.now()
+        )
         return swipes.authorise(ctx, terminal, request, f"hash-{run}-{index}")
 
     time_each(100, lambda index: authorise(10**9 + index))  # warm caches and connections
@@ -123,9 +125,13 @@ def main() -> None:
         for rulebook in (demo_rulebook, big_rulebook):
             print(f"rulebook {rulebook.version}: {rulebook.rule_count} rules")
             bench_evaluation(rulebook, merchants, args.swipes * 5)
-            bench_authorise("SQLite + SQL counters", f"sqlite:///{scratch}/bench-{rulebook.rule_count}.sqlite3", None, rulebook, args.swipes)
+            bench_authorise(
+                "SQLite + SQL counters", f"sqlite:///{scratch}/bench-{rulebook.rule_count}.sqlite3", None, rulebook, args.swipes
+            )
             if args.pg:
-                bench_authorise("PostgreSQL + Redis" if args.redis else "PostgreSQL + SQL counters", args.pg, args.redis, rulebook, args.swipes)
+                bench_authorise(
+                    "PostgreSQL + Redis" if args.redis else "PostgreSQL + SQL counters", args.pg, args.redis, rulebook, args.swipes
+                )
 
 
 if __name__ == "__main__":
