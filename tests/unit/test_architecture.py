@@ -1,0 +1,48 @@
+"""Imports point inward: the domain uses the standard library only; the service never touches the store."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "pos_engine"
+SDK = Path(__file__).resolve().parents[2] / "merchant_sdk"
+
+
+def imported_modules(path: Path) -> set[str]:
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules.add(node.module)
+    return modules
+
+
+def test_the_domain_imports_only_the_standard_library_and_itself() -> None:
+    offenders = {}
+    for path in (PACKAGE / "domain").rglob("*.py"):
+        outside = {
+            module
+            for module in imported_modules(path)
+            if module.split(".")[0] not in sys.stdlib_module_names and not module.startswith("pos_engine.domain")
+        }
+        if outside:
+            offenders[path.name] = outside
+    assert offenders == {}
+
+
+def test_the_use_cases_import_the_domain_and_their_ports_but_no_framework_or_store() -> None:
+    forbidden = ("flask", "sqlalchemy", "redis", "marshmallow", "yaml", "pos_engine.store", "pos_engine.api")
+    offenders = {}
+    for path in (PACKAGE / "service").rglob("*.py"):
+        bad = {module for module in imported_modules(path) if module.startswith(forbidden)}
+        if bad:
+            offenders[path.name] = bad
+    assert offenders == {}
+
+
+def test_the_merchant_sdk_never_imports_the_engine() -> None:
+    offenders = {path.name: modules for path in SDK.rglob("*.py") if (modules := {m for m in imported_modules(path) if m.startswith("pos_engine")})}
+    assert offenders == {}
