@@ -120,20 +120,20 @@ def load_demo(
     terminals: list[dict[str, Any]] = []
     for district in DISTRICTS:
         for category in CATEGORIES:
-            for number in range(1, MERCHANTS_PER_DISTRICT_CATEGORY + 1):
-                merchant_id = f"m-{district}-{category}-{number:03d}"
+            for ordinal in range(1, MERCHANTS_PER_DISTRICT_CATEGORY + 1):
+                merchant_id = f"m-{district}-{category}-{ordinal:03d}"
                 # The last merchant of each kind and place is suspended: its swipes are declined.
-                status = "suspended" if number == MERCHANTS_PER_DISTRICT_CATEGORY else "active"
+                status = "suspended" if ordinal == MERCHANTS_PER_DISTRICT_CATEGORY else "active"
                 merchants.append(
                     {
                         "merchant_id": merchant_id,
-                        "name": f"{district.capitalize()} {MERCHANT_NAMES[category]} {number}",
+                        "name": f"{district.capitalize()} {MERCHANT_NAMES[category]} {ordinal}",
                         "category": category,
                         "district": district,
                         "status": status,
                     }
                 )
-                terminal_id = f"t-{district}-{category}-{number:03d}"
+                terminal_id = f"t-{district}-{category}-{ordinal:03d}"
                 secret = secrets.token_hex(24)
                 terminals.append({"terminal_id": terminal_id, "merchant_id": merchant_id, "secret": secret, "status": "active"})
                 if status == "active":

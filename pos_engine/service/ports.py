@@ -53,8 +53,11 @@ class LedgerRepository(Protocol):
 class UnitOfWork(Protocol):
     """One database transaction that rolls back unless committed."""
 
-    session: Any
-    repo: LedgerRepository
+    @property
+    def session(self) -> Any: ...
+
+    @property
+    def repo(self) -> LedgerRepository: ...
 
     def __enter__(self) -> UnitOfWork: ...
 

@@ -735,7 +735,7 @@ def spell(draw: dict[str, Any]) -> tuple[dict[str, Any], Rule]:
     limits_: tuple[Limit, ...] = ()
     if draw["limit"] is not None:
         limit: Limit = draw["limit"]
-        spelled = {"per": limit.per, "period": limit.period}
+        spelled: dict[str, Any] = {"per": limit.per, "period": limit.period}
         spelled |= {key: value for key, value in (("uses_max", limit.uses_max), ("fen_max", limit.fen_max)) if value is not None}
         rule_yaml["limits"] = [spelled]
         limits_ = (limit,)
