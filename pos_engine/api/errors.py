@@ -6,7 +6,9 @@ import json
 import logging
 from typing import Any
 
+import redis
 from flask import Flask, Response, request
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from pos_engine.service.errors import (
@@ -101,6 +103,11 @@ def _service_error(error: ServiceError) -> Response:
     return problem(status, error.code, error.detail, error.field_errors)
 
 
+def _dependency_down(error: Exception) -> Response:
+    log.error("a dependency failed on %s %s: %s", request.method, request.path, error)
+    return problem(503, "unavailable", "the engine cannot reach its database or counter store; retry with the same request_id")
+
+
 def _unexpected(error: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.path)
     return problem(500, "internal_error", "the engine failed; the request changed nothing that can be seen")
@@ -109,4 +116,6 @@ def _unexpected(error: Exception) -> Response:
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_exception)
     app.register_error_handler(ServiceError, _service_error)
+    for dependency_error in (OperationalError, InterfaceError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        app.register_error_handler(dependency_error, _dependency_down)
     app.register_error_handler(Exception, _unexpected)

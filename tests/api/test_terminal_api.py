@@ -351,3 +351,23 @@ def test_the_openapi_document_describes_the_terminal_api(app: Any) -> None:
     post = spec["paths"]["/v1/authorisations"]["post"]
     assert {"200", "401", "403", "409", "422"} <= set(post["responses"])
     assert "AuthorisationRequest" in spec["components"]["schemas"]
+
+
+def test_a_counter_store_outage_is_a_503_and_records_nothing(
+    terminal: SignedClient, context: EngineContext, backend: Backend, monkeypatch: Any
+) -> None:
+    import redis
+
+    before = state(backend)
+
+    def down(*_args: Any, **_kwargs: Any) -> None:
+        raise redis.exceptions.ConnectionError("connection refused")
+
+    monkeypatch.setattr(context.counters, "reserve", down)
+    response = terminal.authorise(CARD, 10_000, "req-1")
+    assert response.status_code == 503
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["code"] == "unavailable"
+    assert state(backend) == before
+    monkeypatch.undo()
+    assert terminal.authorise(CARD, 10_000, "req-1").get_json()["status"] == "approved"  # the retry goes through

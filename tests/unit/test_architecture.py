@@ -44,5 +44,7 @@ def test_the_use_cases_import_the_domain_and_their_ports_but_no_framework_or_sto
 
 
 def test_the_merchant_sdk_never_imports_the_engine() -> None:
-    offenders = {path.name: modules for path in SDK.rglob("*.py") if (modules := {m for m in imported_modules(path) if m.startswith("pos_engine")})}
+    offenders = {
+        path.name: modules for path in SDK.rglob("*.py") if (modules := {m for m in imported_modules(path) if m.startswith("pos_engine")})
+    }
     assert offenders == {}
