@@ -108,38 +108,34 @@ from pos_engine.domain.rulebook import (
     Rulebook,
 )
 from pos_engine.limits import AMOUNT_FEN_MAX as SWIPE_AMOUNT_FEN_MAX
+from pos_engine.limits import (
+    BENEFITS_PER_EXAMPLE_MAX,
+    EXAMPLES_PER_FILE_MAX,
+    FUNDERS_MAX,
+    FUNDERS_PER_CAMPAIGN_MAX,
+    ID_CHARS_MAX,
+    LIMITS_PER_OWNER_MAX,
+    MEMBER_GROUPS_PER_LIST_MAX,
+    MERCHANT_IDS_PER_RULE_MAX,
+    PERCENT_DECIMALS_MAX,
+    PRIORITY_DEFAULT,
+    PRIORITY_MAX,
+    PROBLEMS_REPORTED_MAX,
+    RULE_AMOUNT_FEN_MAX,
+    RULE_FILE_BYTES_MAX,
+    RULE_FILES_MAX,
+    RULES_PER_FILE_MAX,
+    RULES_PER_RULEBOOK_MAX,
+    TEXT_CHARS_MAX,
+    USES_MAX,
+    YAML_DEPTH_MAX,
+)
 
 # Where things are inside a rulebook directory.
 FUNDERS_FILE = "funders.yaml"
 CAMPAIGNS_DIR = "campaigns"
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 
-# Limits on what a rulebook may hold: the loader refuses anything larger, so a
-# mistake (or a hostile file) cannot make loading slow or the index huge.
-RULE_FILES_MAX = 256  # campaign files per rulebook
-RULE_FILE_BYTES_MAX = 256 * 1024  # bytes per file
-RULES_PER_FILE_MAX = 200  # rules per campaign file
-RULES_PER_RULEBOOK_MAX = 5_000  # rules in all files together
-EXAMPLES_PER_FILE_MAX = 100  # worked examples per campaign file
-BENEFITS_PER_EXAMPLE_MAX = 32  # expected benefits per example
-FUNDERS_MAX = 200  # funders in funders.yaml
-FUNDERS_PER_CAMPAIGN_MAX = 10  # funder shares per campaign
-LIMITS_PER_OWNER_MAX = 8  # limits per rule, and per campaign
-MERCHANT_IDS_PER_RULE_MAX = 2_000  # merchant ids per rule
-MEMBER_GROUPS_PER_LIST_MAX = 32  # member groups per rule or example swipe
-YAML_DEPTH_MAX = 12  # nesting of mappings and lists; the deepest valid path needs 6
-TEXT_CHARS_MAX = 200  # names and other free text
-ID_CHARS_MAX = 64  # campaign, rule, funder, group and merchant ids
-PROBLEMS_REPORTED_MAX = 500  # problems listed in one RulebookError
-
-# Redis Lua scripts mirror the evaluation and Lua numbers are doubles, so every
-# amount in a rule (budget, cap, fixed amount) stays far below 2**53; 10**12 fen
-# is ten billion yuan. An example's swipe is held to the API's own limit.
-RULE_AMOUNT_FEN_MAX = 10**12
-USES_MAX = 1_000_000  # uses in one limit
-PRIORITY_MAX = 1_000_000  # priorities run from 0 to this
-PRIORITY_DEFAULT = 100
-PERCENT_DECIMALS_MAX = 2  # 33.34 % is 3334 basis points
 
 FUNDER_KINDS = ("city_federation", "district_federation", "industry_union", "partner_bank", "employer")
 EXAMPLE_CARD_REF = "example-card"

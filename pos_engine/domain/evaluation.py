@@ -146,6 +146,19 @@ def _limit_counters(prefix: str, limits: tuple[Limit, ...], swipe: Swipe, at_loc
     return counters
 
 
+def _merge_same_keys(counters: list[CounterRef]) -> tuple[CounterRef, ...]:
+    """One counter per key: two caps on the same key (same per, period and unit) keep the tighter.
+
+    Otherwise a step would add to that counter twice and overrun the tighter cap.
+    """
+    merged: dict[str, CounterRef] = {}
+    for counter in counters:
+        known = merged.get(counter.key)
+        if known is None or counter.limit < known.limit:
+            merged[counter.key] = counter
+    return tuple(merged.values())
+
+
 def plan_swipe(rulebook: Rulebook, swipe: Swipe) -> Plan:
     """Check the indexed rules' conditions and build the capped steps; no I/O."""
     at_local = local(swipe.occurred_at)
@@ -167,7 +180,7 @@ def plan_swipe(rulebook: Rulebook, swipe: Swipe) -> Plan:
             counters.append(
                 CounterRef(f"campaign:{campaign.campaign_id}:budget:{UNIT_FEN}", UNIT_FEN, campaign.budget_fen, "campaign/budget/fen")
             )
-        steps.append(PlanStep(rule, tuple(counters)))
+        steps.append(PlanStep(rule, _merge_same_keys(counters)))
     return Plan(swipe.amount_fen, tuple(steps), tuple(skipped))
 
 

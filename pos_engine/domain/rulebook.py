@@ -174,8 +174,9 @@ class Rulebook:
                     for merchant_id in conditions.merchant_ids:
                         by_merchant.setdefault(merchant_id, []).append(rule)
                     continue
-                categories = conditions.categories or CATEGORIES
-                districts = conditions.districts or DISTRICTS
+                # None means any; an empty set matches nothing, so it is indexed nowhere.
+                categories = CATEGORIES if conditions.categories is None else conditions.categories
+                districts = DISTRICTS if conditions.districts is None else conditions.districts
                 for category in categories:
                     for district in districts:
                         by_place.setdefault((category, district), []).append(rule)
