@@ -104,8 +104,8 @@ def error_responses(view: Any) -> Any:
 
 @blp.route("/authorisations")
 class Authorisations(MethodView):
-    @blp.arguments(schemas.ExplainQuerySchema, location="query", as_kwargs=True)
-    @blp.arguments(schemas.AuthorisationRequestSchema)
+    @blp.arguments(schemas.ExplainQuerySchema(), location="query", as_kwargs=True)
+    @blp.arguments(schemas.AuthorisationRequestSchema())
     @blp.response(200, schemas.AuthorisationSchema, description="approved or declined (a business decline is 200)")
     @error_responses
     def post(self, body: dict[str, Any], explain: bool) -> Response:
@@ -126,7 +126,7 @@ class AuthorisationById(MethodView):
 
 @blp.route("/authorisations/<string:authorisation_id>/reversal")
 class Reversal(MethodView):
-    @blp.arguments(schemas.ReversalRequestSchema)
+    @blp.arguments(schemas.ReversalRequestSchema())
     @blp.response(200, schemas.AdjustmentSchema)
     @error_responses
     def post(self, body: dict[str, Any], authorisation_id: str) -> Response:
@@ -136,7 +136,7 @@ class Reversal(MethodView):
 
 @blp.route("/authorisations/<string:authorisation_id>/refunds")
 class Refunds(MethodView):
-    @blp.arguments(schemas.RefundRequestSchema)
+    @blp.arguments(schemas.RefundRequestSchema())
     @blp.response(200, schemas.AdjustmentSchema)
     @error_responses
     def post(self, body: dict[str, Any], authorisation_id: str) -> Response:
@@ -148,7 +148,7 @@ class Refunds(MethodView):
 
 @blp.route("/reversals")
 class Voids(MethodView):
-    @blp.arguments(schemas.VoidRequestSchema)
+    @blp.arguments(schemas.VoidRequestSchema())
     @blp.response(200, schemas.VoidResultSchema)
     @error_responses
     def post(self, body: dict[str, Any]) -> Response:

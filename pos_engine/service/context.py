@@ -51,7 +51,7 @@ class TtlCache(Generic[V]):
 class EngineContext:
     """Everything a use case needs; built once per process by the app factory or the CLI."""
 
-    unit_of_work: Callable[[], UnitOfWork]
+    unit_of_work: Callable[..., UnitOfWork]  # (single_statement: bool = False) -> UnitOfWork
     registry: Registry
     counters: CounterStore
     rulebook: Rulebook

@@ -6,16 +6,17 @@ must hold the exact bytes the terminal got, to return them again on a retry.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from pos_engine.domain.evaluation import Explanation
 
 
 def encode(body: dict[str, Any]) -> bytes:
-    """Encode an answer; compact and with a stable key order."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Encode an answer: compact UTF-8 JSON in the dict's key order (orjson, chosen by measurement)."""
+    return orjson.dumps(body)
 
 
 def timestamp(at: datetime) -> str:

@@ -71,11 +71,11 @@ def _replay(record: Any, request_hash: str) -> StoredResponse:
     return StoredResponse(record.status_code, bytes(record.response_body))
 
 
-def _in_transaction(ctx: EngineContext, work: Callable[[UnitOfWork], T], on_failure: Callable[[], None] | None = None) -> T:
+def _in_transaction(ctx: EngineContext, work: Callable[[UnitOfWork], T], *, single_statement: bool = False) -> T:
     """Run `work` in a unit of work; on a concurrent duplicate, run it again (it then replays)."""
     for _attempt in range(DUPLICATE_ATTEMPTS_MAX):
         try:
-            with ctx.unit_of_work() as uow:
+            with ctx.unit_of_work(single_statement=single_statement) as uow:
                 return work(uow)
         except DuplicateKey:
             log.info("concurrent duplicate request; replaying the stored answer")
@@ -183,29 +183,28 @@ def authorise(
             assert plan is not None
             assert holder is not None
             entry_id = new_id("au")
-            entry = uow.repo.add_entry(
-                entry_id=entry_id,
-                kind="authorisation",
-                authorisation_id=entry_id,
-                terminal_id=terminal.terminal_id,
-                request_id=request.request_id,
-                merchant_id=request.merchant_id,
-                card_id=holder.card_id,
-                card_last4=card_last4,
-                amount_fen=decision.amount_fen,
-                discount_fen=decision.discount_fen,
-                subsidy_fen=decision.subsidy_fen,
-                payable_fen=decision.payable_fen,
-                occurred_at=request.occurred_at,
-                recorded_at=recorded_at,
-                rules_version=decision.rules_version,
-                benefits=_step_lines(plan, decision, ctx),
-                counter_deltas=dict(decision.counter_deltas or {}),
-            )
-            body = responses.encode(responses.authorisation_body(entry, explanations))
-            resource_id = entry.entry_id
+            fields: dict[str, Any] = {
+                "entry_id": entry_id,
+                "kind": "authorisation",
+                "authorisation_id": entry_id,
+                "terminal_id": terminal.terminal_id,
+                "request_id": request.request_id,
+                "merchant_id": request.merchant_id,
+                "card_id": holder.card_id,
+                "card_last4": card_last4,
+                "amount_fen": decision.amount_fen,
+                "discount_fen": decision.discount_fen,
+                "subsidy_fen": decision.subsidy_fen,
+                "payable_fen": decision.payable_fen,
+                "occurred_at": request.occurred_at,
+                "recorded_at": recorded_at,
+                "rules_version": decision.rules_version,
+                "benefits": _step_lines(plan, decision, ctx),
+                "counter_deltas": dict(decision.counter_deltas or {}),
+            }
+            table, body = "ledger_entries", responses.encode(responses.authorisation_body(_Record(fields), explanations))
         else:
-            decline_fields: dict[str, Any] = {
+            fields = {
                 "decline_id": new_id("au"),
                 "terminal_id": terminal.terminal_id,
                 "request_id": request.request_id,
@@ -217,10 +216,9 @@ def authorise(
                 "recorded_at": recorded_at,
                 "rules_version": decision.rules_version,
             }
-            uow.repo.add_decline(**decline_fields)
-            body = responses.encode(responses.decline_body(_Record(decline_fields), explanations))
-            resource_id = decline_fields["decline_id"]
-        uow.repo.add_idempotency(terminal.terminal_id, request.request_id, request_hash, 200, body, resource_id, recorded_at)
+            table, body = "declines", responses.encode(responses.decline_body(_Record(fields), explanations))
+        resource_id = fields.get("entry_id") or fields["decline_id"]
+        uow.repo.record(table, fields, _idempotency(terminal.terminal_id, request.request_id, request_hash, body, resource_id, recorded_at))
         try:
             uow.commit()
         except BaseException:
@@ -230,9 +228,24 @@ def authorise(
         return StoredResponse(200, body)
 
     try:
-        return _in_transaction(ctx, work)
+        # With Redis counters nothing else is written in the transaction: one statement records the swipe.
+        return _in_transaction(ctx, work, single_statement=not ctx.counters.transactional)
     finally:
         give_back()
+
+
+def _idempotency(
+    terminal_id: str, request_id: str, request_hash: str, body: bytes, resource_id: str | None, at: datetime
+) -> dict[str, Any]:
+    return {
+        "terminal_id": terminal_id,
+        "request_id": request_id,
+        "request_hash": request_hash,
+        "status_code": 200,
+        "response_body": body,
+        "resource_id": resource_id,
+        "created_at": at,
+    }
 
 
 class _Record:

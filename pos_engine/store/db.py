@@ -6,15 +6,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+import orjson
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from pos_engine.domain.registry import CardHolder, Merchant, Terminal
 from pos_engine.limits import SQLITE_BUSY_TIMEOUT_MS
 from pos_engine.service.errors import DuplicateKey
-from pos_engine.store.repository import Repository
+from pos_engine.store.repository import Repository, is_unique_violation
 
 
 def is_sqlite(url: str) -> bool:
@@ -29,6 +30,10 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode("utf-8")
+
+
 def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
     """Create an engine; SQLite gets WAL, a busy timeout and write transactions that lock at BEGIN.
 
@@ -37,8 +42,15 @@ def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
     of a swipe runs serialised across processes, never interleaved.
     """
     url = normalise_url(url)
+    kwargs.setdefault("json_serializer", _json_text)
+    kwargs.setdefault("json_deserializer", orjson.loads)
     if not is_sqlite(url):
-        kwargs.setdefault("pool_pre_ping", True)
+        # No pre-ping: it costs a round trip per checkout on the swipe path. A connection
+        # broken by a database restart fails one request (503, retried by the terminal)
+        # and is discarded by the pool.
+        kwargs.setdefault("pool_size", 10)
+        kwargs.setdefault("max_overflow", 20)
+        kwargs.setdefault("pool_recycle", 3600)
         return create_engine(url, **kwargs)
     database = make_url(url).database
     if database and database != ":memory:":
@@ -63,43 +75,56 @@ def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
     return engine
 
 
-def _is_unique_violation(error: IntegrityError) -> bool:
-    sqlstate = getattr(error.orig, "sqlstate", None)  # psycopg
-    return sqlstate == "23505" or "UNIQUE constraint failed" in str(error.orig)
-
-
 class UnitOfWork:
-    """One database transaction; it rolls back unless `commit()` is called."""
+    """One database transaction on a Core connection; it rolls back unless `commit()` is called.
 
-    session: Session
+    A `single_statement` unit of work promises to write with one statement
+    (`Repository.record`): on PostgreSQL it then runs in autocommit, so that one
+    statement is the whole transaction, in one round trip. Elsewhere it is an
+    ordinary transaction.
+    """
+
+    connection: Connection
     repo: Repository
 
-    def __init__(self, session_factory: sessionmaker[Session]) -> None:
-        self._session_factory = session_factory
+    def __init__(self, engine: Engine, *, single_statement: bool = False) -> None:
+        self._engine = engine
+        self._autocommit = single_statement and engine.dialect.name == "postgresql"
+
+    @property
+    def session(self) -> Connection:
+        """The transaction handle the SQL counter store joins."""
+        return self.connection
 
     def __enter__(self) -> UnitOfWork:
-        self.session = self._session_factory()
-        self.repo = Repository(self.session)
+        if self._autocommit:
+            self.connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._transaction = None
+        else:
+            self.connection = self._engine.connect()
+            self._transaction = self.connection.begin()
+        self.repo = Repository(self.connection, single_statement=self._autocommit)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         try:
-            self.session.rollback()
+            if self._transaction is not None and self._transaction.is_active:
+                self._transaction.rollback()
         finally:
-            self.session.close()
+            self.connection.close()
 
     def commit(self) -> None:
         """Commit; a unique-key clash (a concurrent duplicate request) becomes DuplicateKey."""
+        if self._transaction is None:
+            return  # autocommit: each statement committed itself
         try:
-            self.session.commit()
+            self._transaction.commit()
         except IntegrityError as error:
-            self.session.rollback()
-            if _is_unique_violation(error):
+            if self._transaction.is_active:
+                self._transaction.rollback()
+            if is_unique_violation(error):
                 raise DuplicateKey(str(error.orig)) from error
             raise
-
-    def rollback(self) -> None:
-        self.session.rollback()
 
 
 class Database:
@@ -110,13 +135,17 @@ class Database:
         self.engine = make_engine(self.url, **kwargs)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.is_sqlite = is_sqlite(self.url)
-        # SQLite reads need no write lock: they get an engine whose transactions begin deferred.
-        self.read_engine = make_engine(self.url, immediate=False, **kwargs) if self.is_sqlite else self.engine
+        # Registry reads need no write lock (SQLite) and no transaction round trips (PostgreSQL):
+        # a deferred-BEGIN engine on SQLite, autocommit connections on PostgreSQL.
+        if self.is_sqlite:
+            self.read_engine = make_engine(self.url, immediate=False, **kwargs)
+        else:
+            self.read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
         self.is_postgresql = self.engine.dialect.name == "postgresql"
 
-    def unit_of_work(self) -> UnitOfWork:
-        return UnitOfWork(self.sessions)
+    def unit_of_work(self, *, single_statement: bool = False) -> UnitOfWork:
+        return UnitOfWork(self.engine, single_statement=single_statement)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -130,13 +159,13 @@ class SqlRegistry:
         self.database = database
 
     def terminal(self, terminal_id: str) -> Terminal | None:
-        with self.database.read_sessions() as session:
-            return Repository(session).terminal(terminal_id)
+        with self.database.read_engine.connect() as connection:
+            return Repository(connection).terminal(terminal_id)
 
     def merchant(self, merchant_id: str) -> Merchant | None:
-        with self.database.read_sessions() as session:
-            return Repository(session).merchant(merchant_id)
+        with self.database.read_engine.connect() as connection:
+            return Repository(connection).merchant(merchant_id)
 
     def card_holder(self, card_hash: str) -> CardHolder | None:
-        with self.database.read_sessions() as session:
-            return Repository(session).card_holder(card_hash)
+        with self.database.read_engine.connect() as connection:
+            return Repository(connection).card_holder(card_hash)

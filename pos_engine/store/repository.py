@@ -1,15 +1,22 @@
-"""Repository: what the use cases ask of the database, in domain terms."""
+"""Repository: what the use cases ask of the database, in domain terms.
+
+The swipe path runs on SQLAlchemy Core with statements built once at import:
+the ORM's unit-of-work machinery costs more than the database does here. The
+ORM models in `models.py` remain the schema, and serve the batch code paths.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Table, bindparam, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from pos_engine.domain.registry import CardHolder, Merchant, Terminal
+from pos_engine.service.errors import DuplicateKey
 from pos_engine.store.models import (
     CardRow,
     DeclineRow,
@@ -20,51 +27,116 @@ from pos_engine.store.models import (
     TerminalRow,
 )
 
+cards = cast(Table, CardRow.__table__)
+members = cast(Table, MemberRow.__table__)
+merchants = cast(Table, MerchantRow.__table__)
+terminals = cast(Table, TerminalRow.__table__)
+ledger = cast(Table, LedgerEntryRow.__table__)
+declines = cast(Table, DeclineRow.__table__)
+idempotency_records = cast(Table, IdempotencyRow.__table__)
+
+_TERMINAL = select(terminals).where(terminals.c.terminal_id == bindparam("id"))
+_MERCHANT = select(merchants).where(merchants.c.merchant_id == bindparam("id"))
+_CARD_HOLDER = (
+    select(
+        cards.c.card_id,
+        cards.c.last4,
+        cards.c.status,
+        members.c.member_id,
+        members.c.groups,
+        members.c.in_service,
+        members.c.annual_review_year,
+        members.c.district,
+    )
+    .join_from(cards, members, cards.c.member_id == members.c.member_id)
+    .where(cards.c.card_hash == bindparam("card_hash"))
+)
+_IDEMPOTENCY = select(idempotency_records).where(
+    idempotency_records.c.terminal_id == bindparam("terminal_id"), idempotency_records.c.request_id == bindparam("request_id")
+)
+_AUTHORISATION = select(ledger).where(ledger.c.entry_id == bindparam("id"), ledger.c.kind == "authorisation")
+_AUTHORISATION_LOCKED = _AUTHORISATION.with_for_update()
+_DECLINE = select(declines).where(declines.c.decline_id == bindparam("id"))
+_ADJUSTMENTS = (
+    select(ledger)
+    .where(ledger.c.authorisation_id == bindparam("id"), ledger.c.kind != "authorisation")
+    .order_by(ledger.c.recorded_at, ledger.c.entry_id)
+)
+_INSERT_ENTRY = insert(ledger)
+_INSERT_DECLINE = insert(declines)
+_INSERT_IDEMPOTENCY = insert(idempotency_records)
+
+
+def _record_statement(table: Table) -> Any:
+    """One statement that inserts a row of `table` and its idempotency record (PostgreSQL: a data-modifying CTE).
+
+    Both rows or neither: a clash on the idempotency key fails the whole statement.
+    """
+    row = insert(table).values({column.name: bindparam(f"row_{column.name}") for column in table.columns}).cte("recorded_row")
+    record = insert(idempotency_records).values({column.name: bindparam(f"idem_{column.name}") for column in idempotency_records.columns})
+    return record.add_cte(row)
+
+
+_RECORD = {"ledger_entries": _record_statement(ledger), "declines": _record_statement(declines)}
+
+
+def is_unique_violation(error: IntegrityError) -> bool:
+    sqlstate = getattr(error.orig, "sqlstate", None)  # psycopg
+    return sqlstate == "23505" or "UNIQUE constraint failed" in str(error.orig)
+
+
+def _insert(connection: Connection, statement: Any, fields: dict[str, Any]) -> None:
+    """Insert one row; a unique-key clash (a concurrent duplicate request) becomes DuplicateKey."""
+    try:
+        connection.execute(statement, fields)
+    except IntegrityError as error:
+        if is_unique_violation(error):
+            raise DuplicateKey(str(error.orig)) from error
+        raise
+
 
 def split_groups(text: str) -> frozenset[str]:
     return frozenset(group for group in (part.strip() for part in text.split(",")) if group)
 
 
 class Repository:
-    """Reads and appends through one session (the unit of work's)."""
+    """Reads and appends through one connection (the unit of work's)."""
 
-    def __init__(self, session: Session) -> None:
-        self.session = session
+    def __init__(self, connection: Connection, *, single_statement: bool = False) -> None:
+        self.connection = connection
+        self.single_statement = single_statement
 
     # Registry lookups return frozen records, safe to cache across requests.
     def terminal(self, terminal_id: str) -> Terminal | None:
-        row = self.session.get(TerminalRow, terminal_id)
+        row = self.connection.execute(_TERMINAL, {"id": terminal_id}).first()
         if row is None:
             return None
         return Terminal(row.terminal_id, row.merchant_id, row.secret, row.status)
 
     def merchant(self, merchant_id: str) -> Merchant | None:
-        row = self.session.get(MerchantRow, merchant_id)
+        row = self.connection.execute(_MERCHANT, {"id": merchant_id}).first()
         if row is None:
             return None
         return Merchant(row.merchant_id, row.name, row.category, row.district, row.status)
 
     def card_holder(self, card_hash: str) -> CardHolder | None:
-        found = self.session.execute(
-            select(CardRow, MemberRow).join(MemberRow, CardRow.member_id == MemberRow.member_id).where(CardRow.card_hash == card_hash)
-        ).first()
-        if found is None:
+        row = self.connection.execute(_CARD_HOLDER, {"card_hash": card_hash}).first()
+        if row is None:
             return None
-        card, member = found
         return CardHolder(
-            card_id=card.card_id,
-            card_last4=card.last4,
-            card_status=card.status,
-            member_id=member.member_id,
-            member_groups=split_groups(member.groups),
-            in_service=member.in_service,
-            annual_review_year=member.annual_review_year,
-            district=member.district,
+            card_id=row.card_id,
+            card_last4=row.last4,
+            card_status=row.status,
+            member_id=row.member_id,
+            member_groups=split_groups(row.groups),
+            in_service=row.in_service,
+            annual_review_year=row.annual_review_year,
+            district=row.district,
         )
 
     # Idempotency.
-    def idempotency(self, terminal_id: str, request_id: str) -> IdempotencyRow | None:
-        return self.session.get(IdempotencyRow, (terminal_id, request_id))
+    def idempotency(self, terminal_id: str, request_id: str) -> Any:
+        return self.connection.execute(_IDEMPOTENCY, {"terminal_id": terminal_id, "request_id": request_id}).first()
 
     def add_idempotency(
         self,
@@ -76,45 +148,55 @@ class Repository:
         resource_id: str | None,
         at: datetime,
     ) -> None:
-        self.session.add(
-            IdempotencyRow(
-                terminal_id=terminal_id,
-                request_id=request_id,
-                request_hash=request_hash,
-                status_code=status_code,
-                response_body=body,
-                resource_id=resource_id,
-                created_at=at,
-            )
+        _insert(
+            self.connection,
+            _INSERT_IDEMPOTENCY,
+            {
+                "terminal_id": terminal_id,
+                "request_id": request_id,
+                "request_hash": request_hash,
+                "status_code": status_code,
+                "response_body": body,
+                "resource_id": resource_id,
+                "created_at": at,
+            },
         )
+
+    def record(self, table_name: str, fields: dict[str, Any], idempotency: dict[str, Any]) -> Any:
+        """Append a ledger entry or decline (`table_name`) with its idempotency record, atomically.
+
+        In a single-statement unit of work (PostgreSQL autocommit) both rows go in one
+        statement; otherwise two inserts inside the unit of work's transaction.
+        """
+        if self.single_statement:
+            params = {f"row_{key}": value for key, value in fields.items()}
+            params.update({f"idem_{key}": value for key, value in idempotency.items()})
+            _insert(self.connection, _RECORD[table_name], params)
+        else:
+            _insert(self.connection, _INSERT_ENTRY if table_name == "ledger_entries" else _INSERT_DECLINE, fields)
+            _insert(self.connection, _INSERT_IDEMPOTENCY, idempotency)
+        return SimpleNamespace(**fields)
 
     # Ledger.
-    def add_entry(self, **fields: Any) -> LedgerEntryRow:
-        row = LedgerEntryRow(**fields)
-        self.session.add(row)
-        return row
+    def add_entry(self, **fields: Any) -> Any:
+        _insert(self.connection, _INSERT_ENTRY, fields)
+        return SimpleNamespace(**fields)
 
-    def add_decline(self, **fields: Any) -> None:
-        self.session.add(DeclineRow(**fields))
+    def add_decline(self, **fields: Any) -> Any:
+        _insert(self.connection, _INSERT_DECLINE, fields)
+        return SimpleNamespace(**fields)
 
-    def authorisation(self, authorisation_id: str, *, lock: bool = False) -> LedgerEntryRow | None:
-        query = select(LedgerEntryRow).where(LedgerEntryRow.entry_id == authorisation_id, LedgerEntryRow.kind == "authorisation")
-        if lock:
-            query = query.with_for_update()
-        return self.session.execute(query).scalar_one_or_none()
+    def authorisation(self, authorisation_id: str, *, lock: bool = False) -> Any:
+        statement = _AUTHORISATION_LOCKED if lock else _AUTHORISATION
+        return self.connection.execute(statement, {"id": authorisation_id}).first()
 
-    def decline(self, decline_id: str) -> DeclineRow | None:
-        return self.session.get(DeclineRow, decline_id)
+    def decline(self, decline_id: str) -> Any:
+        return self.connection.execute(_DECLINE, {"id": decline_id}).first()
 
-    def adjustments(self, authorisation_id: str) -> list[LedgerEntryRow]:
-        query = (
-            select(LedgerEntryRow)
-            .where(LedgerEntryRow.authorisation_id == authorisation_id, LedgerEntryRow.kind != "authorisation")
-            .order_by(LedgerEntryRow.recorded_at, LedgerEntryRow.entry_id)
-        )
-        return list(self.session.execute(query).scalars())
+    def adjustments(self, authorisation_id: str) -> list[Any]:
+        return list(self.connection.execute(_ADJUSTMENTS, {"id": authorisation_id}))
 
     def all_counter_deltas(self, batch_rows: int = 10_000) -> Iterator[dict[str, Any]]:
-        query = select(LedgerEntryRow.counter_deltas).execution_options(yield_per=batch_rows)
-        for (deltas,) in self.session.execute(query):
+        query = select(ledger.c.counter_deltas).execution_options(yield_per=batch_rows)
+        for (deltas,) in self.connection.execute(query):
             yield deltas

@@ -10,16 +10,25 @@ rollback undoes the reservation with the rest of the swipe.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, bindparam, delete, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
 
 from pos_engine.domain.evaluation import Plan, StepOutcome, execute_plan
 from pos_engine.store.db import Database
 from pos_engine.store.models import CounterRow
+
+counters_table = cast(Table, CounterRow.__table__)
+# Built once: a swipe's counter statements differ only in their parameters.
+_SELECT = select(counters_table.c.key, counters_table.c.value).where(counters_table.c.key.in_(bindparam("keys", expanding=True)))
+_PG_LOCK = _SELECT.order_by(counters_table.c.key).with_for_update()
+_PG_CREATE = pg_insert(counters_table).values(key=bindparam("key"), value=0).on_conflict_do_nothing(index_elements=["key"])
+_pg_upsert = pg_insert(counters_table).values(key=bindparam("key"), value=bindparam("value"))
+_PG_UPSERT = _pg_upsert.on_conflict_do_update(index_elements=["key"], set_={"value": _pg_upsert.excluded.value})
+_sqlite_upsert = sqlite_insert(counters_table).values(key=bindparam("key"), value=bindparam("value"))
+_SQLITE_UPSERT = _sqlite_upsert.on_conflict_do_update(index_elements=["key"], set_={"value": _sqlite_upsert.excluded.value})
 
 
 class SqlCounterStore:
@@ -30,28 +39,21 @@ class SqlCounterStore:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    def _insert(self) -> Any:
-        return pg_insert if self.database.is_postgresql else sqlite_insert
-
-    def _lock(self, session: Session, keys: list[str]) -> dict[str, int]:
+    def _lock(self, session: Any, keys: list[str]) -> dict[str, int]:
         if not keys:
             return {}
         if self.database.is_postgresql:
             # Create missing rows first so that every key can be locked; sorted to avoid deadlocks.
-            insert = self._insert()(CounterRow).values([{"key": key, "value": 0} for key in keys])
-            session.execute(insert.on_conflict_do_nothing(index_elements=["key"]))
-            rows = session.execute(
-                select(CounterRow.key, CounterRow.value).where(CounterRow.key.in_(keys)).order_by(CounterRow.key).with_for_update()
-            )
+            session.execute(_PG_CREATE, [{"key": key} for key in keys])
+            rows = session.execute(_PG_LOCK, {"keys": keys})
         else:
-            rows = session.execute(select(CounterRow.key, CounterRow.value).where(CounterRow.key.in_(keys)))
+            rows = session.execute(_SELECT, {"keys": keys})
         return {key: value for key, value in rows}
 
-    def _write(self, session: Session, values: Mapping[str, int]) -> None:
-        if not values:
-            return
-        insert = self._insert()(CounterRow).values([{"key": key, "value": value} for key, value in values.items()])
-        session.execute(insert.on_conflict_do_update(index_elements=["key"], set_={"value": insert.excluded.value}))
+    def _write(self, session: Any, values: Mapping[str, int]) -> None:
+        if values:
+            statement = _PG_UPSERT if self.database.is_postgresql else _SQLITE_UPSERT
+            session.execute(statement, [{"key": key, "value": value} for key, value in values.items()])
 
     def reserve(self, plan: Plan, session: Any = None) -> list[StepOutcome]:
         assert session is not None, "the SQL counter store works inside the caller's transaction"
@@ -85,4 +87,4 @@ class SqlCounterStore:
             session.execute(delete(CounterRow))
             nonzero = {key: value for key, value in values.items() if value}
             if nonzero:
-                session.execute(self._insert()(CounterRow).values([{"key": k, "value": v} for k, v in nonzero.items()]))
+                session.execute(insert(counters_table), [{"key": k, "value": v} for k, v in nonzero.items()])

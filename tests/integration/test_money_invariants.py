@@ -117,7 +117,7 @@ def test_a_crash_before_the_ledger_commit_leaves_no_reservation_behind(any_backe
     def crash(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("power cut")
 
-    monkeypatch.setattr(Repository, "add_idempotency", crash)
+    monkeypatch.setattr(Repository, "record", crash)
     with pytest.raises(RuntimeError):
         swipe(ctx, terminal, "req-2")
     monkeypatch.undo()

@@ -1,0 +1,312 @@
+"""Measure the engine against its ceiling, in one run, on one machine, with one load generator.
+
+    python -m loadtests.bench [--seconds 20] [--workers 3] [--worker-class gthread]
+                              [--pg-url postgresql://postgres@127.0.0.1:5432/pos_engine_load]
+                              [--redis-url redis://127.0.0.1:6379/0] [--world var/world/world.json]
+
+Three targets, each served by gunicorn with the same configuration:
+1. the ceiling: `loadtests/ceiling_app.py`, a bare Flask app whose one endpoint
+   parses and answers JSON of a swipe's size;
+2. the engine on PostgreSQL + Redis (the large world if `--world` names one,
+   else the demo world in the database of `--pg-url`);
+3. the engine on the embedded default (SQLite, SQL counters, the demo world).
+
+For each it prints throughput at saturation, and p50/p95/p99 at a fixed
+moderate rate (half the PostgreSQL + Redis engine's saturation), and errors;
+then the ratios engine/ceiling. The last line is machine-readable.
+
+The load generator is wrk (C, epoll; `apt-get install wrk`) replaying
+pre-signed requests from a file through `loadtests/wrk_requests.lua`: signing
+happens before the clock starts, so the generator costs a few µs per request
+and is never the bottleneck (a Python generator would be). Every request is a
+distinct authorisation (unique request id), so no answer comes from the
+idempotency replay path. wrk's fixed rate is a per-connection delay
+(closed loop with think time), which is how tills behave; the achieved rate is
+printed beside the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pos_engine.api.signing import sign
+
+ROOT = Path(__file__).resolve().parents[1]
+LUA = Path(__file__).with_name("wrk_requests.lua")
+STARTUP_TIMEOUT_S = 60.0
+WARMUP_S = 3
+REQUESTS_PER_SECOND_GUESS_MAX = 6_000  # pre-signed requests per second of a phase
+MODERATE_CONNECTIONS = 8
+SATURATION_CONNECTIONS = 32
+WRK_THREADS = 2
+
+
+@dataclass
+class Credentials:
+    """Terminals (id, secret, merchant id) and usable card numbers to swipe with."""
+
+    terminals: list[tuple[str, str, str]]
+    cards: list[str]
+
+
+@dataclass
+class Result:
+    name: str
+    saturation_rps: float = 0.0
+    saturation_p99_ms: float = 0.0
+    moderate_target_rps: float = 0.0
+    moderate_rps: float = 0.0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+    errors: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def demo_credentials(path: Path) -> Credentials:
+    data = json.loads(path.read_text())
+    terminals = [(t["terminal_id"], t["secret"], t["merchant_id"]) for t in data["terminals"]]
+    return Credentials(terminals, data["cards"]["usable"])
+
+
+def world_credentials(path: Path) -> Credentials:
+    """The large world's credentials, recomputed from its world.json (see loadtests/world.py)."""
+    from loadtests import world
+
+    return world.bench_credentials(path)  # type: ignore[no-any-return]
+
+
+def write_requests(path: Path, credentials: Credentials, count: int, seed: int) -> None:
+    """Pre-sign `count` distinct authorisations, one per line, for wrk_requests.lua."""
+    rng = random.Random(seed)
+    cards = credentials.cards
+    # A skew: a fifth of the cards make most of the swipes.
+    frequent = cards[: max(1, len(cards) // 5)]
+    timestamp = str(int(time.time()))
+    occurred_at = datetime.now(timezone.utc).isoformat()
+    run = uuid.uuid4().hex[:10]
+    with path.open("w") as file:
+        for index in range(count):
+            terminal_id, secret, merchant_id = rng.choice(credentials.terminals)
+            card = rng.choice(frequent) if rng.random() < 0.6 else rng.choice(cards)
+            body = json.dumps(
+                {
+                    "request_id": f"{run}-{index}",
+                    "card_number": card,
+                    "merchant_id": merchant_id,
+                    "amount_fen": rng.randint(1_500, 30_000),
+                    "occurred_at": occurred_at,
+                },
+                separators=(",", ":"),
+            )
+            signature = sign(secret, "POST", "/v1/authorisations", timestamp, body.encode())
+            headers = f"Content-Type:application/json|X-Terminal-Id:{terminal_id}|X-Timestamp:{timestamp}|X-Signature:{signature}"
+            file.write(f"POST\t/v1/authorisations\t{headers}\t{body}\n")
+
+
+def run_wrk(url: str, requests_file: Path, seconds: int, connections: int, delay_ms: float = 0) -> dict[str, Any]:
+    env = {**os.environ, "WRK_REQUESTS": str(requests_file), "WRK_THREADS": str(WRK_THREADS), "WRK_DELAY_MS": f"{delay_ms:.3f}"}
+    command = ["wrk", "-t", str(WRK_THREADS), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "5s", "-s", str(LUA), url]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 120, check=False)
+    for line in completed.stdout.splitlines():
+        if line.startswith("WRK_JSON "):
+            data: dict[str, Any] = json.loads(line.removeprefix("WRK_JSON "))
+            data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
+            data["errors"] = sum(data[key] for key in ("connect", "read", "write", "status", "timeout"))
+            return data
+    raise RuntimeError(f"wrk failed ({completed.returncode}):\n{completed.stdout}\n{completed.stderr}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def gunicorn(app: str, env: dict[str, str], workers: int, worker_class: str, threads: int, log_path: Path) -> Iterator[str]:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", worker_class, "--threads", str(threads),
+        "-b", f"127.0.0.1:{port}", "--backlog", "2048", "--keep-alive", "30", app,
+    ]  # fmt: skip
+    with log_path.open("w") as log:
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while True:
+                if server.poll() is not None:
+                    raise RuntimeError(f"gunicorn exited:\n{log_path.read_text()}")
+                try:
+                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"gunicorn did not start:\n{log_path.read_text()}")
+                time.sleep(0.2)
+            yield url
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    completed = subprocess.run(
+        [sys.executable, "-m", "pos_engine.cli", *args], env=env, capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"pos-engine {' '.join(args)} failed:\n{completed.stdout}\n{completed.stderr}")
+    return completed.stdout
+
+
+def measure_saturation(result: Result, url: str, credentials: Credentials, seconds: int, scratch: Path) -> None:
+    requests_file = scratch / f"{result.name}-saturation.tsv"
+    write_requests(requests_file, credentials, REQUESTS_PER_SECOND_GUESS_MAX * (seconds + WARMUP_S), seed=1)
+    run_wrk(url + "/v1/authorisations", requests_file, WARMUP_S, SATURATION_CONNECTIONS)
+    data = run_wrk(url + "/v1/authorisations", requests_file, seconds, SATURATION_CONNECTIONS)
+    result.saturation_rps = data["rps"]
+    result.saturation_p99_ms = data["p99_us"] / 1000
+    result.errors += data["errors"]
+    if data["wrapped"]:
+        result.notes.append("saturation: ran out of pre-signed requests and replayed some")
+
+
+def measure_moderate(result: Result, url: str, credentials: Credentials, seconds: int, rate_rps: float, scratch: Path) -> None:
+    requests_file = scratch / f"{result.name}-moderate.tsv"
+    write_requests(requests_file, credentials, int(rate_rps * (seconds + 5) * 1.2) + 1000, seed=2)
+    delay_ms = MODERATE_CONNECTIONS * 1000 / rate_rps
+    data = run_wrk(url + "/v1/authorisations", requests_file, seconds, MODERATE_CONNECTIONS, delay_ms=delay_ms)
+    result.moderate_target_rps = rate_rps
+    result.moderate_rps = data["rps"]
+    result.p50_ms, result.p95_ms, result.p99_ms = (data[key] / 1000 for key in ("p50_us", "p95_us", "p99_us"))
+    result.errors += data["errors"]
+    if data["wrapped"]:
+        result.notes.append("moderate: ran out of pre-signed requests and replayed some")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=20, help="length of each measured phase")
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--worker-class", default="gthread")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker")
+    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/pos_engine_bench")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--world", type=Path, help="world.json of a large world already loaded into --pg-url (loadtests/world.py)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, request files)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench: wrk is not installed; `apt-get install -y wrk` (Debian) and run again")
+
+    scratch = Path(tempfile.mkdtemp(prefix="pos-bench-"))
+    base_env = {key: value for key, value in os.environ.items() if not key.startswith("POS_ENGINE_")}
+    serve = (args.workers, args.worker_class, args.threads)
+    print(
+        f"bench: gunicorn -w {args.workers} -k {args.worker_class} --threads {args.threads}; wrk -t {WRK_THREADS}, "
+        f"{SATURATION_CONNECTIONS} connections at saturation, {MODERATE_CONNECTIONS} at the moderate rate; {args.seconds} s a phase; "
+        f"{os.cpu_count()} cores",
+        flush=True,
+    )
+
+    # 2. The engine on PostgreSQL + Redis.
+    pg_env = {**base_env, "POS_ENGINE_DATABASE_URL": args.pg_url, "POS_ENGINE_REDIS_URL": args.redis_url, "POS_ENGINE_REDIS_NAMESPACE": "bench"}
+    if args.world:
+        world = json.loads(args.world.read_text())
+        pg_env["POS_ENGINE_RULES_DIR"] = str(args.world.parent / world.get("rules_dir", "rules"))
+        if world.get("card_key"):
+            pg_env["POS_ENGINE_CARD_KEY"] = world["card_key"]
+        pg_credentials = world_credentials(args.world)
+        world_name = f"large world ({len(pg_credentials.cards)} usable cards, {len(pg_credentials.terminals)} terminals)"
+    else:
+        _ensure_database(args.pg_url)
+        cli(pg_env, "demo", "--reset", "--out", str(scratch / "pg-demo.json"))
+        pg_credentials = demo_credentials(scratch / "pg-demo.json")
+        world_name = "demo world"
+    cli(pg_env, "counters", "rebuild")
+    pg = Result(f"engine PostgreSQL + Redis, {world_name}")
+    with gunicorn("pos_engine.wsgi:app", pg_env, *serve, scratch / "pg.log") as url:
+        measure_saturation(pg, url, pg_credentials, args.seconds, scratch)
+        rate = pg.saturation_rps / 2
+        measure_moderate(pg, url, pg_credentials, args.seconds, rate, scratch)
+    print(_line(pg), flush=True)
+
+    # 3. The engine on the embedded default.
+    embedded_env = {**base_env, "POS_ENGINE_DATABASE_URL": f"sqlite:///{scratch}/embedded.sqlite3"}
+    cli(embedded_env, "demo", "--reset", "--out", str(scratch / "embedded-demo.json"))
+    embedded_credentials = demo_credentials(scratch / "embedded-demo.json")
+    embedded = Result("engine SQLite + SQL counters, demo world")
+    with gunicorn("pos_engine.wsgi:app", embedded_env, *serve, scratch / "embedded.log") as url:
+        measure_saturation(embedded, url, embedded_credentials, args.seconds, scratch)
+        measure_moderate(embedded, url, embedded_credentials, args.seconds, rate, scratch)
+    print(_line(embedded), flush=True)
+
+    # 1. The ceiling (measured last, with the same requests as the embedded engine).
+    ceiling = Result("ceiling: bare Flask JSON endpoint")
+    with gunicorn("loadtests.ceiling_app:app", base_env, *serve, scratch / "ceiling.log") as url:
+        measure_saturation(ceiling, url, embedded_credentials, args.seconds, scratch)
+        measure_moderate(ceiling, url, embedded_credentials, args.seconds, rate, scratch)
+    print(_line(ceiling), flush=True)
+
+    ratio_pg = pg.saturation_rps / ceiling.saturation_rps
+    ratio_embedded = embedded.saturation_rps / ceiling.saturation_rps
+    errors = pg.errors + embedded.errors + ceiling.errors
+    print(f"ratios at saturation: PostgreSQL + Redis / ceiling = {ratio_pg:.2f}; embedded / ceiling = {ratio_embedded:.2f}")
+    for result in (pg, embedded, ceiling):
+        for note in result.notes:
+            print(f"note: {result.name}: {note}")
+    if args.keep:
+        print(f"scratch kept in {scratch}")
+    else:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"bench: ratio_pg_redis={ratio_pg:.2f} ratio_embedded={ratio_embedded:.2f} p99_ms_pg_redis={pg.p99_ms:.1f} errors={errors}")
+
+
+def _line(result: Result) -> str:
+    return (
+        f"{result.name}: saturation {result.saturation_rps:.0f} req/s (p99 {result.saturation_p99_ms:.1f} ms); "
+        f"at {result.moderate_target_rps:.0f} req/s target ({result.moderate_rps:.0f} achieved): "
+        f"p50 {result.p50_ms:.2f} ms, p95 {result.p95_ms:.2f} ms, p99 {result.p99_ms:.2f} ms; errors {result.errors}"
+    )
+
+
+def _ensure_database(url: str) -> None:
+    """Create the benchmark's PostgreSQL database if it does not exist."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    admin = parsed.set(database="postgres", drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as connection:
+        exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (parsed.database,)).fetchone()
+        if not exists:
+            connection.execute(f'CREATE DATABASE "{parsed.database}"')
+
+
+if __name__ == "__main__":
+    main()
