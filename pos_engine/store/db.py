@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -75,6 +78,42 @@ def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
     return engine
 
 
+class SqliteWriteLock:
+    """Serialises SQLite write transactions across threads and processes, without polling.
+
+    SQLite's own busy handler sleeps and retries (1, 2, 5 … 100 ms), so under
+    load a writer can wait far longer than the lock is held. Taking an
+    exclusive `flock` on a file beside the database first makes writers queue
+    in the kernel and wake the moment the lock is free; BEGIN IMMEDIATE then
+    never waits. Every process of the engine (gunicorn workers, the CLI) uses it.
+    """
+
+    def __init__(self, database_path: str) -> None:
+        self._path = f"{database_path}.writelock"
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            # A forked worker opens its own file: a descriptor shared across a fork shares its lock.
+            if self._fd is None or self._pid != os.getpid():
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._pid = os.getpid()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            assert self._fd is not None
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+
 class UnitOfWork:
     """One database transaction on a Core connection; it rolls back unless `commit()` is called.
 
@@ -87,9 +126,10 @@ class UnitOfWork:
     connection: Connection
     repo: Repository
 
-    def __init__(self, engine: Engine, *, single_statement: bool = False) -> None:
+    def __init__(self, engine: Engine, *, single_statement: bool = False, write_lock: SqliteWriteLock | None = None) -> None:
         self._engine = engine
         self._autocommit = single_statement and engine.dialect.name == "postgresql"
+        self._write_lock = write_lock
 
     @property
     def session(self) -> Connection:
@@ -97,6 +137,17 @@ class UnitOfWork:
         return self.connection
 
     def __enter__(self) -> UnitOfWork:
+        if self._write_lock is not None:
+            self._write_lock.__enter__()
+        try:
+            self._open()
+        except BaseException:
+            if self._write_lock is not None:
+                self._write_lock.__exit__()
+            raise
+        return self
+
+    def _open(self) -> None:
         if self._autocommit:
             self.connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             self._transaction = None
@@ -104,14 +155,17 @@ class UnitOfWork:
             self.connection = self._engine.connect()
             self._transaction = self.connection.begin()
         self.repo = Repository(self.connection, single_statement=self._autocommit)
-        return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         try:
             if self._transaction is not None and self._transaction.is_active:
                 self._transaction.rollback()
         finally:
-            self.connection.close()
+            try:
+                self.connection.close()
+            finally:
+                if self._write_lock is not None:
+                    self._write_lock.__exit__()
 
     def commit(self) -> None:
         """Commit; a unique-key clash (a concurrent duplicate request) becomes DuplicateKey."""
@@ -143,9 +197,11 @@ class Database:
             self.read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
         self.is_postgresql = self.engine.dialect.name == "postgresql"
+        database_path = make_url(self.url).database
+        self.write_lock = SqliteWriteLock(database_path) if self.is_sqlite and database_path and database_path != ":memory:" else None
 
     def unit_of_work(self, *, single_statement: bool = False) -> UnitOfWork:
-        return UnitOfWork(self.engine, single_statement=single_statement)
+        return UnitOfWork(self.engine, single_statement=single_statement, write_lock=self.write_lock)
 
     def dispose(self) -> None:
         self.engine.dispose()
