@@ -10,6 +10,8 @@
 
     DuplicateKey                raised by a unit of work when a unique key already exists;
                                 the use cases catch it and replay the stored answer.
+    AlreadyClaimed              raised by a counter store that saw the same request already;
+                                the use cases then wait for and replay its stored answer.
 
 Each error carries a stable `code` that clients match on.
 """
@@ -53,3 +55,7 @@ class Unavailable(ServiceError):
 
 class DuplicateKey(Exception):
     """A unique key (an idempotency record) was already taken by a concurrent request."""
+
+
+class AlreadyClaimed(Exception):
+    """The counter store has seen this request already: its answer is being, or has been, recorded."""

@@ -79,8 +79,16 @@ class CounterStore(Protocol):
 
     transactional: bool
 
-    def reserve(self, plan: Plan, session: Any = None) -> list[StepOutcome]:
-        """Run `execute_plan` atomically against the stored counters; all or none."""
+    def reserve(self, plan: Plan, session: Any = None, claim: str | None = None) -> list[StepOutcome]:
+        """Run `execute_plan` atomically against the stored counters; all or none.
+
+        A non-transactional store given `claim` also claims that request in the
+        same atomic step, and raises AlreadyClaimed if it was claimed before.
+        """
+        ...
+
+    def unclaim(self, claim: str) -> None:
+        """Drop a claim made by `reserve` (after the swipe failed to be recorded)."""
         ...
 
     def apply(self, deltas: Mapping[str, int], session: Any = None) -> None:

@@ -22,10 +22,10 @@ from pos_engine.domain.evaluation import (
 )
 from pos_engine.domain.money import split_cumulative
 from pos_engine.domain.registry import Terminal, card_decline, merchant_decline
-from pos_engine.limits import OCCURRED_AT_AHEAD_S_MAX, OCCURRED_AT_BEHIND_S_MAX
+from pos_engine.limits import IDEMPOTENCY_WAIT_S_MAX, OCCURRED_AT_AHEAD_S_MAX, OCCURRED_AT_BEHIND_S_MAX
 from pos_engine.service import responses
 from pos_engine.service.context import EngineContext
-from pos_engine.service.errors import Conflict, DuplicateKey, Forbidden, NotFound, Unprocessable
+from pos_engine.service.errors import AlreadyClaimed, Conflict, DuplicateKey, Forbidden, NotFound, Unprocessable
 from pos_engine.service.ports import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -157,16 +157,22 @@ def authorise(
         plan = plan_swipe(rulebook, swipe)
     card_last4 = request.card_number[-4:]
     reserved: dict[str, Mapping[str, int]] = {}
+    # The SQL counter store works inside the transaction and checks idempotency there, first.
+    # Redis claims the request in the reservation script instead, and the ledger's unique key
+    # catches what gets past the claim (a void recorded first, a claim that expired).
+    transactional = ctx.counters.transactional
+    claim = None if transactional else f"{terminal.terminal_id}:{request.request_id}"
 
     def give_back() -> None:
         deltas = reserved.pop("deltas", None)
-        if deltas and not ctx.counters.transactional:
+        if deltas and not transactional:
             ctx.counters.apply({key: -value for key, value in deltas.items()})
 
     def work(uow: UnitOfWork) -> StoredResponse:
-        stored = uow.repo.idempotency(terminal.terminal_id, request.request_id)
-        if stored is not None:
-            return _replay(stored, request_hash)
+        if transactional:
+            stored = uow.repo.idempotency(terminal.terminal_id, request.request_id)
+            if stored is not None:
+                return _replay(stored, request_hash)
         recorded_at = ctx.clock.now()
         if plan is None:
             assert decline_code is not None
@@ -174,7 +180,7 @@ def authorise(
         elif not plan.steps:
             decision = decide(plan, [], rulebook.version, with_explanations=explain)
         else:
-            outcomes = ctx.counters.reserve(plan, uow.session)
+            outcomes = ctx.counters.reserve(plan, uow.session, claim=claim)
             decision = decide(plan, outcomes, rulebook.version, with_explanations=explain)
             if decision.counter_deltas:
                 reserved["deltas"] = decision.counter_deltas
@@ -227,11 +233,38 @@ def authorise(
         reserved.clear()
         return StoredResponse(200, body)
 
+    if transactional:
+        try:
+            return _in_transaction(ctx, work)
+        finally:
+            give_back()
     try:
         # With Redis counters nothing else is written in the transaction: one statement records the swipe.
-        return _in_transaction(ctx, work, single_statement=not ctx.counters.transactional)
-    finally:
+        with ctx.unit_of_work(single_statement=True) as uow:
+            return work(uow)
+    except (DuplicateKey, AlreadyClaimed):
+        give_back()  # this attempt's caps, if it reserved any; the claim stays with the first attempt
+        return _replay(_wait_for_record(ctx, terminal.terminal_id, request.request_id), request_hash)
+    except BaseException:
         give_back()
+        if claim is not None:
+            ctx.counters.unclaim(claim)  # let the terminal's retry reserve again
+        raise
+
+
+def _wait_for_record(ctx: EngineContext, terminal_id: str, request_id: str) -> Any:
+    """The stored answer to a request another worker is recording; 409 request_in_progress if it does not come."""
+    deadline = time.monotonic() + IDEMPOTENCY_WAIT_S_MAX
+    delay_s = 0.002
+    while True:
+        with ctx.unit_of_work(single_statement=True) as uow:
+            stored = uow.repo.idempotency(terminal_id, request_id)
+        if stored is not None:
+            return stored
+        if time.monotonic() >= deadline:
+            raise Conflict("request_in_progress", "the same request is being processed; retry with the same request_id")
+        time.sleep(delay_s)
+        delay_s = min(delay_s * 2, 0.1)
 
 
 def _idempotency(

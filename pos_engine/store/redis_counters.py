@@ -39,6 +39,7 @@ from redis.commands.core import Script
 
 from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, Plan, StepOutcome
 from pos_engine.domain.money import BP_PER_WHOLE
+from pos_engine.service.errors import AlreadyClaimed
 
 # Lua numbers are doubles: with amounts and limits at most 10^12 fen, every sum
 # and difference the script makes stays far below 2^53.
@@ -48,6 +49,9 @@ SCAN_COUNT = 1_000  # keys asked of SCAN per call
 MGET_BATCH_KEYS = 1_000  # keys per MGET in `snapshot`
 
 CLUSTER_SCHEME = "redis-cluster"
+# How long a request's claim lives: terminals retry within seconds; past this the
+# ledger's idempotency key still refuses a duplicate, at the cost of a round trip.
+CLAIM_TTL_S = 15 * 60
 _GLOB_SPECIALS = "\\*?[]"
 
 if TYPE_CHECKING:
@@ -119,15 +123,25 @@ class RedisCounterStore:
         assert key, "a counter key must not be empty"
         return self.prefix + key
 
+    def _claim_key(self, claim: str) -> str:
+        # Same hash tag (same slot as the counters), but outside the counters' "{ns}:" prefix,
+        # so snapshot, reconcile and rebuild never see claims.
+        return "{" + self.namespace + "}claim:" + claim
+
     def _run(self, script: Script, keys: list[str], args: list[str]) -> Any:
         return script(keys=keys, args=args, client=self.client)  # type: ignore[arg-type]  # a RedisCluster works as well
 
-    def reserve(self, plan: Plan, session: Any = None) -> list[StepOutcome]:
-        """Run `execute_plan` atomically against the stored counters, in one EVALSHA."""
+    def reserve(self, plan: Plan, session: Any = None, claim: str | None = None) -> list[StepOutcome]:
+        """Run `execute_plan` atomically against the stored counters, in one EVALSHA.
+
+        With `claim` (a request's identity), the same script first claims it for
+        CLAIM_TTL_S; a request claimed already reserves nothing and raises
+        AlreadyClaimed, so a retry never holds caps twice, even for a moment.
+        """
         assert len(plan.steps) <= PLAN_STEPS_MAX, len(plan.steps)
         key_indexes: dict[str, int] = {}
         kind_ids: dict[str, int] = {}
-        args = [_bounded(plan.amount_fen), str(len(plan.steps))]
+        args = [_bounded(plan.amount_fen), str(len(plan.steps)), str(CLAIM_TTL_S if claim else 0)]
         for step in plan.steps:
             benefit = step.benefit
             args.append(str(kind_ids.setdefault(benefit.kind, len(kind_ids))))
@@ -148,7 +162,11 @@ class RedisCounterStore:
                 args.append("f" if counter.unit == UNIT_FEN else "u")
                 args.append(_bounded(counter.limit))
         keys = [self._key(key) for key in key_indexes]
+        if claim:
+            keys.append(self._claim_key(claim))
         reply = cast(list[int], self._run(self._reserve, keys, args))
+        if reply == [-1]:
+            raise AlreadyClaimed(claim or "")
         assert len(reply) == 3 * len(plan.steps), reply
         outcomes: list[StepOutcome] = []
         for position, step in enumerate(plan.steps):
@@ -163,6 +181,10 @@ class RedisCounterStore:
         assert all(0 <= outcome.given_fen <= outcome.wanted_fen for outcome in outcomes)
         assert sum(outcome.given_fen for outcome in outcomes) <= plan.amount_fen
         return outcomes
+
+    def unclaim(self, claim: str) -> None:
+        """Drop a request's claim, so that a retry after a failed swipe can reserve again."""
+        self.client.delete(self._claim_key(claim))
 
     def apply(self, deltas: Mapping[str, int], session: Any = None) -> None:
         """Add `deltas` (negative to give back) atomically, without checking limits; counters at 0 are deleted."""

@@ -55,7 +55,10 @@ class SqlCounterStore:
             statement = _PG_UPSERT if self.database.is_postgresql else _SQLITE_UPSERT
             session.execute(statement, [{"key": key, "value": value} for key, value in values.items()])
 
-    def reserve(self, plan: Plan, session: Any = None) -> list[StepOutcome]:
+    def unclaim(self, claim: str) -> None:
+        """Nothing to do: this store runs inside the swipe's transaction, which checks idempotency itself."""
+
+    def reserve(self, plan: Plan, session: Any = None, claim: str | None = None) -> list[StepOutcome]:
         assert session is not None, "the SQL counter store works inside the caller's transaction"
         keys = sorted({counter.key for step in plan.steps for counter in step.counters})
         current = self._lock(session, keys)

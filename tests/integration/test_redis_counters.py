@@ -555,3 +555,18 @@ def test_the_state_machine_holds_on_a_redis_cluster(redis_cluster: None) -> None
         ClusterMachine,
         settings=settings(max_examples=15, stateful_step_count=20, deadline=None, suppress_health_check=[HealthCheck.too_slow]),
     )
+
+
+def test_a_claimed_request_reserves_nothing_until_it_is_unclaimed(store: RedisCounterStore) -> None:
+    from pos_engine.service.errors import AlreadyClaimed
+
+    budget = fen_cap("campaign:c1:budget:fen", 1_000)
+    plan = Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), (budget,)),), ())
+    assert store.reserve(plan, claim="t-1:req-1") == [StepOutcome(300, 300, None)]
+    with pytest.raises(AlreadyClaimed):
+        store.reserve(plan, claim="t-1:req-1")  # the retry holds no caps, not even for a moment
+    assert store.read(["campaign:c1:budget:fen"]) == {"campaign:c1:budget:fen": 300}
+    assert store.reserve(plan, claim="t-1:req-2")[0].given_fen == 300  # another request is not blocked
+    assert store.snapshot() == {"campaign:c1:budget:fen": 600}  # claims are not counters
+    store.unclaim("t-1:req-1")
+    assert store.reserve(plan, claim="t-1:req-1")[0].given_fen == 300

@@ -2,8 +2,12 @@
 -- pos_engine.domain.evaluation.execute_plan (keep the two in step; a property
 -- test in tests/integration/test_redis_counters.py holds them together).
 --
--- KEYS: the plan's distinct counter keys, already namespaced ("{ns}:key").
--- ARGV[1] = amount_fen, ARGV[2] = number of steps, then for each step:
+-- KEYS: the plan's distinct counter keys, already namespaced ("{ns}:key"),
+--   then, if ARGV[3] > 0, the request's claim key last.
+-- ARGV[1] = amount_fen, ARGV[2] = number of steps,
+-- ARGV[3] = claim TTL in seconds (0: no claim); a claimed request reserves
+--   nothing and the script returns {-1}: the same request was seen already,
+--   so its answer is (or soon will be) in the ledger. Then for each step:
 --   kind      a small integer naming the benefit kind (discount, subsidy)
 --   exclusive 1 or 0
 --   bp        percent in basis points, or -1 for a fixed benefit
@@ -43,9 +47,16 @@ local function value(index)
   return current
 end
 
+local claim_ttl = tonumber(ARGV[3])
+if claim_ttl > 0 then
+  if redis.call('SET', KEYS[#KEYS], '1', 'NX', 'EX', claim_ttl) == false then
+    return {-1}
+  end
+end
+
 local payable = tonumber(ARGV[1])
 local step_count = tonumber(ARGV[2])
-local at = 3
+local at = 4
 local stopped_kinds = {}
 local deltas = {}
 local result = {}
