@@ -48,6 +48,8 @@ PLAN_STEPS_MAX = 1_000  # more rules than any swipe can match; keeps ARGV bounde
 SCAN_COUNT = 1_000  # keys asked of SCAN per call
 MGET_BATCH_KEYS = 1_000  # keys per MGET in `snapshot`
 
+REPLACE_ATOMIC_KEYS_MAX = 50_000  # counters a rebuild writes in one atomic script
+REPLACE_BATCH_KEYS = 10_000  # counters per pipelined batch beyond that
 CLUSTER_SCHEME = "redis-cluster"
 # How long a request's claim lives: terminals retry within seconds; past this the
 # ledger's idempotency key still refuses a duplicate, at the cost of a round trip.
@@ -222,8 +224,23 @@ class RedisCounterStore:
         return counters
 
     def replace_all(self, values: Mapping[str, int]) -> None:
-        """Delete every counter of the namespace and write `values`, in one atomic script."""
+        """Delete every counter of the namespace and write `values`.
+
+        Up to REPLACE_ATOMIC_KEYS_MAX counters this is one atomic script. A larger
+        set (a city's worth) would block Redis for seconds in one script, so the
+        script only deletes, and the values follow in pipelined batches: run a
+        rebuild that large while terminals are quiet (as `counters rebuild` says).
+        """
         nonzero = {key: value for key, value in values.items() if value}
-        keys = [self.prefix] + [self._key(key) for key in nonzero]
-        args = [self._pattern] + [str(int(value)) for value in nonzero.values()]
-        self._run(self._replace_all, keys, args)
+        if len(nonzero) <= REPLACE_ATOMIC_KEYS_MAX:
+            keys = [self.prefix] + [self._key(key) for key in nonzero]
+            args = [self._pattern] + [str(int(value)) for value in nonzero.values()]
+            self._run(self._replace_all, keys, args)
+            return
+        self._run(self._replace_all, [self.prefix], [self._pattern])
+        items = list(nonzero.items())
+        for start in range(0, len(items), REPLACE_BATCH_KEYS):
+            pipeline = self.client.pipeline(transaction=False)
+            for key, value in items[start : start + REPLACE_BATCH_KEYS]:
+                pipeline.set(self._key(key), int(value))
+            pipeline.execute()

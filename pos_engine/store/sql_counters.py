@@ -20,6 +20,7 @@ from pos_engine.domain.evaluation import Plan, StepOutcome, execute_plan
 from pos_engine.store.db import Database
 from pos_engine.store.models import CounterRow
 
+REPLACE_BATCH_ROWS = 10_000  # rows per INSERT when a rebuild rewrites the table
 counters_table = cast(Table, CounterRow.__table__)
 # Built once: a swipe's counter statements differ only in their parameters.
 _SELECT = select(counters_table.c.key, counters_table.c.value).where(counters_table.c.key.in_(bindparam("keys", expanding=True)))
@@ -89,5 +90,6 @@ class SqlCounterStore:
         with self.database.sessions() as session, session.begin():
             session.execute(delete(CounterRow))
             nonzero = {key: value for key, value in values.items() if value}
-            if nonzero:
-                session.execute(insert(counters_table), [{"key": k, "value": v} for k, v in nonzero.items()])
+            rows = [{"key": key, "value": value} for key, value in nonzero.items()]
+            for start in range(0, len(rows), REPLACE_BATCH_ROWS):
+                session.execute(insert(counters_table), rows[start : start + REPLACE_BATCH_ROWS])

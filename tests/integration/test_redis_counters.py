@@ -570,3 +570,14 @@ def test_a_claimed_request_reserves_nothing_until_it_is_unclaimed(store: RedisCo
     assert store.snapshot() == {"campaign:c1:budget:fen": 600}  # claims are not counters
     store.unclaim("t-1:req-1")
     assert store.reserve(plan, claim="t-1:req-1")[0].given_fen == 300
+
+
+def test_a_rebuild_larger_than_one_script_is_written_in_batches(store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pos_engine.store import redis_counters
+
+    monkeypatch.setattr(redis_counters, "REPLACE_ATOMIC_KEYS_MAX", 10)
+    monkeypatch.setattr(redis_counters, "REPLACE_BATCH_KEYS", 7)
+    store.replace_all({"old:fen": 5})
+    values = {f"k{index}:fen": index + 1 for index in range(25)}
+    store.replace_all(values)
+    assert store.snapshot() == values
