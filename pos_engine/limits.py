@@ -11,7 +11,7 @@ SIGNATURE_CLOCK_SKEW_S_MAX = 300  # X-Timestamp vs the engine's clock, either wa
 OCCURRED_AT_AHEAD_S_MAX = 300  # a swipe may claim to be at most this far in the future
 OCCURRED_AT_BEHIND_S_MAX = 24 * 3600  # and at most this far in the past
 
-LOOKUP_CACHE_TTL_S = 2.0  # a card or merchant status change reaches every worker within this
+LOOKUP_CACHE_TTL_S = 5.0  # a card, merchant or terminal status change reaches every worker within this
 LOOKUP_CACHE_ENTRIES_MAX = 200_000
 IDEMPOTENCY_WAIT_S_MAX = 2.0  # how long a duplicate waits for the original to finish
 

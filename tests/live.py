@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ def live_engine(
     env["POS_ENGINE_RULES_DIR"] = str(rules_dir or Path(__file__).resolve().parents[1] / "rules")
     if redis_url:
         env["POS_ENGINE_REDIS_URL"] = redis_url
-        env["POS_ENGINE_REDIS_NAMESPACE"] = f"live-{tmp_path.name}"
+        env["POS_ENGINE_REDIS_NAMESPACE"] = f"live-{uuid.uuid4().hex}"
     credentials_path = tmp_path / "demo.json"
     run_cli(env, "demo", "--reset", "--out", str(credentials_path))
     port = free_port()

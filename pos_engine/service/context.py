@@ -12,7 +12,7 @@ from typing import Generic, TypeVar
 from pos_engine.domain.clock import Clock
 from pos_engine.domain.registry import CardHolder, Merchant, Terminal
 from pos_engine.domain.rulebook import Rulebook
-from pos_engine.limits import LOOKUP_CACHE_ENTRIES_MAX
+from pos_engine.limits import LOOKUP_CACHE_ENTRIES_MAX, LOOKUP_CACHE_TTL_S
 from pos_engine.service.ports import CounterStore, Registry, UnitOfWork
 
 V = TypeVar("V")
@@ -57,7 +57,7 @@ class EngineContext:
     rulebook: Rulebook
     clock: Clock
     card_key: bytes
-    lookup_cache_ttl_s: float = 2.0
+    lookup_cache_ttl_s: float = LOOKUP_CACHE_TTL_S
     terminals: TtlCache[Terminal] = field(init=False)
     merchants: TtlCache[Merchant] = field(init=False)
     card_holders: TtlCache[CardHolder] = field(init=False)

@@ -162,6 +162,9 @@ def authorise(
     # catches what gets past the claim (a void recorded first, a claim that expired).
     transactional = ctx.counters.transactional
     claim = None if transactional else f"{terminal.terminal_id}:{request.request_id}"
+    # No idempotency read first: the ledger's unique key on (terminal, request id) refuses a
+    # repeat, which then gets the stored answer. A transactional store's reservation rolls
+    # back with the refused insert; Redis's claim stops a repeat before it reserves anything.
 
     def give_back() -> None:
         deltas = reserved.pop("deltas", None)
@@ -169,10 +172,6 @@ def authorise(
             ctx.counters.apply({key: -value for key, value in deltas.items()})
 
     def work(uow: UnitOfWork) -> StoredResponse:
-        if transactional:
-            stored = uow.repo.idempotency(terminal.terminal_id, request.request_id)
-            if stored is not None:
-                return _replay(stored, request_hash)
         recorded_at = ctx.clock.now()
         if plan is None:
             assert decline_code is not None
@@ -233,14 +232,9 @@ def authorise(
         reserved.clear()
         return StoredResponse(200, body)
 
-    if transactional:
-        try:
-            return _in_transaction(ctx, work)
-        finally:
-            give_back()
     try:
         # With Redis counters nothing else is written in the transaction: one statement records the swipe.
-        with ctx.unit_of_work(single_statement=True) as uow:
+        with ctx.unit_of_work(single_statement=not transactional) as uow:
             return work(uow)
     except (DuplicateKey, AlreadyClaimed):
         give_back()  # this attempt's caps, if it reserved any; the claim stays with the first attempt

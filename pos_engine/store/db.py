@@ -71,9 +71,14 @@ def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    if immediate:
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    # Without `immediate` (registry reads) no BEGIN is sent: each SELECT runs on its own,
+    # in autocommit, which WAL mode serves without touching the write lock.
 
     return engine
 

@@ -184,6 +184,18 @@ class RedisCounterStore:
         assert sum(outcome.given_fen for outcome in outcomes) <= plan.amount_fen
         return outcomes
 
+    def _drop_claims(self) -> None:
+        """Forget every request claim: a rebuild starts from the ledger, which still refuses repeats itself."""
+        pattern = _glob_escape("{" + self.namespace + "}claim:") + "*"
+        batch: list[str] = []
+        for key in self.client.scan_iter(match=pattern, count=SCAN_COUNT):
+            batch.append(_text(key))
+            if len(batch) >= SCAN_COUNT:
+                self.client.delete(*batch)
+                batch.clear()
+        if batch:
+            self.client.delete(*batch)
+
     def unclaim(self, claim: str) -> None:
         """Drop a request's claim, so that a retry after a failed swipe can reserve again."""
         self.client.delete(self._claim_key(claim))
@@ -232,6 +244,7 @@ class RedisCounterStore:
         rebuild that large while terminals are quiet (as `counters rebuild` says).
         """
         nonzero = {key: value for key, value in values.items() if value}
+        self._drop_claims()
         if len(nonzero) <= REPLACE_ATOMIC_KEYS_MAX:
             keys = [self.prefix] + [self._key(key) for key in nonzero]
             args = [self._pattern] + [str(int(value)) for value in nonzero.values()]

@@ -581,3 +581,11 @@ def test_a_rebuild_larger_than_one_script_is_written_in_batches(store: RedisCoun
     values = {f"k{index}:fen": index + 1 for index in range(25)}
     store.replace_all(values)
     assert store.snapshot() == values
+
+
+def test_a_rebuild_forgets_request_claims(store: RedisCounterStore) -> None:
+    budget = fen_cap("campaign:c1:budget:fen", 1_000)
+    plan = Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), (budget,)),), ())
+    store.reserve(plan, claim="t-1:req-1")
+    store.replace_all({})
+    assert store.reserve(plan, claim="t-1:req-1")[0].given_fen == 300
