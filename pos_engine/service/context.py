@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from pos_engine.limits import LOOKUP_CACHE_ENTRIES_MAX, LOOKUP_CACHE_TTL_S
 from pos_engine.service.ports import CounterStore, Registry, UnitOfWork
 
 V = TypeVar("V")
+log = logging.getLogger(__name__)
 
 
 class TtlCache(Generic[V]):
@@ -47,6 +51,60 @@ class TtlCache(Generic[V]):
         self._entries.clear()
 
 
+class RegistrySnapshot:
+    """Every terminal and merchant, held in memory and reloaded every `refresh_s` in a daemon thread.
+
+    A city has some thousands of merchants and tills, and each till swipes only
+    now and then, so a per-entry cache would miss on most swipes; one query for
+    all of them every few seconds costs less than one per swipe. A status change
+    (a merchant suspended, a till switched off) reaches every worker within
+    `refresh_s`. An id the snapshot does not know yet (just imported) is looked
+    up directly.
+    """
+
+    def __init__(self, registry: Registry, refresh_s: float) -> None:
+        self.registry = registry
+        self.refresh_s = refresh_s
+        self.terminals: dict[str, Terminal] = {}
+        self.merchants: dict[str, Merchant] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def _ensure_started(self) -> None:
+        # Started on first use, in the process that uses it (a gunicorn worker, after the fork).
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._thread is not None and self._pid == os.getpid():
+                return
+            self.reload()
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="registry-snapshot", daemon=True)
+            self._thread.start()
+
+    def reload(self) -> None:
+        terminals = {terminal.terminal_id: terminal for terminal in self.registry.all_terminals()}
+        merchants = {merchant.merchant_id: merchant for merchant in self.registry.all_merchants()}
+        self.terminals, self.merchants = terminals, merchants  # swapped whole: readers never see half
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.refresh_s)
+            try:
+                self.reload()
+            except Exception:
+                log.exception("registry snapshot reload failed; keeping the previous one")
+
+    def terminal(self, terminal_id: str) -> Terminal | None:
+        self._ensure_started()
+        return self.terminals.get(terminal_id) or self.registry.terminal(terminal_id)
+
+    def merchant(self, merchant_id: str) -> Merchant | None:
+        self._ensure_started()
+        return self.merchants.get(merchant_id) or self.registry.merchant(merchant_id)
+
+
 @dataclass
 class EngineContext:
     """Everything a use case needs; built once per process by the app factory or the CLI."""
@@ -58,13 +116,12 @@ class EngineContext:
     clock: Clock
     card_key: bytes
     lookup_cache_ttl_s: float = LOOKUP_CACHE_TTL_S
-    terminals: TtlCache[Terminal] = field(init=False)
-    merchants: TtlCache[Merchant] = field(init=False)
+    snapshot: RegistrySnapshot | None = field(init=False)
     card_holders: TtlCache[CardHolder] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.terminals = TtlCache(self.lookup_cache_ttl_s)
-        self.merchants = TtlCache(self.lookup_cache_ttl_s)
+        # A TTL of 0 (the tests) reads the registry on every swipe: no snapshot, no cache.
+        self.snapshot = RegistrySnapshot(self.registry, self.lookup_cache_ttl_s) if self.lookup_cache_ttl_s > 0 else None
         self.card_holders = TtlCache(self.lookup_cache_ttl_s)
 
     def card_hash(self, card_number: str) -> str:
@@ -72,10 +129,14 @@ class EngineContext:
         return hmac.new(self.card_key, card_number.encode("ascii"), hashlib.sha256).hexdigest()
 
     def terminal(self, terminal_id: str) -> Terminal | None:
-        return self.terminals.get(terminal_id, lambda: self.registry.terminal(terminal_id))
+        if self.snapshot is None:
+            return self.registry.terminal(terminal_id)
+        return self.snapshot.terminal(terminal_id)
 
     def merchant(self, merchant_id: str) -> Merchant | None:
-        return self.merchants.get(merchant_id, lambda: self.registry.merchant(merchant_id))
+        if self.snapshot is None:
+            return self.registry.merchant(merchant_id)
+        return self.snapshot.merchant(merchant_id)
 
     def card_holder(self, card_hash: str) -> CardHolder | None:
         return self.card_holders.get(card_hash, lambda: self.registry.card_holder(card_hash))
@@ -85,6 +146,6 @@ class EngineContext:
         self.rulebook = rulebook
 
     def clear_caches(self) -> None:
-        self.terminals.clear()
-        self.merchants.clear()
+        if self.snapshot is not None:
+            self.snapshot.reload()
         self.card_holders.clear()

@@ -20,6 +20,10 @@ class Registry(Protocol):
 
     def card_holder(self, card_hash: str) -> CardHolder | None: ...
 
+    def all_terminals(self) -> list[Terminal]: ...
+
+    def all_merchants(self) -> list[Merchant]: ...
+
 
 class LedgerRepository(Protocol):
     """What the use cases read and append inside a unit of work (see pos_engine.store.repository)."""

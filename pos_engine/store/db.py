@@ -230,3 +230,11 @@ class SqlRegistry:
     def card_holder(self, card_hash: str) -> CardHolder | None:
         with self.database.read_engine.connect() as connection:
             return Repository(connection).card_holder(card_hash)
+
+    def all_terminals(self) -> list[Terminal]:
+        with self.database.read_engine.connect() as connection:
+            return Repository(connection).all_terminals()
+
+    def all_merchants(self) -> list[Merchant]:
+        with self.database.read_engine.connect() as connection:
+            return Repository(connection).all_merchants()

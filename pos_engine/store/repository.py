@@ -119,6 +119,14 @@ class Repository:
             return None
         return Merchant(row.merchant_id, row.name, row.category, row.district, row.status)
 
+    def all_terminals(self) -> list[Terminal]:
+        rows = self.connection.execute(select(terminals.c.terminal_id, terminals.c.merchant_id, terminals.c.secret, terminals.c.status))
+        return [Terminal(*row) for row in rows]
+
+    def all_merchants(self) -> list[Merchant]:
+        columns = (merchants.c.merchant_id, merchants.c.name, merchants.c.category, merchants.c.district, merchants.c.status)
+        return [Merchant(*row) for row in self.connection.execute(select(*columns))]
+
     def card_holder(self, card_hash: str) -> CardHolder | None:
         row = self.connection.execute(_CARD_HOLDER, {"card_hash": card_hash}).first()
         if row is None:

@@ -39,3 +39,53 @@ def test_the_cache_stays_bounded() -> None:
     for index in range(25):
         cache.get(str(index), lambda index=index: index)
     assert len(cache._entries) <= 10
+
+
+class FakeRegistry:
+    """A registry whose contents the test changes, counting how often it is asked."""
+
+    def __init__(self) -> None:
+        from pos_engine.domain.registry import Merchant, Terminal
+
+        self.terminals = {"t-1": Terminal("t-1", "m-1", "secret", "active")}
+        self.merchants = {"m-1": Merchant("m-1", "Noodles", "dining", "wujin", "active")}
+        self.single_lookups = 0
+
+    def terminal(self, terminal_id: str) -> Any:
+        self.single_lookups += 1
+        return self.terminals.get(terminal_id)
+
+    def merchant(self, merchant_id: str) -> Any:
+        self.single_lookups += 1
+        return self.merchants.get(merchant_id)
+
+    def card_holder(self, card_hash: str) -> Any:
+        return None
+
+    def all_terminals(self) -> list[Any]:
+        return list(self.terminals.values())
+
+    def all_merchants(self) -> list[Any]:
+        return list(self.merchants.values())
+
+
+def test_the_registry_snapshot_serves_terminals_and_merchants_without_a_query_each() -> None:
+    from dataclasses import replace
+
+    from pos_engine.domain.registry import Terminal
+    from pos_engine.service.context import RegistrySnapshot
+
+    registry = FakeRegistry()
+    snapshot = RegistrySnapshot(registry, refresh_s=3600)  # the test reloads by hand
+    for _ in range(5):
+        assert snapshot.terminal("t-1") is not None
+        assert snapshot.merchant("m-1") is not None
+    assert registry.single_lookups == 0
+    registry.merchants["m-1"] = replace(registry.merchants["m-1"], status="suspended")
+    snapshot.reload()  # what the refresher thread does every few seconds
+    merchant = snapshot.merchant("m-1")
+    assert merchant is not None
+    assert merchant.status == "suspended"
+    registry.terminals["t-2"] = Terminal("t-2", "m-1", "s2", "active")  # imported after the last reload
+    assert snapshot.terminal("t-2") is not None
+    assert registry.single_lookups == 1
