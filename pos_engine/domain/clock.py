@@ -46,15 +46,16 @@ def local(at: datetime) -> datetime:
 
 def period_key(at_local: datetime, period: str) -> str:
     """Name the business period that contains `at_local` (already in Asia/Shanghai)."""
+    # f-strings, not strftime: this runs for every cap of every matching rule.
     if period == "day":
-        return at_local.strftime("%Y-%m-%d")
+        return f"{at_local.year:04d}-{at_local.month:02d}-{at_local.day:02d}"
     if period == "week":
         iso = at_local.isocalendar()
         return f"{iso.year}-W{iso.week:02d}"
     if period == "month":
-        return at_local.strftime("%Y-%m")
+        return f"{at_local.year:04d}-{at_local.month:02d}"
     if period == "year":
-        return at_local.strftime("%Y")
+        return f"{at_local.year:04d}"
     if period == "campaign":
         return "all"
     raise ValueError(f"unknown period {period!r}")

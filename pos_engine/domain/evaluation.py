@@ -102,9 +102,27 @@ class StepOutcome:
     stopped_by: str | None  # a cap label, 'exclusive:<rule ref>', or None
 
 
-def _condition_failure(rule: Rule, swipe: Swipe, at_local: datetime) -> str | None:
+class _Moment:
+    """The swipe's time in Asia/Shanghai, worked out once per swipe rather than once per rule."""
+
+    __slots__ = ("at_local", "date", "period_keys", "time_of_day", "weekday")
+
+    def __init__(self, at: datetime) -> None:
+        self.at_local = local(at)
+        self.date = self.at_local.date()
+        self.weekday = self.at_local.weekday()
+        self.time_of_day = self.at_local.time()  # naive: time() drops the zone
+        self.period_keys: dict[str, str] = {}
+
+    def period_key(self, period: str) -> str:
+        key = self.period_keys.get(period)
+        if key is None:
+            key = self.period_keys[period] = period_key(self.at_local, period)
+        return key
+
+
+def _condition_failure(rule: Rule, swipe: Swipe, moment: _Moment) -> str | None:
     """Return the name of the first condition that fails, or None if all hold."""
-    campaign_date = at_local.date()
     c = rule.conditions
     if c.merchant_ids is not None and swipe.merchant_id not in c.merchant_ids:
         return "merchant_ids"
@@ -114,17 +132,15 @@ def _condition_failure(rule: Rule, swipe: Swipe, at_local: datetime) -> str | No
         return "districts"
     if c.member_groups is not None and not (c.member_groups & swipe.member_groups):
         return "member_groups"
-    if c.weekdays is not None and at_local.weekday() not in c.weekdays:
+    if c.weekdays is not None and moment.weekday not in c.weekdays:
         return "weekdays"
-    if c.time_from is not None or c.time_until is not None:
-        time_of_day = at_local.time().replace(tzinfo=None)
-        if c.time_from is not None and time_of_day < c.time_from:
-            return "time_of_day"
-        if c.time_until is not None and time_of_day >= c.time_until:
-            return "time_of_day"
-    if c.date_from is not None and campaign_date < c.date_from:
+    if c.time_from is not None and moment.time_of_day < c.time_from:
+        return "time_of_day"
+    if c.time_until is not None and moment.time_of_day >= c.time_until:
+        return "time_of_day"
+    if c.date_from is not None and moment.date < c.date_from:
         return "dates"
-    if c.date_until is not None and campaign_date > c.date_until:
+    if c.date_until is not None and moment.date > c.date_until:
         return "dates"
     if c.amount_fen_min is not None and swipe.amount_fen < c.amount_fen_min:
         return "amount_fen_min"
@@ -135,10 +151,10 @@ def _subject(limit: Limit, swipe: Swipe) -> str:
     return swipe.card_ref if limit.per == "card" else swipe.merchant_id
 
 
-def _limit_counters(prefix: str, limits: tuple[Limit, ...], swipe: Swipe, at_local: datetime) -> list[CounterRef]:
+def _limit_counters(prefix: str, limits: tuple[Limit, ...], swipe: Swipe, moment: _Moment) -> list[CounterRef]:
     counters: list[CounterRef] = []
     for limit in limits:
-        base = f"{prefix}:{limit.per}:{_subject(limit, swipe)}:{limit.period}:{period_key(at_local, limit.period)}"
+        base = f"{prefix}:{limit.per}:{_subject(limit, swipe)}:{limit.period}:{moment.period_key(limit.period)}"
         if limit.uses_max is not None:
             counters.append(CounterRef(f"{base}:{UNIT_USES}", UNIT_USES, limit.uses_max, limit.label(UNIT_USES)))
         if limit.fen_max is not None:
@@ -161,8 +177,8 @@ def _merge_same_keys(counters: list[CounterRef]) -> tuple[CounterRef, ...]:
 
 def plan_swipe(rulebook: Rulebook, swipe: Swipe) -> Plan:
     """Check the indexed rules' conditions and build the capped steps; no I/O."""
-    at_local = local(swipe.occurred_at)
-    today = at_local.date()
+    moment = _Moment(swipe.occurred_at)
+    today = moment.date
     steps: list[PlanStep] = []
     skipped: list[Skipped] = []
     for rule in rulebook.candidates(swipe.merchant_id, swipe.category, swipe.district):
@@ -170,12 +186,12 @@ def plan_swipe(rulebook: Rulebook, swipe: Swipe) -> Plan:
         if not campaign.valid_from <= today <= campaign.valid_until:
             skipped.append(Skipped(rule, "campaign_validity"))
             continue
-        failure = _condition_failure(rule, swipe, at_local)
+        failure = _condition_failure(rule, swipe, moment)
         if failure is not None:
             skipped.append(Skipped(rule, failure))
             continue
-        counters = _limit_counters(f"rule:{rule.ref}", rule.limits, swipe, at_local)
-        counters += _limit_counters(f"campaign:{campaign.campaign_id}", campaign.limits, swipe, at_local)
+        counters = _limit_counters(f"rule:{rule.ref}", rule.limits, swipe, moment)
+        counters += _limit_counters(f"campaign:{campaign.campaign_id}", campaign.limits, swipe, moment)
         if campaign.budget_fen is not None:
             counters.append(
                 CounterRef(f"campaign:{campaign.campaign_id}:budget:{UNIT_FEN}", UNIT_FEN, campaign.budget_fen, "campaign/budget/fen")
