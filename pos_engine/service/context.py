@@ -70,6 +70,7 @@ class RegistrySnapshot:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
+        self._fingerprint: str | None = None
 
     def _ensure_started(self) -> None:
         # Started on first use, in the process that uses it (a gunicorn worker, after the fork).
@@ -84,6 +85,13 @@ class RegistrySnapshot:
             self._thread.start()
 
     def reload(self) -> None:
+        # Skip the reload when the registry's fingerprint is unchanged: rebuilding some
+        # thousands of records every few seconds takes the GIL from swipes in flight
+        # (measured: p99 25 ms instead of 8 ms at a moderate rate).
+        fingerprint = self.registry.fingerprint()
+        if fingerprint is not None and fingerprint == self._fingerprint:
+            return
+        self._fingerprint = fingerprint
         terminals = {terminal.terminal_id: terminal for terminal in self.registry.all_terminals()}
         merchants = {merchant.merchant_id: merchant for merchant in self.registry.all_merchants()}
         self.terminals, self.merchants = terminals, merchants  # swapped whole: readers never see half

@@ -24,6 +24,10 @@ class Registry(Protocol):
 
     def all_merchants(self) -> list[Merchant]: ...
 
+    def fingerprint(self) -> str | None:
+        """A value that changes whenever any terminal or merchant changes; None if the store cannot tell."""
+        ...
+
 
 class LedgerRepository(Protocol):
     """What the use cases read and append inside a unit of work (see pos_engine.store.repository)."""

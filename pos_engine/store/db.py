@@ -213,6 +213,16 @@ class Database:
         self.read_engine.dispose()
 
 
+REGISTRY_FINGERPRINT_SQL = """
+SELECT md5(
+  coalesce((SELECT string_agg(concat_ws(':', terminal_id, merchant_id, status, md5(secret)), ',' ORDER BY terminal_id)
+            FROM terminals), '')
+  || '|' ||
+  coalesce((SELECT string_agg(concat_ws(':', merchant_id, name, category, district, status), ',' ORDER BY merchant_id)
+            FROM merchants), ''))
+"""
+
+
 class SqlRegistry:
     """Registry lookups for the swipe path, each in a short read transaction."""
 
@@ -238,3 +248,10 @@ class SqlRegistry:
     def all_merchants(self) -> list[Merchant]:
         with self.database.read_engine.connect() as connection:
             return Repository(connection).all_merchants()
+
+    def fingerprint(self) -> str | None:
+        """On PostgreSQL, an md5 over every terminal and merchant, computed by the server; elsewhere None."""
+        if not self.database.is_postgresql:
+            return None
+        with self.database.read_engine.connect() as connection:
+            return str(connection.exec_driver_sql(REGISTRY_FINGERPRINT_SQL).scalar_one())

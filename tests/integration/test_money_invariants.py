@@ -203,3 +203,32 @@ def test_refunds_claw_back_pro_rata_never_go_negative_and_end_at_zero(
     with database.sessions() as session:
         assert session.execute(select(func.count()).select_from(LedgerEntryRow)).scalar_one() == len(entries)
     database.dispose()
+
+
+@pytest.fixture
+def pg_sql_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    from tests.conftest import open_backend
+
+    with open_backend("pg_sql", request, tmp_path) as opened:
+        yield opened
+
+
+def test_the_registry_fingerprint_changes_with_any_terminal_or_merchant(pg_sql_backend: Backend) -> None:
+    from sqlalchemy import update
+
+    from pos_engine.store.db import SqlRegistry
+    from pos_engine.store.models import MerchantRow, TerminalRow
+
+    registry = SqlRegistry(pg_sql_backend.database)
+    world = World(pg_sql_backend.database)
+    world.add_merchant("m-1")
+    first = registry.fingerprint()
+    assert first is not None
+    assert registry.fingerprint() == first
+    with pg_sql_backend.database.sessions() as session, session.begin():
+        session.execute(update(MerchantRow).where(MerchantRow.merchant_id == "m-1").values(status="suspended"))
+    second = registry.fingerprint()
+    assert second != first
+    with pg_sql_backend.database.sessions() as session, session.begin():
+        session.execute(update(TerminalRow).where(TerminalRow.terminal_id == "t-m-1").values(secret="rotated"))
+    assert registry.fingerprint() not in (first, second)

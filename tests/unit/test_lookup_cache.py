@@ -68,6 +68,9 @@ class FakeRegistry:
     def all_merchants(self) -> list[Any]:
         return list(self.merchants.values())
 
+    def fingerprint(self) -> str | None:
+        return None
+
 
 def test_the_registry_snapshot_serves_terminals_and_merchants_without_a_query_each() -> None:
     from dataclasses import replace
