@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20, help="length of each measured phase")
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--worker-class", default="gthread")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker")
+    parser.add_argument("--threads", type=int, default=1, help="threads per gthread worker")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/pos_engine_bench")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--world", type=Path, help="world.json of a large world already loaded into --pg-url (loadtests/world.py)")
