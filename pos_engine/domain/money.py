@@ -26,6 +26,23 @@ def percent_of(amount_fen: int, rate_bp: int) -> int:
     return div_floor(amount_fen * rate_bp, BP_PER_WHOLE)
 
 
+def _split_in_order(total: int, weights: Sequence[int], weights_sum: int) -> list[int]:
+    """Split total across weights pro rata: each takes floor(weight * rest / rest_weights), in order.
+
+    Round down: the earlier weights give up the odd fen to the later ones, so
+    the last weight absorbs the rounding and the parts add up exactly.
+    """
+    parts: list[int] = []
+    rest, rest_weights = total, weights_sum
+    for weight in weights:
+        part = div_floor(weight * rest, rest_weights) if rest_weights else 0
+        parts.append(part)
+        rest -= part
+        rest_weights -= weight
+    assert rest == 0
+    return parts
+
+
 def split_cumulative(part_total: int, whole: int, weights: Sequence[int]) -> list[int]:
     """Split part_total of whole across weights (which add up to whole), pro rata.
 
@@ -33,37 +50,17 @@ def split_cumulative(part_total: int, whole: int, weights: Sequence[int]) -> lis
     the cumulative share of each weight. Each share is monotone in part_total,
     never exceeds its weight, and at part_total == whole every share equals its
     weight exactly, so a series of partial refunds ends exactly at the totals.
-    Shares are taken in order; each takes floor(weight * rest / rest_whole) and
-    the remainder moves on, so the last weight absorbs the rounding.
     """
     assert sum(weights) == whole
     assert 0 <= part_total <= whole
     assert all(weight >= 0 for weight in weights)
-    shares: list[int] = []
-    rest, rest_whole = part_total, whole
-    for weight in weights:
-        # Round down: the earlier weights give up the odd fen to the later ones.
-        share = div_floor(weight * rest, rest_whole) if rest_whole else 0
-        shares.append(share)
-        rest -= share
-        rest_whole -= weight
-    assert rest == 0
-    return shares
+    return _split_in_order(part_total, weights, whole)
 
 
 def split_by_shares(amount_fen: int, shares_bp: Sequence[int]) -> list[int]:
     """Split amount_fen by shares in basis points (adding up to 100 %), exactly."""
     assert sum(shares_bp) == BP_PER_WHOLE
-    parts: list[int] = []
-    rest, rest_bp = amount_fen, BP_PER_WHOLE
-    for share_bp in shares_bp:
-        # Round down; the last share absorbs the odd fen so the parts add up.
-        part = div_floor(rest * share_bp, rest_bp) if rest_bp else 0
-        parts.append(part)
-        rest -= part
-        rest_bp -= share_bp
-    assert rest == 0
-    return parts
+    return _split_in_order(amount_fen, shares_bp, BP_PER_WHOLE)
 
 
 def format_yuan(amount_fen: int) -> str:
