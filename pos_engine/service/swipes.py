@@ -157,14 +157,13 @@ def authorise(
         plan = plan_swipe(rulebook, swipe)
     card_last4 = request.card_number[-4:]
     reserved: dict[str, Mapping[str, int]] = {}
-    # The SQL counter store works inside the transaction and checks idempotency there, first.
-    # Redis claims the request in the reservation script instead, and the ledger's unique key
-    # catches what gets past the claim (a void recorded first, a claim that expired).
+    # No idempotency read first: the unique key on (terminal, request id) refuses a repeat,
+    # which then gets the stored answer. The SQL counter store's reservation rolls back with
+    # the refused insert; Redis claims the request in its reservation script, so a repeat
+    # never holds caps even for a moment, and the unique key catches what gets past a claim
+    # (a void recorded first, a claim that expired).
     transactional = ctx.counters.transactional
     claim = None if transactional else f"{terminal.terminal_id}:{request.request_id}"
-    # No idempotency read first: the ledger's unique key on (terminal, request id) refuses a
-    # repeat, which then gets the stored answer. A transactional store's reservation rolls
-    # back with the refused insert; Redis's claim stops a repeat before it reserves anything.
 
     def give_back() -> None:
         deltas = reserved.pop("deltas", None)
@@ -224,12 +223,8 @@ def authorise(
             table, body = "declines", responses.encode(responses.decline_body(_Record(fields), explanations))
         resource_id = fields.get("entry_id") or fields["decline_id"]
         uow.repo.record(table, fields, _idempotency(terminal.terminal_id, request.request_id, request_hash, body, resource_id, recorded_at))
-        try:
-            uow.commit()
-        except BaseException:
-            give_back()
-            raise
-        reserved.clear()
+        uow.commit()
+        reserved.clear()  # recorded: the caps stay taken
         return StoredResponse(200, body)
 
     try:
