@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -59,13 +59,3 @@ def period_key(at_local: datetime, period: str) -> str:
     if period == "campaign":
         return "all"
     raise ValueError(f"unknown period {period!r}")
-
-
-def iso_week_bounds(week: str) -> tuple[datetime, datetime]:
-    """Return [start, end) of an ISO week such as '2026-W48', in Asia/Shanghai."""
-    year_text, _, week_text = week.partition("-W")
-    monday = date.fromisocalendar(int(year_text), int(week_text), 1)
-    start = datetime(monday.year, monday.month, monday.day, tzinfo=SHANGHAI)
-    next_monday = date.fromordinal(monday.toordinal() + 7)
-    end = datetime(next_monday.year, next_monday.month, next_monday.day, tzinfo=SHANGHAI)
-    return start, end

@@ -152,8 +152,3 @@ class EngineContext:
     def replace_rulebook(self, rulebook: Rulebook) -> None:
         """Swap in a validated rulebook; swipes already running keep the one they started with."""
         self.rulebook = rulebook
-
-    def clear_caches(self) -> None:
-        if self.snapshot is not None:
-            self.snapshot.reload()
-        self.card_holders.clear()

@@ -200,7 +200,6 @@ class Database:
             self.read_engine = make_engine(self.url, immediate=False, **kwargs)
         else:
             self.read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        self.read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
         self.is_postgresql = self.engine.dialect.name == "postgresql"
         database_path = make_url(self.url).database
         self.write_lock = SqliteWriteLock(database_path) if self.is_sqlite and database_path and database_path != ":memory:" else None
