@@ -85,7 +85,7 @@ from locust.env import Environment
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loadtests.world import Scatter, amount_fen, card_kind, card_number, skewed_rank, terminal_secret
-from merchant_sdk import PosClient
+from merchant_sdk import DECLINE_CODES, PosClient
 
 log = logging.getLogger("loadtests")
 # One INFO line per request from httpx (under the SDK) would drown locust's own output.
@@ -100,17 +100,6 @@ RECEIPTS_MAX = 200  # approvals each till remembers for gets, refunds and revers
 EXPLAIN_SHARE = 0.03  # of authorisations
 ACTIONS = ("authorise", "get", "refund", "reversal", "timeout_void")
 ACTION_WEIGHTS = (80, 8, 5, 4, 3)
-DECLINE_CODES = frozenset(
-    {
-        "card_unknown",
-        "card_inactive",
-        "member_not_in_service",
-        "annual_review_due",
-        "merchant_inactive",
-        "no_benefit",
-        "voided_by_terminal",
-    }
-)
 
 # What the engine answered, over the whole run (this process): logged when the test stops.
 OUTCOMES: Counter[str] = Counter()
