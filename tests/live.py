@@ -102,3 +102,8 @@ def live_engine(
             server.kill()
             server.wait()
         log.close()
+        if redis_url:
+            # Leave no counters or claims behind in the shared Redis.
+            from pos_engine.store.redis_counters import RedisCounterStore
+
+            RedisCounterStore.from_url(redis_url, namespace=env["POS_ENGINE_REDIS_NAMESPACE"]).replace_all({})
