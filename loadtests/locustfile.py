@@ -61,8 +61,6 @@ count; var/locust_exceptions.csv the exceptions; var/locust_stats_history.csv th
 from __future__ import annotations
 
 import csv
-import hashlib
-import hmac
 import itertools
 import json
 import logging
@@ -86,6 +84,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loadtests.world import Scatter, amount_fen, card_kind, card_number, skewed_rank, terminal_secret
 from merchant_sdk import DECLINE_CODES, PosClient
+from pos_engine.api.signing import sign
 
 log = logging.getLogger("loadtests")
 # One INFO line per request from httpx (under the SDK) would drown locust's own output.
@@ -314,12 +313,6 @@ def details_problem(found_id: Any, reversed_: Any, refunded_fen: Any, receipt: R
     return None
 
 
-def signature(secret: str, method: str, path: str, timestamp: str, body: bytes) -> str:
-    """Hex HMAC-SHA256 of METHOD\\nPATH\\nTIMESTAMP\\nSHA256_HEX(BODY), keyed with the secret's UTF-8 bytes."""
-    message = f"{method}\n{path}\n{timestamp}\n{hashlib.sha256(body).hexdigest()}".encode()
-    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
-
-
 # -- raw HTTP ---------------------------------------------------------------------------------------
 
 
@@ -342,7 +335,7 @@ class TerminalUser(FastHttpUser):
         return {
             "X-Terminal-Id": terminal.terminal_id,
             "X-Timestamp": timestamp,
-            "X-Signature": signature(terminal.secret, method, path, timestamp, body),
+            "X-Signature": sign(terminal.secret, method, path, timestamp, body),
             "Content-Type": "application/json",
         }
 

@@ -68,7 +68,8 @@ from sqlalchemy.engine import make_url
 from pos_engine.config import DEMO_CARD_KEY
 from pos_engine.domain.clock import SHANGHAI
 from pos_engine.domain.evaluation import Swipe, decide, execute_plan, plan_swipe
-from pos_engine.domain.money import split_cumulative
+from pos_engine.domain.ledger import benefit_lines, claw_back
+from pos_engine.domain.registry import card_hash
 from pos_engine.domain.rulebook import CATEGORIES, DISTRICTS, Rulebook
 from pos_engine.rules_loader import load_rulebook
 from pos_engine.store.db import Database, is_sqlite
@@ -248,11 +249,6 @@ def terminal_id(j: int) -> str:
 def terminal_secret(terminal_id: str, seed: int) -> str:
     """A terminal's secret: HMAC-SHA256 of its id keyed with the seed (load-test worlds only)."""
     return hmac.new(f"pos-engine-loadtest-{seed}".encode(), terminal_id.encode("utf-8"), hashlib.sha256).hexdigest()
-
-
-def card_hash(card_key: bytes, number: str) -> str:
-    """The engine's keyed card hash (pos_engine.service.context.EngineContext.card_hash)."""
-    return hmac.new(card_key, number.encode("ascii"), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -813,21 +809,7 @@ def _entry_id(prefix: str, at_s: float, rng: random.Random) -> str:
 def _adjustment(auth: tuple[Any, ...], kind: str, amount_back_fen: int, at_s: float, rng: random.Random) -> tuple[Any, ...]:
     """A reversal or refund of a not-yet-adjusted authorisation row, computed as the engine's `_adjust` does."""
     (entry_id, _, _, terminal, _, merchant, card, last4, amount, _, _, payable, _, _, version, benefits, _) = auth
-    weights = [payable] + [line["amount_fen"] for line in benefits]
-    shares = split_cumulative(amount_back_fen, amount, weights)  # nothing was given back before
-    fully_given_back = amount_back_fen == amount
-    lines: list[dict[str, Any]] = []
-    deltas: dict[str, int] = {}
-    for line, share in zip(benefits, shares[1:], strict=True):
-        for key, unit in line["counters"]:
-            delta = -share if unit == "fen" else (-1 if fully_given_back else 0)
-            if delta:
-                deltas[key] = deltas.get(key, 0) + delta
-        if share:
-            lines.append({**{k: v for k, v in line.items() if k != "amount_fen"}, "amount_fen": -share})
-    discount_back = sum(-line["amount_fen"] for line in lines if line["kind"] == "discount")
-    subsidy_back = sum(-line["amount_fen"] for line in lines if line["kind"] == "subsidy")
-    assert discount_back + subsidy_back + shares[0] == amount_back_fen
+    back = claw_back(amount, payable, benefits, 0, amount_back_fen)  # nothing was given back before
     at = datetime.fromtimestamp(at_s, UTC)
     return (
         _entry_id("rv" if kind == "reversal" else "rf", at_s, rng),
@@ -839,14 +821,14 @@ def _adjustment(auth: tuple[Any, ...], kind: str, amount_back_fen: int, at_s: fl
         card,
         last4,
         -amount_back_fen,
-        -discount_back,
-        -subsidy_back,
-        -shares[0],
+        -back.discount_fen,
+        -back.subsidy_fen,
+        -back.payable_fen,
         at,
         at,
         version,
-        lines,
-        deltas,
+        back.lines,
+        back.counter_deltas,
     )
 
 
@@ -902,23 +884,7 @@ class History:
             outcomes = execute_plan(plan, self.counters) if plan.steps else []
             decision = decide(plan, outcomes, version)
             if decision.status == "approved":
-                given = {(line.campaign_id, line.rule_id): line.amount_fen for line in decision.benefits}
-                lines: list[dict[str, Any]] = []
-                for step in plan.steps:
-                    given_fen = given.get((step.rule.campaign_id, step.rule.rule_id), 0)
-                    if given_fen <= 0:
-                        continue
-                    line: dict[str, Any] = {
-                        "campaign_id": step.rule.campaign_id,
-                        "rule_id": step.rule.rule_id,
-                        "kind": step.benefit.kind,
-                        "amount_fen": given_fen,
-                        "counters": [[counter.key, counter.unit] for counter in step.counters],
-                    }
-                    if step.benefit.kind == "subsidy":
-                        campaign = self.rulebook.campaigns[step.rule.campaign_id]
-                        line["funders"] = [[share.funder_id, share.share_bp] for share in campaign.funders]
-                    lines.append(line)
+                lines = benefit_lines(plan, decision, self.rulebook)
                 stats.approved += 1
                 stats.amount_fen += amount
                 stats.discount_fen += decision.discount_fen

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import random
 import secrets
 from dataclasses import dataclass, field
@@ -11,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select
 
+from pos_engine.domain.registry import card_hash
 from pos_engine.domain.rulebook import CATEGORIES, DISTRICTS
 from pos_engine.store.db import Database
 from pos_engine.store.models import (
@@ -47,10 +46,6 @@ class DemoCredentials:
 
     def as_json(self) -> dict[str, Any]:
         return {"terminals": self.terminals, "cards": self.cards}
-
-
-def card_hash(card_key: bytes, card_number: str) -> str:
-    return hmac.new(card_key, card_number.encode("ascii"), hashlib.sha256).hexdigest()
 
 
 def _card_number(rng: random.Random) -> str:

@@ -11,6 +11,7 @@ from sqlalchemy import insert
 
 from pos_engine.api.signing import sign
 from pos_engine.domain.clock import Clock
+from pos_engine.domain.registry import card_hash
 from pos_engine.domain.rulebook import Benefit, Campaign, FunderShare, Limit, Rule, Rulebook
 from pos_engine.service.context import EngineContext
 from pos_engine.store.db import Database, SqlRegistry
@@ -94,8 +95,6 @@ class World:
         groups: str = "",
         district: str = "wujin",
     ) -> str:
-        from pos_engine.demo import card_hash
-
         index = len(self.cards) + 1
         member_id, card_id = f"mem-{index}", f"card-{index}"
         with self.database.sessions() as session, session.begin():

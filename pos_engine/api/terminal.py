@@ -72,20 +72,21 @@ def raw_path() -> str:
 
 def request_hash() -> str:
     """What makes two requests 'the same' for idempotency: method, path and body."""
-    digest = hashlib.sha256(f"{request.method}\n{raw_path()}\n".encode("latin-1", "replace"))
+    digest = hashlib.sha256(f"{request.method}\n{g.raw_path}\n".encode("latin-1", "replace"))
     digest.update(request.get_data(cache=True))
     return digest.hexdigest()
 
 
 @blp.before_request
 def authenticate() -> None:
+    g.raw_path = raw_path()
     g.terminal = verify(
         engine(),
         request.headers.get("X-Terminal-Id"),
         request.headers.get("X-Timestamp"),
         request.headers.get("X-Signature"),
         request.method,
-        raw_path(),
+        g.raw_path,
         request.get_data(cache=True),
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -53,6 +55,11 @@ class CardHolder:
     in_service: bool
     annual_review_year: int | None
     district: str
+
+
+def card_hash(card_key: bytes, card_number: str) -> str:
+    """The keyed hash a card is found by; the card number itself is never stored."""
+    return hmac.new(card_key, card_number.encode("ascii"), hashlib.sha256).hexdigest()
 
 
 def merchant_decline(merchant: Merchant) -> str | None:

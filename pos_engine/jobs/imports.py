@@ -7,8 +7,6 @@ refused whole, with each bad line's number, column and reason.
 from __future__ import annotations
 
 import csv
-import hashlib
-import hmac
 import io
 import secrets
 from collections.abc import Callable, Iterable
@@ -19,7 +17,7 @@ from typing import Any
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from pos_engine.domain.registry import CARD_STATUSES, MERCHANT_STATUSES
+from pos_engine.domain.registry import CARD_STATUSES, MERCHANT_STATUSES, card_hash
 from pos_engine.domain.rulebook import CATEGORIES, DISTRICTS
 from pos_engine.limits import CARD_NUMBER_DIGITS_MAX, CARD_NUMBER_DIGITS_MIN, ID_CHARS_MAX, IMPORT_ROWS_MAX
 from pos_engine.store.db import Database
@@ -144,7 +142,7 @@ def import_members(database: Database, card_key: bytes, path: Path) -> ImportRes
         _check(problems, where, "groups", all(_is_id(group) for group in groups), "names separated by ';'")
         if len(problems) > problems_before:
             continue
-        card_hash = hmac.new(card_key, number.encode("ascii"), hashlib.sha256).hexdigest()
+        hashed = card_hash(card_key, number)
         members.append(
             {
                 "member_id": row["member_id"],
@@ -159,8 +157,8 @@ def import_members(database: Database, card_key: bytes, path: Path) -> ImportRes
         )
         cards.append(
             {
-                "card_id": "card-" + card_hash[:24],
-                "card_hash": card_hash,
+                "card_id": "card-" + hashed[:24],
+                "card_hash": hashed,
                 "last4": number[-4:],
                 "member_id": row["member_id"],
                 "status": row["card_status"],

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
 import threading
@@ -13,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from pos_engine.domain.clock import Clock
-from pos_engine.domain.registry import CardHolder, Merchant, Terminal
+from pos_engine.domain.registry import CardHolder, Merchant, Terminal, card_hash
 from pos_engine.domain.rulebook import Rulebook
 from pos_engine.limits import LOOKUP_CACHE_ENTRIES_MAX, LOOKUP_CACHE_TTL_S
 from pos_engine.service.ports import CounterStore, Registry, UnitOfWork
@@ -134,7 +132,7 @@ class EngineContext:
 
     def card_hash(self, card_number: str) -> str:
         """The keyed hash the card is found by; the number itself is never stored."""
-        return hmac.new(self.card_key, card_number.encode("ascii"), hashlib.sha256).hexdigest()
+        return card_hash(self.card_key, card_number)
 
     def terminal(self, terminal_id: str) -> Terminal | None:
         if self.snapshot is None:

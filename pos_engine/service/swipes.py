@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from pos_engine.domain.evaluation import (
@@ -20,7 +21,7 @@ from pos_engine.domain.evaluation import (
     decide,
     plan_swipe,
 )
-from pos_engine.domain.money import split_cumulative
+from pos_engine.domain.ledger import benefit_lines, claw_back
 from pos_engine.domain.registry import Terminal, card_decline, merchant_decline
 from pos_engine.limits import IDEMPOTENCY_WAIT_S_MAX, OCCURRED_AT_AHEAD_S_MAX, OCCURRED_AT_BEHIND_S_MAX
 from pos_engine.service import responses
@@ -97,28 +98,6 @@ def _check_occurred_at(ctx: EngineContext, occurred_at: datetime) -> None:
             f"occurred_at is more than {OCCURRED_AT_BEHIND_S_MAX} s behind the engine's clock",
             {"occurred_at": ["too far in the past"]},
         )
-
-
-def _step_lines(plan: Plan, decision: Decision, ctx: EngineContext) -> list[dict[str, Any]]:
-    """Ledger benefit lines: each with the counters it moved and, for subsidies, the funders' shares."""
-    given = {(line.campaign_id, line.rule_id): line.amount_fen for line in decision.benefits}
-    lines: list[dict[str, Any]] = []
-    for step in plan.steps:
-        amount_fen = given.get((step.rule.campaign_id, step.rule.rule_id), 0)
-        if amount_fen <= 0:
-            continue
-        campaign = ctx.rulebook.campaigns.get(step.rule.campaign_id)
-        line: dict[str, Any] = {
-            "campaign_id": step.rule.campaign_id,
-            "rule_id": step.rule.rule_id,
-            "kind": step.benefit.kind,
-            "amount_fen": amount_fen,
-            "counters": [[counter.key, counter.unit] for counter in step.counters],
-        }
-        if step.benefit.kind == "subsidy" and campaign is not None:
-            line["funders"] = [[share.funder_id, share.share_bp] for share in campaign.funders]
-        lines.append(line)
-    return lines
 
 
 def authorise(
@@ -203,10 +182,10 @@ def authorise(
                 "occurred_at": request.occurred_at,
                 "recorded_at": recorded_at,
                 "rules_version": decision.rules_version,
-                "benefits": _step_lines(plan, decision, ctx),
+                "benefits": benefit_lines(plan, decision, rulebook),
                 "counter_deltas": dict(decision.counter_deltas or {}),
             }
-            table, body = "ledger_entries", responses.encode(responses.authorisation_body(_Record(fields), explanations))
+            table, body = "ledger_entries", responses.encode(responses.authorisation_body(SimpleNamespace(**fields), explanations))
         else:
             fields = {
                 "decline_id": new_id("au"),
@@ -220,7 +199,7 @@ def authorise(
                 "recorded_at": recorded_at,
                 "rules_version": decision.rules_version,
             }
-            table, body = "declines", responses.encode(responses.decline_body(_Record(fields), explanations))
+            table, body = "declines", responses.encode(responses.decline_body(SimpleNamespace(**fields), explanations))
         resource_id = fields.get("entry_id") or fields["decline_id"]
         uow.repo.record(table, fields, _idempotency(terminal.terminal_id, request.request_id, request_hash, body, resource_id, recorded_at))
         uow.commit()
@@ -270,13 +249,6 @@ def _idempotency(
     }
 
 
-class _Record:
-    """Attribute access over a dict, for rendering a row that was built from fields."""
-
-    def __init__(self, fields: Mapping[str, Any]) -> None:
-        self.__dict__.update(fields)
-
-
 def _adjust(
     ctx: EngineContext, uow: UnitOfWork, terminal: Terminal, auth: Any, kind: str, request_id: str, amount_fen: int | None
 ) -> tuple[Any, dict[str, int]]:
@@ -300,27 +272,8 @@ def _adjust(
                 f"refund of {amount_fen} fen exceeds the {remaining} fen not yet refunded",
                 {"amount_fen": [f"at most {remaining}"]},
             )
-    # Claw back pro rata on the cumulative amount given back, so a series of partial
-    # refunds ends exactly at the authorisation's totals and never goes negative.
-    weights = [auth.payable_fen] + [line["amount_fen"] for line in auth.benefits]
-    before = split_cumulative(given_back_before, auth.amount_fen, weights)
-    after = split_cumulative(given_back_before + amount_fen, auth.amount_fen, weights)
-    shares = [new - old for new, old in zip(after, before, strict=True)]
-    fully_given_back = given_back_before + amount_fen == auth.amount_fen
-    lines: list[dict[str, Any]] = []
-    deltas: dict[str, int] = {}
-    for line, share in zip(auth.benefits, shares[1:], strict=True):
-        for key, unit in line["counters"]:
-            delta = -share if unit == "fen" else (-1 if fully_given_back else 0)
-            if delta:
-                deltas[key] = deltas.get(key, 0) + delta
-        if share:
-            adjusted = {key: value for key, value in line.items() if key != "amount_fen"}
-            lines.append({**adjusted, "amount_fen": -share})
-    discount_back = sum(-line["amount_fen"] for line in lines if line["kind"] == "discount")
-    subsidy_back = sum(-line["amount_fen"] for line in lines if line["kind"] == "subsidy")
-    payable_back = shares[0]
-    assert discount_back + subsidy_back + payable_back == amount_fen
+    back = claw_back(auth.amount_fen, auth.payable_fen, auth.benefits, given_back_before, amount_fen)
+    now = ctx.clock.now()
     entry = uow.repo.add_entry(
         entry_id=new_id("rv" if kind == "reversal" else "rf"),
         kind=kind,
@@ -331,15 +284,16 @@ def _adjust(
         card_id=auth.card_id,
         card_last4=auth.card_last4,
         amount_fen=-amount_fen,
-        discount_fen=-discount_back,
-        subsidy_fen=-subsidy_back,
-        payable_fen=-payable_back,
-        occurred_at=ctx.clock.now(),
-        recorded_at=ctx.clock.now(),
+        discount_fen=-back.discount_fen,
+        subsidy_fen=-back.subsidy_fen,
+        payable_fen=-back.payable_fen,
+        occurred_at=now,
+        recorded_at=now,
         rules_version=auth.rules_version,
-        benefits=lines,
-        counter_deltas=deltas,
+        benefits=back.lines,
+        counter_deltas=back.counter_deltas,
     )
+    deltas = back.counter_deltas
     if ctx.counters.transactional:
         ctx.counters.apply(deltas, uow.session)
     return entry, deltas
@@ -426,7 +380,7 @@ def reverse_request(ctx: EngineContext, terminal: Terminal, request_id: str, ori
                 "rules_version": ctx.rulebook.version,
             }
             uow.repo.add_decline(**void_fields)
-            void_body = responses.encode(responses.decline_body(_Record(void_fields)))
+            void_body = responses.encode(responses.decline_body(SimpleNamespace(**void_fields)))
             uow.repo.add_idempotency(
                 terminal.terminal_id, original_request_id, VOID_REQUEST_HASH, 200, void_body, void_fields["decline_id"], now
             )

@@ -76,9 +76,11 @@ class SqlCounterStore:
 
     def read(self, keys: Iterable[str], session: Any = None) -> dict[str, int]:
         wanted = list(keys)
-        with self.database.sessions() as own:
-            rows = (session or own).execute(select(CounterRow.key, CounterRow.value).where(CounterRow.key.in_(wanted)))
-            found = {key: value for key, value in rows}
+        if session is not None:
+            found = {key: value for key, value in session.execute(_SELECT, {"keys": wanted})}
+        else:
+            with self.database.sessions() as own:
+                found = {key: value for key, value in own.execute(_SELECT, {"keys": wanted})}
         return {key: found.get(key, 0) for key in wanted}
 
     def snapshot(self) -> dict[str, int]:

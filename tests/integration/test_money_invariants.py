@@ -232,3 +232,10 @@ def test_the_registry_fingerprint_changes_with_any_terminal_or_merchant(pg_sql_b
     with pg_sql_backend.database.sessions() as session, session.begin():
         session.execute(update(TerminalRow).where(TerminalRow.terminal_id == "t-m-1").values(secret="rotated"))
     assert registry.fingerprint() not in (first, second)
+
+
+def test_read_gives_stored_values_and_zero_for_keys_never_written(backend: Backend, clock: FixedClock) -> None:
+    ctx, terminal = setup(backend, capped_subsidy_rulebook(uses_max=7), clock)
+    swipe(ctx, terminal, "req-1")
+    snapshot = backend.counters.snapshot()
+    assert backend.counters.read([*snapshot, "never:written:fen"]) == {**snapshot, "never:written:fen": 0}

@@ -7,14 +7,12 @@ an answer after the engine acted on the request, or replace it with a 503.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -33,78 +31,22 @@ from merchant_sdk import (
     PosClient,
     ValidationError,
 )
+from tests.live import live_engine as serve_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 DINING_MERCHANT_ID = "m-wujin-dining-001"
 CHINA = timezone(timedelta(hours=8))
-STARTUP_S_MAX = 30.0
 PROXY_SOCKET_TIMEOUT_S = 10.0
 
 
 # The engine --------------------------------------------------------------------------------
 
 
-def _cli(python_args: list[str], env: dict[str, str], log: Path) -> None:
-    with log.open("ab") as out:
-        completed = subprocess.run(
-            [sys.executable, "-m", "pos_engine.cli", *python_args], cwd=ROOT, env=env, stdout=out, stderr=out, check=False
-        )
-    if completed.returncode != 0:
-        pytest.fail(f"pos-engine {' '.join(python_args)} exited {completed.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def live_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Any]]]:
     """Serve a fresh demo world with gunicorn; yield its base URL and the demo credentials."""
-    missing = [name for name in ("pos_engine/wsgi.py", "pos_engine/cli.py") if not (ROOT / name).is_file()]
-    if missing:
-        pytest.skip(f"the engine is not built yet: {', '.join(missing)} missing")
-    if importlib.util.find_spec("gunicorn") is None:
-        pytest.skip("gunicorn is not installed")
-    tmp = tmp_path_factory.mktemp("live-engine")
-    log = tmp / "engine.log"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("POS_ENGINE_")}
-    env["POS_ENGINE_DATABASE_URL"] = f"sqlite:///{tmp}/engine.sqlite3"
-    env["POS_ENGINE_RULES_DIR"] = str(ROOT / "rules")
-    _cli(["init-db"], env, log)
-    _cli(["demo", "--out", str(tmp / "demo.json")], env, log)
-    credentials = json.loads((tmp / "demo.json").read_text())
-
-    port = _free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "pos_engine.wsgi:app"]
-    with log.open("ab") as out:
-        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
-    try:
-        _wait_healthy(base_url, server, log)
-        yield base_url, credentials
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def _wait_healthy(base_url: str, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_S_MAX
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"gunicorn exited {server.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"GET /healthz did not answer 200 within {STARTUP_S_MAX} s:\n{log.read_text(errors='replace')[-4000:]}")
+    with serve_demo(tmp_path_factory.mktemp("live-engine"), workers=2) as engine:
+        yield engine.base_url, engine.credentials
 
 
 @pytest.fixture(scope="module")
