@@ -74,6 +74,7 @@ def bench_authorise(label: str, database_url: str, redis_url: str | None, rulebo
     credentials = load_demo(database, CARD_KEY, datetime.now(timezone.utc).year, reset=True)
     ctx = EngineContext(
         unit_of_work=database.unit_of_work,
+        single_statement=database.single_statement,
         registry=SqlRegistry(database),
         counters=counter_store_from_url(redis_url, database, namespace=f"bench-{uuid.uuid4().hex[:8]}"),
         rulebook=rulebook,

@@ -11,8 +11,10 @@ SIGNATURE_CLOCK_SKEW_S_MAX = 300  # X-Timestamp vs the engine's clock, either wa
 OCCURRED_AT_AHEAD_S_MAX = 300  # a swipe may claim to be at most this far in the future
 OCCURRED_AT_BEHIND_S_MAX = 24 * 3600  # and at most this far in the past
 
-LOOKUP_CACHE_TTL_S = 5.0  # a card, merchant or terminal status change reaches every worker within this
-LOOKUP_CACHE_ENTRIES_MAX = 200_000
+LOOKUP_CACHE_TTL_S = 5.0  # a merchant or terminal change reaches every worker within this (0: no caching at all)
+CARD_CHANGES_POLL_S = 1.0  # a card or member change reaches every worker's card directory within about this
+CARD_CHANGES_RELOAD_MIN = 10_000  # this many changed cards at once (an import) rebuild the directory instead
+CARD_CHANGES_KEEP_S = 24 * 3600  # the change feed keeps a day; readers are seconds behind
 IDEMPOTENCY_WAIT_S_MAX = 2.0  # how long a duplicate waits for the original to finish
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000

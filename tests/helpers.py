@@ -136,6 +136,7 @@ class World:
 def make_context(database: Database, counters: Any, rulebook: Rulebook, clock: Clock) -> EngineContext:
     return EngineContext(
         unit_of_work=database.unit_of_work,
+        single_statement=database.single_statement,
         registry=SqlRegistry(database),
         counters=counters,
         rulebook=rulebook,

@@ -33,6 +33,7 @@ def build_context(settings: Settings) -> EngineContext:
     database = Database(settings.database_url)
     return EngineContext(
         unit_of_work=database.unit_of_work,
+        single_statement=database.single_statement,
         registry=SqlRegistry(database),
         counters=counter_store_from_url(settings.redis_url, database, namespace=settings.redis_namespace),
         rulebook=load_rulebook(settings.rules_dir),
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None, context: EngineContext | None =
         watcher = RulebookWatcher(Path(settings.rules_dir), load_rulebook, ctx.replace_rulebook)
         watcher.start()
     app.extensions["pos_engine_rules_watcher"] = watcher
+    ctx.start()  # each gunicorn worker builds its app after the fork: its card directory loads now
     api = _Api(app)
     from pos_engine.api import terminal
 
@@ -79,6 +81,10 @@ def create_app(settings: Settings | None = None, context: EngineContext | None =
         body: dict[str, Any] = {"status": "ok", "rules_version": ctx.rulebook.version}
         if watcher is not None and watcher.last_error:
             body["rules_reload_error"] = watcher.last_error
+        if ctx.cards is not None:
+            body["card_directory"] = "ready" if ctx.cards.ready else "loading"
+            if ctx.cards.last_error:
+                body["card_directory_error"] = ctx.cards.last_error
         return Response(encode(body), mimetype="application/json")
 
     return app

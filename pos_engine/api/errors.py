@@ -6,6 +6,7 @@ import json
 import logging
 from typing import Any
 
+import psycopg
 import redis
 from flask import Flask, Response, request
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -116,6 +117,14 @@ def _unexpected(error: Exception) -> Response:
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_exception)
     app.register_error_handler(ServiceError, _service_error)
-    for dependency_error in (OperationalError, InterfaceError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+    dependency_errors = (
+        OperationalError,
+        InterfaceError,
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+    )
+    for dependency_error in dependency_errors:
         app.register_error_handler(dependency_error, _dependency_down)
     app.register_error_handler(Exception, _unexpected)

@@ -57,6 +57,11 @@ class CardHolder:
     district: str
 
 
+def split_groups(text: str) -> frozenset[str]:
+    """A member's groups from their stored form, a comma-separated list."""
+    return frozenset(group for group in (part.strip() for part in text.split(",")) if group)
+
+
 def card_hash(card_key: bytes, card_number: str) -> str:
     """The keyed hash a card is found by; the card number itself is never stored."""
     return hmac.new(card_key, card_number.encode("ascii"), hashlib.sha256).hexdigest()

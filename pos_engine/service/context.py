@@ -8,45 +8,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 
 from pos_engine.domain.clock import Clock
 from pos_engine.domain.registry import CardHolder, Merchant, Terminal, card_hash
 from pos_engine.domain.rulebook import Rulebook
-from pos_engine.limits import LOOKUP_CACHE_ENTRIES_MAX, LOOKUP_CACHE_TTL_S
-from pos_engine.service.ports import CounterStore, Registry, UnitOfWork
+from pos_engine.limits import LOOKUP_CACHE_TTL_S
+from pos_engine.service.cards import CardDirectory
+from pos_engine.service.ports import CounterStore, Registry, SingleStatementUnitOfWork, UnitOfWork
 
-V = TypeVar("V")
 log = logging.getLogger(__name__)
-
-
-class TtlCache(Generic[V]):
-    """A per-process cache whose entries live `ttl_s` seconds.
-
-    Status changes (a card reported lost, a merchant removed) reach every
-    worker within `ttl_s`. A TTL of 0 disables caching.
-    """
-
-    def __init__(self, ttl_s: float, entries_max: int = LOOKUP_CACHE_ENTRIES_MAX) -> None:
-        self.ttl_s = ttl_s
-        self.entries_max = entries_max
-        self._entries: dict[str, tuple[float, V | None]] = {}
-
-    def get(self, key: str, load: Callable[[], V | None]) -> V | None:
-        if self.ttl_s <= 0:
-            return load()
-        now = time.monotonic()
-        hit = self._entries.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        value = load()
-        if len(self._entries) >= self.entries_max:
-            self._entries.clear()  # crude but bounded; entries come back on the next swipe
-        self._entries[key] = (now + self.ttl_s, value)
-        return value
-
-    def clear(self) -> None:
-        self._entries.clear()
 
 
 class RegistrySnapshot:
@@ -115,20 +85,31 @@ class RegistrySnapshot:
 class EngineContext:
     """Everything a use case needs; built once per process by the app factory or the CLI."""
 
-    unit_of_work: Callable[..., UnitOfWork]  # (single_statement: bool = False) -> UnitOfWork
+    unit_of_work: Callable[[], UnitOfWork]
     registry: Registry
     counters: CounterStore
     rulebook: Rulebook
     clock: Clock
     card_key: bytes
     lookup_cache_ttl_s: float = LOOKUP_CACHE_TTL_S
+    # A swipe's one write (with Redis counters) and the wait for a duplicate; an ordinary unit of work if not given.
+    single_statement: Callable[[], SingleStatementUnitOfWork] | None = None
     snapshot: RegistrySnapshot | None = field(init=False)
-    card_holders: TtlCache[CardHolder] = field(init=False)
+    cards: CardDirectory | None = field(init=False)
 
     def __post_init__(self) -> None:
-        # A TTL of 0 (the tests) reads the registry on every swipe: no snapshot, no cache.
-        self.snapshot = RegistrySnapshot(self.registry, self.lookup_cache_ttl_s) if self.lookup_cache_ttl_s > 0 else None
-        self.card_holders = TtlCache(self.lookup_cache_ttl_s)
+        # A TTL of 0 (the tests) reads the registry on every swipe: no snapshot, no card directory.
+        caching = self.lookup_cache_ttl_s > 0
+        self.snapshot = RegistrySnapshot(self.registry, self.lookup_cache_ttl_s) if caching else None
+        self.cards = CardDirectory(self.registry) if caching else None
+
+    def single_statement_work(self) -> SingleStatementUnitOfWork:
+        return self.single_statement() if self.single_statement is not None else self.unit_of_work()
+
+    def start(self) -> None:
+        """Start loading the card directory in this process (a worker after the fork); swipes start it too."""
+        if self.cards is not None:
+            self.cards.start()
 
     def card_hash(self, card_number: str) -> str:
         """The keyed hash the card is found by; the number itself is never stored."""
@@ -145,7 +126,9 @@ class EngineContext:
         return self.snapshot.merchant(merchant_id)
 
     def card_holder(self, card_hash: str) -> CardHolder | None:
-        return self.card_holders.get(card_hash, lambda: self.registry.card_holder(card_hash))
+        if self.cards is None:
+            return self.registry.card_holder(card_hash)
+        return self.cards.get(card_hash)
 
     def replace_rulebook(self, rulebook: Rulebook) -> None:
         """Swap in a validated rulebook; swipes already running keep the one they started with."""

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pos_engine.domain.evaluation import Plan, StepOutcome
 from pos_engine.domain.registry import CardHolder, Merchant, Terminal
+
+if TYPE_CHECKING:
+    from pos_engine.service.cards import CardRowTuple
 
 
 class Registry(Protocol):
@@ -20,6 +23,20 @@ class Registry(Protocol):
 
     def card_holder(self, card_hash: str) -> CardHolder | None: ...
 
+    def card_holders(self, card_hashes: list[str]) -> dict[str, CardHolder]: ...
+
+    def all_card_rows(self) -> Iterator[CardRowTuple]:
+        """Every card holder as a tuple (pos_engine.service.cards.CARD_ROW_COLUMNS), in byte order of the card hash."""
+        ...
+
+    def card_changes_cursor(self) -> int: ...
+
+    def card_changes(self, cursor: int, limit: int) -> tuple[list[tuple[int, str]], int]:
+        """Changed cards (seq, card hash) from `cursor` on, and the next cursor; a change may come twice."""
+        ...
+
+    def prune_card_changes(self, older_than_s: int) -> None: ...
+
     def all_terminals(self) -> list[Terminal]: ...
 
     def all_merchants(self) -> list[Merchant]: ...
@@ -29,10 +46,18 @@ class Registry(Protocol):
         ...
 
 
-class LedgerRepository(Protocol):
-    """What the use cases read and append inside a unit of work (see pos_engine.store.repository)."""
+class RecordRepository(Protocol):
+    """What a single-statement unit of work offers: record a swipe, or read a stored answer."""
 
     def idempotency(self, terminal_id: str, request_id: str) -> Any: ...
+
+    def record(self, table_name: str, fields: dict[str, Any], idempotency: dict[str, Any]) -> Any:
+        """Append a ledger entry or decline (`table_name`) with its idempotency record, atomically."""
+        ...
+
+
+class LedgerRepository(RecordRepository, Protocol):
+    """What the use cases read and append inside a unit of work (see pos_engine.store.repository)."""
 
     def add_idempotency(
         self,
@@ -45,8 +70,6 @@ class LedgerRepository(Protocol):
         at: datetime,
     ) -> None: ...
 
-    def record(self, table_name: str, fields: dict[str, Any], idempotency: dict[str, Any]) -> Any: ...
-
     def add_entry(self, **fields: Any) -> Any: ...
 
     def add_decline(self, **fields: Any) -> None: ...
@@ -58,6 +81,22 @@ class LedgerRepository(Protocol):
     def adjustments(self, authorisation_id: str) -> list[Any]: ...
 
     def all_counter_deltas(self, batch_rows: int = 10_000) -> Iterator[dict[str, Any]]: ...
+
+
+class SingleStatementUnitOfWork(Protocol):
+    """A unit of work that writes at most one statement (a swipe's record), which commits itself."""
+
+    @property
+    def session(self) -> Any: ...
+
+    @property
+    def repo(self) -> RecordRepository: ...
+
+    def __enter__(self) -> SingleStatementUnitOfWork: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None: ...
+
+    def commit(self) -> None: ...
 
 
 class UnitOfWork(Protocol):

@@ -27,7 +27,7 @@ from pos_engine.limits import IDEMPOTENCY_WAIT_S_MAX, OCCURRED_AT_AHEAD_S_MAX, O
 from pos_engine.service import responses
 from pos_engine.service.context import EngineContext
 from pos_engine.service.errors import AlreadyClaimed, Conflict, DuplicateKey, Forbidden, NotFound, Unprocessable
-from pos_engine.service.ports import UnitOfWork
+from pos_engine.service.ports import SingleStatementUnitOfWork, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,11 @@ def _replay(record: Any, request_hash: str) -> StoredResponse:
     return StoredResponse(record.status_code, bytes(record.response_body))
 
 
-def _in_transaction(ctx: EngineContext, work: Callable[[UnitOfWork], T], *, single_statement: bool = False) -> T:
+def _in_transaction(ctx: EngineContext, work: Callable[[UnitOfWork], T]) -> T:
     """Run `work` in a unit of work; on a concurrent duplicate, run it again (it then replays)."""
     for _attempt in range(DUPLICATE_ATTEMPTS_MAX):
         try:
-            with ctx.unit_of_work(single_statement=single_statement) as uow:
+            with ctx.unit_of_work() as uow:
                 return work(uow)
         except DuplicateKey:
             log.info("concurrent duplicate request; replaying the stored answer")
@@ -149,7 +149,7 @@ def authorise(
         if deltas and not transactional:
             ctx.counters.apply({key: -value for key, value in deltas.items()})
 
-    def work(uow: UnitOfWork) -> StoredResponse:
+    def work(uow: SingleStatementUnitOfWork) -> StoredResponse:
         recorded_at = ctx.clock.now()
         if plan is None:
             assert decline_code is not None
@@ -208,7 +208,7 @@ def authorise(
 
     try:
         # With Redis counters nothing else is written in the transaction: one statement records the swipe.
-        with ctx.unit_of_work(single_statement=not transactional) as uow:
+        with ctx.unit_of_work() if transactional else ctx.single_statement_work() as uow:
             return work(uow)
     except (DuplicateKey, AlreadyClaimed):
         give_back()  # this attempt's caps, if it reserved any; the claim stays with the first attempt
@@ -225,7 +225,7 @@ def _wait_for_record(ctx: EngineContext, terminal_id: str, request_id: str) -> A
     deadline = time.monotonic() + IDEMPOTENCY_WAIT_S_MAX
     delay_s = 0.002
     while True:
-        with ctx.unit_of_work(single_statement=True) as uow:
+        with ctx.single_statement_work() as uow:
             stored = uow.repo.idempotency(terminal_id, request_id)
         if stored is not None:
             return stored

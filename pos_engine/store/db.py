@@ -5,20 +5,25 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, create_engine, event
+import psycopg
+from psycopg.rows import namedtuple_row
+from psycopg.types.json import Json
+from sqlalchemy import JSON, Connection, Engine, Table, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from pos_engine.domain.registry import CardHolder, Merchant, Terminal
 from pos_engine.limits import SQLITE_BUSY_TIMEOUT_MS
+from pos_engine.service.cards import CardRowTuple
 from pos_engine.service.errors import DuplicateKey
-from pos_engine.store.repository import Repository, is_unique_violation
+from pos_engine.store.repository import Repository, declines, idempotency_records, is_unique_violation, ledger
 
 
 def is_sqlite(url: str) -> bool:
@@ -120,20 +125,13 @@ class SqliteWriteLock:
 
 
 class UnitOfWork:
-    """One database transaction on a Core connection; it rolls back unless `commit()` is called.
-
-    A `single_statement` unit of work promises to write with one statement
-    (`Repository.record`): on PostgreSQL it then runs in autocommit, so that one
-    statement is the whole transaction, in one round trip. Elsewhere it is an
-    ordinary transaction.
-    """
+    """One database transaction on a Core connection; it rolls back unless `commit()` is called."""
 
     connection: Connection
     repo: Repository
 
-    def __init__(self, engine: Engine, *, single_statement: bool = False, write_lock: SqliteWriteLock | None = None) -> None:
+    def __init__(self, engine: Engine, *, write_lock: SqliteWriteLock | None = None) -> None:
         self._engine = engine
-        self._autocommit = single_statement and engine.dialect.name == "postgresql"
         self._write_lock = write_lock
 
     @property
@@ -153,17 +151,13 @@ class UnitOfWork:
         return self
 
     def _open(self) -> None:
-        if self._autocommit:
-            self.connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self._transaction = None
-        else:
-            self.connection = self._engine.connect()
-            self._transaction = self.connection.begin()
-        self.repo = Repository(self.connection, single_statement=self._autocommit)
+        self.connection = self._engine.connect()
+        self._transaction = self.connection.begin()
+        self.repo = Repository(self.connection)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         try:
-            if self._transaction is not None and self._transaction.is_active:
+            if self._transaction.is_active:
                 self._transaction.rollback()
         finally:
             try:
@@ -174,8 +168,6 @@ class UnitOfWork:
 
     def commit(self) -> None:
         """Commit; a unique-key clash (a concurrent duplicate request) becomes DuplicateKey."""
-        if self._transaction is None:
-            return  # autocommit: each statement committed itself
         try:
             self._transaction.commit()
         except IntegrityError as error:
@@ -184,6 +176,104 @@ class UnitOfWork:
             if is_unique_violation(error):
                 raise DuplicateKey(str(error.orig)) from error
             raise
+
+
+class DirectRepository:
+    """The two statements of a single-statement unit of work, on a driver connection (PostgreSQL).
+
+    The swipe path's one write (`record`) and the wait for a concurrent duplicate
+    (`idempotency`), sent straight to psycopg as prepared statements: SQLAlchemy's
+    connection checkout, compilation cache and result machinery cost more than
+    the statement itself (measured: see docs/performance.md).
+    """
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self.connection = connection
+
+    def record(self, table_name: str, fields: dict[str, Any], idempotency: dict[str, Any]) -> Any:
+        """Both rows in one statement (a data-modifying CTE): both or neither."""
+        params = {f"row_{key}": Json(value, dumps=_json_text) if key in _JSON_FIELDS else value for key, value in fields.items()}
+        params.update({f"idem_{key}": value for key, value in idempotency.items()})
+        try:
+            self.connection.execute(_DIRECT_RECORD_SQL[table_name], params, prepare=True)
+        except psycopg.errors.UniqueViolation as error:
+            raise DuplicateKey(str(error)) from error
+        return SimpleNamespace(**fields)
+
+    def idempotency(self, terminal_id: str, request_id: str) -> Any:
+        cursor = self.connection.cursor(row_factory=namedtuple_row)
+        return cursor.execute(_DIRECT_IDEMPOTENCY_SQL, (terminal_id, request_id), prepare=True).fetchone()
+
+
+class DirectUnitOfWork:
+    """A single-statement unit of work on PostgreSQL: one autocommit driver connection per thread."""
+
+    def __init__(self, connections: _DirectConnections) -> None:
+        self._connections = connections
+        self.session = None  # no transaction for a counter store to join: each statement commits itself
+
+    def __enter__(self) -> DirectUnitOfWork:
+        self.repo = DirectRepository(self._connections.get())
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            self._connections.discard()  # broken: the next unit of work connects afresh
+
+    def commit(self) -> None:
+        """Nothing to do: the one statement committed itself."""
+
+
+class _DirectConnections:
+    """One autocommit psycopg connection per thread and process, opened on first use."""
+
+    def __init__(self, url: str) -> None:
+        self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._opened: list[tuple[int, psycopg.Connection[Any]]] = []
+
+    def get(self) -> psycopg.Connection[Any]:
+        connection: psycopg.Connection[Any] | None = getattr(self._local, "connection", None)
+        if connection is None or connection.closed or self._local.pid != os.getpid():
+            connection = psycopg.connect(self._conninfo, autocommit=True)
+            self._local.connection, self._local.pid = connection, os.getpid()
+            with self._lock:
+                self._opened = [(pid, opened) for pid, opened in self._opened if not opened.closed] + [(os.getpid(), connection)]
+        return connection
+
+    def discard(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None and self._local.pid == os.getpid():
+            connection.close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for pid, connection in opened:
+            if pid == os.getpid():  # a connection inherited across a fork belongs to the parent
+                connection.close()
+
+
+def _direct_record_sql(table: Table) -> str:
+    row_columns = ", ".join(column.name for column in table.columns)
+    row_values = ", ".join(f"%(row_{column.name})s" for column in table.columns)
+    idem_columns = ", ".join(column.name for column in idempotency_records.columns)
+    idem_values = ", ".join(f"%(idem_{column.name})s" for column in idempotency_records.columns)
+    # Names from the schema, values as parameters.
+    return (
+        f"WITH recorded_row AS (INSERT INTO {table.name} ({row_columns}) VALUES ({row_values})) "  # noqa: S608
+        f"INSERT INTO {idempotency_records.name} ({idem_columns}) VALUES ({idem_values})"
+    )
+
+
+_DIRECT_RECORD_SQL = {table.name: _direct_record_sql(table) for table in (ledger, declines)}
+_DIRECT_IDEMPOTENCY_SQL = (  # names from the schema
+    f"SELECT {', '.join(column.name for column in idempotency_records.columns)} "  # noqa: S608
+    "FROM idempotency_records WHERE terminal_id = %s AND request_id = %s"
+)
+_JSON_FIELDS = frozenset(column.name for column in ledger.columns if isinstance(column.type, JSON))
 
 
 class Database:
@@ -203,14 +293,36 @@ class Database:
         self.is_postgresql = self.engine.dialect.name == "postgresql"
         database_path = make_url(self.url).database
         self.write_lock = SqliteWriteLock(database_path) if self.is_sqlite and database_path and database_path != ":memory:" else None
+        self._direct = _DirectConnections(self.url) if self.is_postgresql else None
 
-    def unit_of_work(self, *, single_statement: bool = False) -> UnitOfWork:
-        return UnitOfWork(self.engine, single_statement=single_statement, write_lock=self.write_lock)
+    def unit_of_work(self) -> UnitOfWork:
+        return UnitOfWork(self.engine, write_lock=self.write_lock)
+
+    def single_statement(self) -> DirectUnitOfWork | UnitOfWork:
+        """For one statement: on PostgreSQL an autocommit driver connection (one round trip), else a transaction."""
+        if self._direct is not None:
+            return DirectUnitOfWork(self._direct)
+        return self.unit_of_work()
 
     def dispose(self) -> None:
+        if self._direct is not None:
+            self._direct.close_all()
         self.engine.dispose()
         self.read_engine.dispose()
 
+
+_ALL_CARD_ROWS_SQL = (
+    "SELECT c.card_hash, c.card_id, c.last4, c.status, m.member_id, m.groups, m.in_service, m.annual_review_year, m.district "
+    "FROM cards AS c JOIN members AS m ON m.member_id = c.member_id ORDER BY {order}"
+)
+_OLDEST_RUNNING_XID_SQL = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+_CARD_CHANGES_SQL = """
+WITH snapshot AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin)
+SELECT snapshot.xmin, changes.seq, changes.card_hash
+FROM snapshot LEFT JOIN card_changes AS changes ON changes.xid >= %(cursor)s
+ORDER BY changes.seq
+LIMIT %(limit)s
+"""
 
 REGISTRY_FINGERPRINT_SQL = """
 SELECT md5(
@@ -239,6 +351,77 @@ class SqlRegistry:
     def card_holder(self, card_hash: str) -> CardHolder | None:
         with self.database.read_engine.connect() as connection:
             return Repository(connection).card_holder(card_hash)
+
+    def card_holders(self, card_hashes: list[str]) -> dict[str, CardHolder]:
+        with self.database.read_engine.connect() as connection:
+            return Repository(connection).card_holders(card_hashes)
+
+    def all_card_rows(self, batch_rows: int = 50_000) -> Iterator[CardRowTuple]:
+        """Every card with its member as a plain tuple (CARD_ROW_COLUMNS), in byte order of the card hash.
+
+        A million of them load in seconds only on the driver's own cursor: through
+        SQLAlchemy rows and CardHolder objects it takes five times as long.
+        """
+        if self.database.is_postgresql:
+            # A server-side cursor streams the rows; it needs a (read-only) transaction.
+            with self.database.engine.connect() as connection:
+                driver = connection.connection.driver_connection
+                assert driver is not None
+                with driver.cursor(name="all_card_rows") as cursor:
+                    cursor.itersize = batch_rows
+                    cursor.execute(_ALL_CARD_ROWS_SQL.format(order='c.card_hash COLLATE "C"'))
+                    yield from cursor
+            return
+        with self.database.read_engine.connect() as connection:
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            cursor = driver.cursor()
+            try:
+                cursor.execute(_ALL_CARD_ROWS_SQL.format(order="c.card_hash"))
+                while batch := cursor.fetchmany(batch_rows):
+                    for card_hash, card_id, last4, status, member_id, groups, in_service, year, district in batch:
+                        yield card_hash, card_id, last4, status, member_id, groups, bool(in_service), year, district
+            finally:
+                cursor.close()
+
+    def card_changes_cursor(self) -> int:
+        """Where to start reading `card_changes` so that no change committed from now on is missed."""
+        with self.database.read_engine.connect() as connection:
+            if self.database.is_postgresql:
+                return int(connection.exec_driver_sql(_OLDEST_RUNNING_XID_SQL).scalar_one())
+            return int(connection.exec_driver_sql("SELECT coalesce(max(seq), 0) FROM card_changes").scalar_one())
+
+    def card_changes(self, cursor: int, limit: int) -> tuple[list[tuple[int, str]], int]:
+        """Changes (seq, card hash) from `cursor` on, at most `limit`, and the cursor for the next call.
+
+        PostgreSQL hands out sequence numbers before commit, so a transaction may
+        commit after a later number is visible. The cursor is therefore the oldest
+        transaction still running (taken in the same snapshot as the rows), and a
+        change stays in the answers until every transaction older than it has
+        ended: a reader sees each change at least once and skips seqs it has seen.
+        On SQLite writers run one at a time, so seqs commit in order.
+        """
+        with self.database.read_engine.connect() as connection:
+            if self.database.is_postgresql:
+                rows = connection.exec_driver_sql(_CARD_CHANGES_SQL, {"cursor": cursor, "limit": limit}).all()
+                next_cursor = int(rows[0][0]) if rows else cursor
+                return [(int(seq), str(card_hash)) for _xmin, seq, card_hash in rows if seq is not None], next_cursor
+            rows = connection.exec_driver_sql(
+                "SELECT seq, card_hash FROM card_changes WHERE seq > ? ORDER BY seq LIMIT ?", (cursor, limit)
+            ).all()
+            changes = [(int(seq), str(card_hash)) for seq, card_hash in rows]
+            return changes, (changes[-1][0] if changes else cursor)
+
+    def prune_card_changes(self, older_than_s: int) -> None:
+        """Forget changes older than `older_than_s` seconds: every reader has long seen them."""
+        with self.database.read_engine.connect() as connection:
+            if self.database.is_postgresql:
+                sql = "DELETE FROM card_changes WHERE changed_at < CURRENT_TIMESTAMP - make_interval(secs => %(seconds)s)"
+                connection.exec_driver_sql(sql, {"seconds": int(older_than_s)})
+            else:
+                sql = "DELETE FROM card_changes WHERE changed_at < datetime('now', ?)"
+                connection.exec_driver_sql(sql, (f"-{int(older_than_s)} seconds",))
+            connection.commit()
 
     def all_terminals(self) -> list[Terminal]:
         with self.database.read_engine.connect() as connection:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     TypeDecorator,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -178,6 +179,25 @@ class CounterRow(Base):
 
     key: Mapped[str] = mapped_column(String(400), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class CardChangeRow(Base):
+    """A card whose holder record changed: the feed that keeps every worker's card directory current.
+
+    Written only by database triggers on `cards` and `members` (migration 0002),
+    whoever changes them: the engine, the CLI, or SQL typed by hand. `xid` is
+    the writing transaction's id on PostgreSQL (NULL on SQLite), which lets a
+    reader poll without missing a transaction that commits out of order.
+    """
+
+    __tablename__ = "card_changes"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    card_hash: Mapped[str] = mapped_column(String(64))
+    xid: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=False), server_default=func.current_timestamp())
+
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012  (a seq is never reused after a delete)
 
 
 Index("ix_ledger_entries_kind_recorded", LedgerEntryRow.kind, LedgerEntryRow.recorded_at)

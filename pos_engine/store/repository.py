@@ -15,7 +15,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from pos_engine.domain.registry import CardHolder, Merchant, Terminal
+from pos_engine.domain.registry import CardHolder, Merchant, Terminal, split_groups
 from pos_engine.service.errors import DuplicateKey
 from pos_engine.store.models import (
     CardRow,
@@ -37,20 +37,18 @@ idempotency_records = cast(Table, IdempotencyRow.__table__)
 
 _TERMINAL = select(terminals).where(terminals.c.terminal_id == bindparam("id"))
 _MERCHANT = select(merchants).where(merchants.c.merchant_id == bindparam("id"))
-_CARD_HOLDER = (
-    select(
-        cards.c.card_id,
-        cards.c.last4,
-        cards.c.status,
-        members.c.member_id,
-        members.c.groups,
-        members.c.in_service,
-        members.c.annual_review_year,
-        members.c.district,
-    )
-    .join_from(cards, members, cards.c.member_id == members.c.member_id)
-    .where(cards.c.card_hash == bindparam("card_hash"))
-)
+_CARD_HOLDER_BASE = select(
+    cards.c.card_id,
+    cards.c.last4,
+    cards.c.status,
+    members.c.member_id,
+    members.c.groups,
+    members.c.in_service,
+    members.c.annual_review_year,
+    members.c.district,
+).join_from(cards, members, cards.c.member_id == members.c.member_id)
+_CARD_HOLDER = _CARD_HOLDER_BASE.where(cards.c.card_hash == bindparam("card_hash"))
+_CARD_HOLDERS = _CARD_HOLDER_BASE.add_columns(cards.c.card_hash).where(cards.c.card_hash.in_(bindparam("hashes", expanding=True)))
 _IDEMPOTENCY = select(idempotency_records).where(
     idempotency_records.c.terminal_id == bindparam("terminal_id"), idempotency_records.c.request_id == bindparam("request_id")
 )
@@ -65,19 +63,6 @@ _ADJUSTMENTS = (
 _INSERT_ENTRY = insert(ledger)
 _INSERT_DECLINE = insert(declines)
 _INSERT_IDEMPOTENCY = insert(idempotency_records)
-
-
-def _record_statement(table: Table) -> Any:
-    """One statement that inserts a row of `table` and its idempotency record (PostgreSQL: a data-modifying CTE).
-
-    Both rows or neither: a clash on the idempotency key fails the whole statement.
-    """
-    row = insert(table).values({column.name: bindparam(f"row_{column.name}") for column in table.columns}).cte("recorded_row")
-    record = insert(idempotency_records).values({column.name: bindparam(f"idem_{column.name}") for column in idempotency_records.columns})
-    return record.add_cte(row)
-
-
-_RECORD = {"ledger_entries": _record_statement(ledger), "declines": _record_statement(declines)}
 
 
 def is_unique_violation(error: IntegrityError) -> bool:
@@ -95,16 +80,24 @@ def _insert(connection: Connection, statement: Any, fields: dict[str, Any]) -> N
         raise
 
 
-def split_groups(text: str) -> frozenset[str]:
-    return frozenset(group for group in (part.strip() for part in text.split(",")) if group)
+def _card_holder(row: Any) -> CardHolder:
+    return CardHolder(
+        card_id=row.card_id,
+        card_last4=row.last4,
+        card_status=row.status,
+        member_id=row.member_id,
+        member_groups=split_groups(row.groups),
+        in_service=row.in_service,
+        annual_review_year=row.annual_review_year,
+        district=row.district,
+    )
 
 
 class Repository:
     """Reads and appends through one connection (the unit of work's)."""
 
-    def __init__(self, connection: Connection, *, single_statement: bool = False) -> None:
+    def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        self.single_statement = single_statement
 
     # Registry lookups return frozen records, safe to cache across requests.
     def terminal(self, terminal_id: str) -> Terminal | None:
@@ -129,18 +122,13 @@ class Repository:
 
     def card_holder(self, card_hash: str) -> CardHolder | None:
         row = self.connection.execute(_CARD_HOLDER, {"card_hash": card_hash}).first()
-        if row is None:
-            return None
-        return CardHolder(
-            card_id=row.card_id,
-            card_last4=row.last4,
-            card_status=row.status,
-            member_id=row.member_id,
-            member_groups=split_groups(row.groups),
-            in_service=row.in_service,
-            annual_review_year=row.annual_review_year,
-            district=row.district,
-        )
+        return None if row is None else _card_holder(row)
+
+    def card_holders(self, card_hashes: list[str]) -> dict[str, CardHolder]:
+        """The holders of those cards that exist, by card hash, in one query."""
+        if not card_hashes:
+            return {}
+        return {row.card_hash: _card_holder(row) for row in self.connection.execute(_CARD_HOLDERS, {"hashes": card_hashes})}
 
     # Idempotency.
     def idempotency(self, terminal_id: str, request_id: str) -> Any:
@@ -171,18 +159,12 @@ class Repository:
         )
 
     def record(self, table_name: str, fields: dict[str, Any], idempotency: dict[str, Any]) -> Any:
-        """Append a ledger entry or decline (`table_name`) with its idempotency record, atomically.
+        """Append a ledger entry or decline (`table_name`) with its idempotency record, in the unit of work's transaction.
 
-        In a single-statement unit of work (PostgreSQL autocommit) both rows go in one
-        statement; otherwise two inserts inside the unit of work's transaction.
+        (A single-statement unit of work on PostgreSQL does it in one statement: `db.DirectRepository`.)
         """
-        if self.single_statement:
-            params = {f"row_{key}": value for key, value in fields.items()}
-            params.update({f"idem_{key}": value for key, value in idempotency.items()})
-            _insert(self.connection, _RECORD[table_name], params)
-        else:
-            _insert(self.connection, _INSERT_ENTRY if table_name == "ledger_entries" else _INSERT_DECLINE, fields)
-            _insert(self.connection, _INSERT_IDEMPOTENCY, idempotency)
+        _insert(self.connection, _INSERT_ENTRY if table_name == "ledger_entries" else _INSERT_DECLINE, fields)
+        _insert(self.connection, _INSERT_IDEMPOTENCY, idempotency)
         return SimpleNamespace(**fields)
 
     # Ledger.
