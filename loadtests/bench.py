@@ -51,7 +51,8 @@ from pos_engine.api.signing import sign
 
 ROOT = Path(__file__).resolve().parents[1]
 LUA = Path(__file__).with_name("wrk_requests.lua")
-STARTUP_TIMEOUT_S = 60.0
+STARTUP_TIMEOUT_S = 180.0
+READY_ANSWERS_IN_A_ROW = 20
 WARMUP_S = 3
 REQUESTS_PER_SECOND_GUESS_MAX = 6_000  # pre-signed requests per second of a phase
 MODERATE_CONNECTIONS = 8
@@ -161,14 +162,21 @@ def gunicorn(app: str, env: dict[str, str], workers: int, worker_class: str, thr
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            ready_in_a_row = 0
             while True:
                 if server.poll() is not None:
                     raise RuntimeError(f"gunicorn exited:\n{log_path.read_text()}")
                 try:
-                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    # Every worker loads its card directory after it starts; measure once all are ready
+                    # (a run of answers from the workers, picked at random by the kernel, all say so).
+                    health = httpx.get(url + "/healthz", timeout=1)
+                    ready_in_a_row = (
+                        ready_in_a_row + 1 if health.status_code == 200 and health.json().get("card_directory") != "loading" else 0
+                    )
+                    if ready_in_a_row >= READY_ANSWERS_IN_A_ROW:
                         break
                 except httpx.HTTPError:
-                    pass
+                    ready_in_a_row = 0
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"gunicorn did not start:\n{log_path.read_text()}")
                 time.sleep(0.2)

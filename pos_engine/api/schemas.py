@@ -16,6 +16,7 @@ from pos_engine.limits import (
 )
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:\-]+$"
+CARD_NUMBER_PATTERN = rf"^[0-9]{{{CARD_NUMBER_DIGITS_MIN},{CARD_NUMBER_DIGITS_MAX}}}$"
 
 
 class Fen(fields.Integer):
@@ -46,10 +47,7 @@ class AuthorisationRequestSchema(StrictSchema):
     request_id = request_id_field(required=True)
     card_number = fields.String(
         required=True,
-        validate=validate.Regexp(
-            rf"^[0-9]{{{CARD_NUMBER_DIGITS_MIN},{CARD_NUMBER_DIGITS_MAX}}}$",
-            error=f"must be {CARD_NUMBER_DIGITS_MIN} to {CARD_NUMBER_DIGITS_MAX} digits",
-        ),
+        validate=validate.Regexp(CARD_NUMBER_PATTERN, error=f"must be {CARD_NUMBER_DIGITS_MIN} to {CARD_NUMBER_DIGITS_MAX} digits"),
     )
     merchant_id = fields.String(required=True, validate=validate.Length(1, ID_CHARS_MAX))
     amount_fen = Fen(required=True, validate=validate.Range(1, AMOUNT_FEN_MAX))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace, TracebackType
@@ -232,6 +233,8 @@ class _DirectConnections:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._opened: list[tuple[int, psycopg.Connection[Any]]] = []
+        # Close what is still open when this is dropped without `close_all` (psycopg warns otherwise).
+        weakref.finalize(self, _close_connections, self._opened)
 
     def get(self) -> psycopg.Connection[Any]:
         connection: psycopg.Connection[Any] | None = getattr(self._local, "connection", None)
@@ -239,7 +242,7 @@ class _DirectConnections:
             connection = psycopg.connect(self._conninfo, autocommit=True)
             self._local.connection, self._local.pid = connection, os.getpid()
             with self._lock:
-                self._opened = [(pid, opened) for pid, opened in self._opened if not opened.closed] + [(os.getpid(), connection)]
+                self._opened[:] = [(pid, opened) for pid, opened in self._opened if not opened.closed] + [(os.getpid(), connection)]
         return connection
 
     def discard(self) -> None:
@@ -250,10 +253,14 @@ class _DirectConnections:
 
     def close_all(self) -> None:
         with self._lock:
-            opened, self._opened = self._opened, []
-        for pid, connection in opened:
-            if pid == os.getpid():  # a connection inherited across a fork belongs to the parent
-                connection.close()
+            _close_connections(self._opened)
+
+
+def _close_connections(opened: list[tuple[int, psycopg.Connection[Any]]]) -> None:
+    for pid, connection in opened:
+        if pid == os.getpid():  # a connection inherited across a fork belongs to the parent
+            connection.close()
+    opened.clear()
 
 
 def _direct_record_sql(table: Table) -> str:
