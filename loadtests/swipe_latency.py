@@ -75,6 +75,7 @@ def bench_authorise(label: str, database_url: str, redis_url: str | None, rulebo
     ctx = EngineContext(
         unit_of_work=database.unit_of_work,
         single_statement=database.single_statement,
+        swipe_transaction=database.swipe_transaction,
         registry=SqlRegistry(database),
         counters=counter_store_from_url(redis_url, database, namespace=f"bench-{uuid.uuid4().hex[:8]}"),
         rulebook=rulebook,

@@ -137,6 +137,7 @@ def make_context(database: Database, counters: Any, rulebook: Rulebook, clock: C
     return EngineContext(
         unit_of_work=database.unit_of_work,
         single_statement=database.single_statement,
+        swipe_transaction=database.swipe_transaction,
         registry=SqlRegistry(database),
         counters=counters,
         rulebook=rulebook,

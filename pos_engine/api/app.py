@@ -34,6 +34,7 @@ def build_context(settings: Settings) -> EngineContext:
     return EngineContext(
         unit_of_work=database.unit_of_work,
         single_statement=database.single_statement,
+        swipe_transaction=database.swipe_transaction,
         registry=SqlRegistry(database),
         counters=counter_store_from_url(settings.redis_url, database, namespace=settings.redis_namespace),
         rulebook=load_rulebook(settings.rules_dir),

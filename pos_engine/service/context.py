@@ -14,7 +14,7 @@ from pos_engine.domain.registry import CardHolder, Merchant, Terminal, card_hash
 from pos_engine.domain.rulebook import Rulebook
 from pos_engine.limits import LOOKUP_CACHE_TTL_S
 from pos_engine.service.cards import CardDirectory
-from pos_engine.service.ports import CounterStore, Registry, SingleStatementUnitOfWork, UnitOfWork
+from pos_engine.service.ports import CounterStore, Registry, SwipeUnitOfWork, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,11 @@ class EngineContext:
     clock: Clock
     card_key: bytes
     lookup_cache_ttl_s: float = LOOKUP_CACHE_TTL_S
-    # A swipe's one write (with Redis counters) and the wait for a duplicate; an ordinary unit of work if not given.
-    single_statement: Callable[[], SingleStatementUnitOfWork] | None = None
+    # Lighter units of work for recording a swipe, if the store has them (else `unit_of_work`):
+    # with a non-transactional counter store, one statement that commits itself (also used
+    # to read a stored answer); with a transactional one, the swipe's whole transaction.
+    single_statement: Callable[[], SwipeUnitOfWork] | None = None
+    swipe_transaction: Callable[[], SwipeUnitOfWork] | None = None
     snapshot: RegistrySnapshot | None = field(init=False)
     cards: CardDirectory | None = field(init=False)
 
@@ -103,8 +106,14 @@ class EngineContext:
         self.snapshot = RegistrySnapshot(self.registry, self.lookup_cache_ttl_s) if caching else None
         self.cards = CardDirectory(self.registry) if caching else None
 
-    def single_statement_work(self) -> SingleStatementUnitOfWork:
+    def single_statement_work(self) -> SwipeUnitOfWork:
         return self.single_statement() if self.single_statement is not None else self.unit_of_work()
+
+    def swipe_work(self) -> SwipeUnitOfWork:
+        """The unit of work a swipe is recorded in, for this counter store."""
+        if not self.counters.transactional:
+            return self.single_statement_work()
+        return self.swipe_transaction() if self.swipe_transaction is not None else self.unit_of_work()
 
     def start(self) -> None:
         """Start loading the card directory in this process (a worker after the fork); swipes start it too."""

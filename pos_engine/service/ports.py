@@ -83,8 +83,11 @@ class LedgerRepository(RecordRepository, Protocol):
     def all_counter_deltas(self, batch_rows: int = 10_000) -> Iterator[dict[str, Any]]: ...
 
 
-class SingleStatementUnitOfWork(Protocol):
-    """A unit of work that writes at most one statement (a swipe's record), which commits itself."""
+class SwipeUnitOfWork(Protocol):
+    """What recording a swipe needs: a repo that records it (or reads a stored answer), a session
+    for a transactional counter store to join, and commit. A store may offer a lighter one than
+    `UnitOfWork` (pos_engine.store.db: one autocommit statement on PostgreSQL, a driver-level
+    transaction on SQLite)."""
 
     @property
     def session(self) -> Any: ...
@@ -92,7 +95,7 @@ class SingleStatementUnitOfWork(Protocol):
     @property
     def repo(self) -> RecordRepository: ...
 
-    def __enter__(self) -> SingleStatementUnitOfWork: ...
+    def __enter__(self) -> SwipeUnitOfWork: ...
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None: ...
 

@@ -27,7 +27,7 @@ from pos_engine.limits import IDEMPOTENCY_WAIT_S_MAX, OCCURRED_AT_AHEAD_S_MAX, O
 from pos_engine.service import responses
 from pos_engine.service.context import EngineContext
 from pos_engine.service.errors import AlreadyClaimed, Conflict, DuplicateKey, Forbidden, NotFound, Unprocessable
-from pos_engine.service.ports import SingleStatementUnitOfWork, UnitOfWork
+from pos_engine.service.ports import SwipeUnitOfWork, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def authorise(
         if deltas and not transactional:
             ctx.counters.apply({key: -value for key, value in deltas.items()})
 
-    def work(uow: SingleStatementUnitOfWork) -> StoredResponse:
+    def work(uow: SwipeUnitOfWork) -> StoredResponse:
         recorded_at = ctx.clock.now()
         if plan is None:
             assert decline_code is not None
@@ -208,7 +208,7 @@ def authorise(
 
     try:
         # With Redis counters nothing else is written in the transaction: one statement records the swipe.
-        with ctx.unit_of_work() if transactional else ctx.single_statement_work() as uow:
+        with ctx.swipe_work() as uow:
             return work(uow)
     except (DuplicateKey, AlreadyClaimed):
         give_back()  # this attempt's caps, if it reserved any; the claim stays with the first attempt

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import threading
 import weakref
 from collections.abc import Iterator
@@ -68,14 +69,7 @@ def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event below issue BEGIN itself (pysqlite's own is deferred).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
+        configure_sqlite(dbapi_connection)
 
     if immediate:
 
@@ -87,6 +81,17 @@ def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
     # in autocommit, which WAL mode serves without touching the write lock.
 
     return engine
+
+
+def configure_sqlite(connection: sqlite3.Connection) -> None:
+    """WAL, synchronous=NORMAL, a busy timeout, foreign keys; BEGIN issued by us, not by pysqlite (deferred)."""
+    connection.isolation_level = None
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
 
 
 class SqliteWriteLock:
@@ -263,6 +268,103 @@ def _close_connections(opened: list[tuple[int, psycopg.Connection[Any]]]) -> Non
     opened.clear()
 
 
+class SqliteDirectRepository:
+    """A swipe's record on SQLite, on the driver connection: two inserts in the swipe's transaction.
+
+    Values go through the columns' own SQLAlchemy bind processors, so they are
+    stored exactly as the rest of the engine stores and reads them.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, dialect: Any) -> None:
+        self.connection = connection
+        self._dialect = dialect
+
+    def record(self, table_name: str, fields: dict[str, Any], idempotency: dict[str, Any]) -> Any:
+        for table, values in ((_TABLES[table_name], fields), (idempotency_records, idempotency)):
+            sql, processors = _sqlite_insert(table, self._dialect)
+            row = [values[name] if processor is None else processor(values[name]) for name, processor in processors]
+            try:
+                self.connection.execute(sql, row)
+            except sqlite3.IntegrityError as error:
+                if "UNIQUE constraint failed" in str(error):
+                    raise DuplicateKey(str(error)) from error
+                raise
+        return SimpleNamespace(**fields)
+
+    def idempotency(self, terminal_id: str, request_id: str) -> Any:
+        names = [column.name for column in idempotency_records.columns]
+        row = self.connection.execute(_SQLITE_IDEMPOTENCY_SQL, (terminal_id, request_id)).fetchone()
+        if row is None:
+            return None
+        values = {}
+        for column, value in zip(idempotency_records.columns, row, strict=True):
+            processor = column.type.dialect_impl(self._dialect).result_processor(self._dialect, None)
+            values[column.name] = value if processor is None else processor(value)
+        assert list(values) == names
+        return SimpleNamespace(**values)
+
+
+class SqliteSwipeTransaction:
+    """A swipe's transaction on SQLite on a per-thread driver connection: write lock, BEGIN IMMEDIATE, commit.
+
+    The same transaction as `UnitOfWork`, without SQLAlchemy's connection
+    checkout and statement machinery, which cost more than SQLite does here;
+    the SQL counter store joins it through `session` (the sqlite3 connection).
+    """
+
+    def __init__(self, database: Database, write_lock: SqliteWriteLock) -> None:
+        self._database = database
+        self._write_lock = write_lock
+
+    def __enter__(self) -> SqliteSwipeTransaction:
+        self._write_lock.__enter__()
+        try:
+            self.session = self._database.sqlite_driver_connection()
+            self.session.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._write_lock.__exit__()
+            raise
+        self.repo = SqliteDirectRepository(self.session, self._database.engine.dialect)
+        self._committed = False
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            if not self._committed and self.session.in_transaction:
+                self.session.rollback()
+        finally:
+            self._write_lock.__exit__()
+
+    def commit(self) -> None:
+        try:
+            self.session.commit()
+        except sqlite3.IntegrityError as error:
+            self.session.rollback()
+            if "UNIQUE constraint failed" in str(error):
+                raise DuplicateKey(str(error)) from error
+            raise
+        self._committed = True
+
+
+_TABLES = {table.name: table for table in (ledger, declines)}
+_SQLITE_IDEMPOTENCY_SQL = (  # names from the schema
+    f"SELECT {', '.join(column.name for column in idempotency_records.columns)} "  # noqa: S608
+    "FROM idempotency_records WHERE terminal_id = ? AND request_id = ?"
+)
+_SQLITE_INSERTS: dict[str, tuple[str, list[tuple[str, Any]]]] = {}
+
+
+def _sqlite_insert(table: Table, dialect: Any) -> tuple[str, list[tuple[str, Any]]]:
+    """The INSERT for `table` with qmark parameters, and each column's bind processor (or None), built once."""
+    found = _SQLITE_INSERTS.get(table.name)
+    if found is None:
+        names = [column.name for column in table.columns]
+        sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"  # noqa: S608  (schema names)
+        found = sql, [(column.name, column.type.dialect_impl(dialect).bind_processor(dialect)) for column in table.columns]
+        _SQLITE_INSERTS[table.name] = found
+    return found
+
+
 def _direct_record_sql(table: Table) -> str:
     row_columns = ", ".join(column.name for column in table.columns)
     row_values = ", ".join(f"%(row_{column.name})s" for column in table.columns)
@@ -301,9 +403,29 @@ class Database:
         database_path = make_url(self.url).database
         self.write_lock = SqliteWriteLock(database_path) if self.is_sqlite and database_path and database_path != ":memory:" else None
         self._direct = _DirectConnections(self.url) if self.is_postgresql else None
+        self._sqlite_local = threading.local()
 
     def unit_of_work(self) -> UnitOfWork:
         return UnitOfWork(self.engine, write_lock=self.write_lock)
+
+    def swipe_transaction(self) -> SqliteSwipeTransaction | UnitOfWork:
+        """A swipe's transaction with the SQL counter store: on an SQLite file, on the driver connection."""
+        if self.write_lock is not None:
+            return SqliteSwipeTransaction(self, self.write_lock)
+        return self.unit_of_work()
+
+    def sqlite_driver_connection(self) -> sqlite3.Connection:
+        """This thread's own sqlite3 connection (configured like every other), kept open for its life."""
+        local = self._sqlite_local
+        if getattr(local, "pid", None) != os.getpid():
+            # Outside the pool: a thread holds it for its life (closed when the thread ends).
+            database_path = make_url(self.url).database
+            assert database_path
+            local.connection = sqlite3.connect(database_path, check_same_thread=False)
+            configure_sqlite(local.connection)
+            local.pid = os.getpid()
+        connection: sqlite3.Connection = local.connection
+        return connection
 
     def single_statement(self) -> DirectUnitOfWork | UnitOfWork:
         """For one statement: on PostgreSQL an autocommit driver connection (one round trip), else a transaction."""

@@ -9,6 +9,7 @@ rollback undoes the reservation with the rest of the swipe.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
@@ -29,6 +30,7 @@ _PG_CREATE = pg_insert(counters_table).values(key=bindparam("key"), value=0).on_
 _pg_upsert = pg_insert(counters_table).values(key=bindparam("key"), value=bindparam("value"))
 _PG_UPSERT = _pg_upsert.on_conflict_do_update(index_elements=["key"], set_={"value": _pg_upsert.excluded.value})
 _sqlite_upsert = sqlite_insert(counters_table).values(key=bindparam("key"), value=bindparam("value"))
+_SQLITE_UPSERT_SQL = "INSERT INTO counters (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 _SQLITE_UPSERT = _sqlite_upsert.on_conflict_do_update(index_elements=["key"], set_={"value": _sqlite_upsert.excluded.value})
 
 
@@ -43,6 +45,9 @@ class SqlCounterStore:
     def _lock(self, session: Any, keys: list[str]) -> dict[str, int]:
         if not keys:
             return {}
+        if isinstance(session, sqlite3.Connection):  # a swipe's driver-level transaction (db.SqliteSwipeTransaction)
+            placeholders = ", ".join("?" for _ in keys)
+            return dict(session.execute(f"SELECT key, value FROM counters WHERE key IN ({placeholders})", keys))  # noqa: S608
         if self.database.is_postgresql:
             # Create missing rows first so that every key can be locked; sorted to avoid deadlocks.
             session.execute(_PG_CREATE, [{"key": key} for key in keys])
@@ -52,7 +57,9 @@ class SqlCounterStore:
         return {key: value for key, value in rows}
 
     def _write(self, session: Any, values: Mapping[str, int]) -> None:
-        if values:
+        if values and isinstance(session, sqlite3.Connection):
+            session.executemany(_SQLITE_UPSERT_SQL, list(values.items()))
+        elif values:
             statement = _PG_UPSERT if self.database.is_postgresql else _SQLITE_UPSERT
             session.execute(statement, [{"key": key, "value": value} for key, value in values.items()])
 

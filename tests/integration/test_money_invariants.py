@@ -112,7 +112,7 @@ def test_a_crash_before_the_ledger_commit_leaves_no_reservation_behind(any_backe
     ctx, terminal = setup(any_backend, capped_subsidy_rulebook(uses_max=7), clock)
     swipe(ctx, terminal, "req-1")
     before = any_backend.counters.snapshot()
-    from pos_engine.store.db import DirectRepository
+    from pos_engine.store.db import DirectRepository, SqliteDirectRepository
     from pos_engine.store.repository import Repository
 
     def crash(*_args: Any, **_kwargs: Any) -> None:
@@ -120,6 +120,7 @@ def test_a_crash_before_the_ledger_commit_leaves_no_reservation_behind(any_backe
 
     monkeypatch.setattr(Repository, "record", crash)
     monkeypatch.setattr(DirectRepository, "record", crash)  # PostgreSQL + Redis: one statement on the driver
+    monkeypatch.setattr(SqliteDirectRepository, "record", crash)  # SQLite: the swipe's transaction on the driver
     with pytest.raises(RuntimeError):
         swipe(ctx, terminal, "req-2")
     monkeypatch.undo()

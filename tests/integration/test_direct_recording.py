@@ -1,0 +1,122 @@
+"""The swipe path's driver-level writes store exactly what the SQLAlchemy path stores and reads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from pos_engine.service.errors import DuplicateKey
+from pos_engine.store.db import Database
+from tests.conftest import Backend
+
+SHANGHAI = timezone(timedelta(hours=8))
+
+
+def _fields(entry_id: str, request_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    occurred = datetime(2026, 11, 29, 12, 30, 15, 123456, tzinfo=SHANGHAI)  # stored as UTC
+    fields = {
+        "entry_id": entry_id,
+        "kind": "authorisation",
+        "authorisation_id": entry_id,
+        "terminal_id": "t-1",
+        "request_id": request_id,
+        "merchant_id": "m-1",
+        "card_id": "card-1",
+        "card_last4": "0001",
+        "amount_fen": 10_000,
+        "discount_fen": 500,
+        "subsidy_fen": 950,
+        "payable_fen": 8_550,
+        "occurred_at": occurred,
+        "recorded_at": occurred + timedelta(seconds=1),
+        "rules_version": "v-1",
+        "benefits": [{"campaign_id": "c", "rule_id": "r", "kind": "subsidy", "amount_fen": 950, "funders": {"city": 950}}],
+        "counter_deltas": {"rule:c/r:card:card-1:month:2026-11:fen": 950, "rule:c/r:card:card-1:month:2026-11:uses": 1},
+    }
+    idempotency = {
+        "terminal_id": "t-1",
+        "request_id": request_id,
+        "request_hash": "h" * 64,
+        "status_code": 200,
+        "response_body": b'{"status":"approved"}',
+        "resource_id": entry_id,
+        "created_at": occurred + timedelta(seconds=1),
+    }
+    return fields, idempotency
+
+
+def _row(database: Database, entry_id: str) -> dict[str, Any]:
+    with database.unit_of_work() as uow:
+        row = uow.repo.authorisation(entry_id)
+        assert row is not None
+        return {key: value for key, value in row._asdict().items() if key not in ("entry_id", "authorisation_id", "request_id")}
+
+
+def _stored(database: Database, entry_id: str) -> tuple[Any, ...]:
+    """The stored values as the database holds them, without any type processing."""
+    with database.engine.connect() as connection:
+        ledger_row = connection.exec_driver_sql(
+            "SELECT occurred_at, recorded_at, benefits, counter_deltas, amount_fen FROM ledger_entries WHERE entry_id = "
+            + ("?" if database.is_sqlite else "%(id)s"),
+            (entry_id,) if database.is_sqlite else {"id": entry_id},
+        ).one()
+        idempotency_row = connection.exec_driver_sql(
+            "SELECT created_at, response_body, status_code FROM idempotency_records WHERE resource_id = "
+            + ("?" if database.is_sqlite else "%(id)s"),
+            (entry_id,) if database.is_sqlite else {"id": entry_id},
+        ).one()
+    return (*ledger_row, *(bytes(value) if isinstance(value, bytes | memoryview) else value for value in idempotency_row))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "pg_redis"])
+def test_a_swipe_recorded_on_the_driver_reads_back_as_one_recorded_through_sqlalchemy(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Any
+) -> None:
+    from tests.conftest import open_backend
+
+    with open_backend(kind, request, tmp_path) as backend:
+        database = backend.database
+        lighter = database.swipe_transaction if kind == "sqlite" else database.single_statement
+        assert type(lighter()).__name__ in ("SqliteSwipeTransaction", "DirectUnitOfWork")  # the path under test
+        fields, idempotency = _fields("au_direct", "req-direct")
+        with lighter() as uow:
+            uow.repo.record("ledger_entries", fields, idempotency)
+            uow.commit()
+        fields, idempotency = _fields("au_orm", "req-orm")
+        with database.unit_of_work() as uow:
+            uow.repo.record("ledger_entries", fields, idempotency)
+            uow.commit()
+
+        direct, orm = _row(database, "au_direct"), _row(database, "au_orm")
+        assert direct == orm
+        assert _stored(database, "au_direct") == _stored(database, "au_orm")  # the same bytes in the database, too
+        assert direct["occurred_at"] == datetime(2026, 11, 29, 4, 30, 15, 123456, tzinfo=UTC)
+        with lighter() as uow:
+            stored = uow.repo.idempotency("t-1", "req-direct")
+        with database.unit_of_work() as uow:
+            expected = uow.repo.idempotency("t-1", "req-direct")
+        assert (stored.request_hash, stored.status_code, bytes(stored.response_body), stored.created_at) == (
+            expected.request_hash,
+            expected.status_code,
+            bytes(expected.response_body),
+            expected.created_at,
+        )
+
+        # A repeat of the request id is refused as a duplicate, and nothing of it is kept.
+        fields, idempotency = _fields("au_again", "req-direct")
+        with pytest.raises(DuplicateKey), lighter() as uow:
+            uow.repo.record("ledger_entries", fields, idempotency)
+            uow.commit()
+        with database.unit_of_work() as uow:
+            assert uow.repo.authorisation("au_again") is None
+
+
+def test_the_sqlite_swipe_transaction_rolls_back_unless_committed(backend: Backend) -> None:
+    # On PostgreSQL the swipe transaction is the ordinary unit of work, which the money tests cover.
+    fields, idempotency = _fields("au_dropped", "req-dropped")
+    with backend.database.swipe_transaction() as uow:
+        uow.repo.record("ledger_entries", fields, idempotency)
+    with backend.database.unit_of_work() as uow:
+        assert uow.repo.authorisation("au_dropped") is None
