@@ -728,6 +728,10 @@ class RowWriter:
                 count += len(batch)
         return count
 
+    def forget_card_changes(self) -> None:
+        with self.database.engine.begin() as connection:
+            connection.execute(text("TRUNCATE card_changes" if self.database.is_postgresql else "DELETE FROM card_changes"))
+
     def analyse(self) -> None:
         start = time.perf_counter()
         with self.database.engine.begin() as connection:
@@ -1067,6 +1071,8 @@ def build_world(
         step = time.perf_counter()
         RedisCounterStore.from_url(redis_url, namespace=redis_namespace).replace_all(nonzero)
         log(f"  redis: {len(nonzero):,} counters replaced in namespace {redis_namespace!r} in {time.perf_counter() - step:.1f} s")
+    # The card_changes triggers logged every card just written; a new world has no reader to tell.
+    writer.forget_card_changes()
     if database.is_postgresql:
         writer.analyse()
     database.dispose()

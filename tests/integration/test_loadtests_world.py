@@ -29,7 +29,7 @@ from pos_engine.rules_loader import load_rulebook, run_examples
 from pos_engine.service.context import EngineContext
 from pos_engine.service.counters import counters_from_ledger, reconcile_counters
 from pos_engine.store.db import Database
-from pos_engine.store.models import CardRow, DeclineRow, LedgerEntryRow, MemberRow, MerchantRow, TerminalRow
+from pos_engine.store.models import CardChangeRow, CardRow, DeclineRow, LedgerEntryRow, MemberRow, MerchantRow, TerminalRow
 from pos_engine.store.sql_counters import SqlCounterStore
 from tests.conftest import PG_ADMIN_DSN
 from tests.helpers import CARD_KEY, SignedClient, make_context
@@ -120,6 +120,8 @@ def test_the_registry_holds_what_was_asked_for(built: BuiltWorld) -> None:
         assert session.scalar(select(func.count()).select_from(CardRow)) == SMALL_WORLD["cards"]
         assert session.scalar(select(func.count()).select_from(MerchantRow)) == SMALL_WORLD["merchants"]
         assert session.scalar(select(func.count()).select_from(TerminalRow)) == SMALL_WORLD["merchants"]
+        # The triggers logged every card written; a fresh world leaves no change for a card directory to replay.
+        assert session.scalar(select(func.count()).select_from(CardChangeRow)) == 0
         card = session.get_one(CardRow, worldgen.card_id(7))
         listed = built.world["terminals"][0]
         terminal = session.get_one(TerminalRow, listed["terminal_id"])
