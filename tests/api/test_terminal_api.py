@@ -371,3 +371,27 @@ def test_a_counter_store_outage_is_a_503_and_records_nothing(
     assert state(backend) == before
     monkeypatch.undo()
     assert terminal.authorise(CARD, 10_000, "req-1").get_json()["status"] == "approved"  # the retry goes through
+
+
+@pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)  # SQLite has no server connection to lose
+def test_a_database_connection_lost_on_the_swipe_write_is_a_503_and_the_retry_reconnects(
+    terminal: SignedClient, context: EngineContext, backend: Backend
+) -> None:
+    """PostgreSQL + Redis write a swipe on a per-thread driver connection; a broken one is dropped, caps given back."""
+    import psycopg
+
+    terminal.authorise(CARD, 10_000, "req-warm")  # opens this thread's connection
+    before = state(backend)
+    direct = backend.database._direct
+    assert direct is not None
+    victim = direct.get().info.backend_pid
+    with psycopg.connect(backend.url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (victim,))
+    response = terminal.authorise(CARD, 10_000, "req-1")
+    assert response.status_code == 503
+    assert response.get_json()["code"] == "unavailable"
+    assert state(backend) == before  # nothing recorded, the reservation given back, no claim left
+    retried = terminal.authorise(CARD, 10_000, "req-1")
+    assert retried.status_code == 200
+    assert retried.get_json()["status"] == "approved"
+    assert direct.get().info.backend_pid != victim

@@ -72,3 +72,59 @@ def test_fifty_swipes_across_three_workers_subsidise_exactly_seven(tmp_path: Pat
         reconcile = run_cli(engine.env, "counters", "reconcile", check=False)
         assert reconcile.returncode == 0, reconcile.stdout + reconcile.stderr
         assert "agree" in reconcile.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "pg_redis"])
+def test_a_card_reported_lost_is_declined_by_every_worker_within_seconds(tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
+    """Each worker holds every card in memory; a change made in the database reaches all of them at the next poll."""
+    import time
+
+    from sqlalchemy import create_engine, text
+
+    from pos_engine.config import DEMO_CARD_KEY
+    from pos_engine.domain.registry import card_hash
+    from pos_engine.store.db import normalise_url
+
+    options: dict[str, Any] = {}
+    if kind == "pg_redis":
+        request.getfixturevalue("redis_client")
+        options = {"database_url": request.getfixturevalue("pg_url"), "redis_url": "redis://127.0.0.1:6379/0"}
+    with live_engine(tmp_path, workers=3, **options) as engine, httpx.Client(timeout=10) as health:
+        ready_in_a_row = 0
+        deadline = time.monotonic() + 60
+        while ready_in_a_row < 30 and time.monotonic() < deadline:  # answers from all three workers, picked by the kernel
+            ready = health.get(engine.base_url + "/healthz").json().get("card_directory") == "ready"
+            ready_in_a_row = ready_in_a_row + 1 if ready else 0
+        assert ready_in_a_row >= 30, "the card directories did not load"
+        terminal = engine.terminal(0)
+        card = engine.credentials["cards"]["usable"][0]
+
+        def swipe(request_id: str) -> dict[str, Any]:
+            with httpx.Client(timeout=10) as client:  # a new connection: any worker may answer
+                body = {
+                    "request_id": request_id,
+                    "card_number": card,
+                    "merchant_id": terminal["merchant_id"],
+                    "amount_fen": 5000,
+                    "occurred_at": datetime.now(UTC).isoformat(),
+                }
+                response = engine.signed_post(client, terminal, "/v1/authorisations", body)
+                assert response.status_code == 200, response.text
+                return response.json()  # type: ignore[no-any-return]
+
+        assert swipe("before-1")["decline_code"] != "card_inactive"
+        database = create_engine(normalise_url(engine.env["POS_ENGINE_DATABASE_URL"]))
+        with database.begin() as connection:
+            connection.execute(
+                text("UPDATE cards SET status = 'lost' WHERE card_hash = :hash"), {"hash": card_hash(DEMO_CARD_KEY.encode(), card)}
+            )
+        database.dispose()
+        lost_at = time.monotonic()
+        declined_in_a_row, index = 0, 0
+        while declined_in_a_row < 12 and time.monotonic() - lost_at < 10:
+            index += 1
+            declined = swipe(f"after-{index}")["decline_code"] == "card_inactive"
+            declined_in_a_row = declined_in_a_row + 1 if declined else 0
+        assert declined_in_a_row >= 12
+        assert time.monotonic() - lost_at < 5  # about a second of polling, plus the swipes themselves
