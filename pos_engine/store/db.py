@@ -404,6 +404,8 @@ class Database:
         self.write_lock = SqliteWriteLock(database_path) if self.is_sqlite and database_path and database_path != ":memory:" else None
         self._direct = _DirectConnections(self.url) if self.is_postgresql else None
         self._sqlite_local = threading.local()
+        self._sqlite_lock = threading.Lock()
+        self._sqlite_opened: list[tuple[int, sqlite3.Connection]] = []
 
     def unit_of_work(self) -> UnitOfWork:
         return UnitOfWork(self.engine, write_lock=self.write_lock)
@@ -424,6 +426,8 @@ class Database:
             local.connection = sqlite3.connect(database_path, check_same_thread=False)
             configure_sqlite(local.connection)
             local.pid = os.getpid()
+            with self._sqlite_lock:
+                self._sqlite_opened.append((os.getpid(), local.connection))
         connection: sqlite3.Connection = local.connection
         return connection
 
@@ -436,6 +440,12 @@ class Database:
     def dispose(self) -> None:
         if self._direct is not None:
             self._direct.close_all()
+        with self._sqlite_lock:
+            for pid, connection in self._sqlite_opened:
+                if pid == os.getpid():
+                    connection.close()
+            self._sqlite_opened.clear()
+        self._sqlite_local = threading.local()
         self.engine.dispose()
         self.read_engine.dispose()
 
