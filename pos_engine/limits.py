@@ -14,6 +14,7 @@ OCCURRED_AT_BEHIND_S_MAX = 24 * 3600  # and at most this far in the past
 LOOKUP_CACHE_TTL_S = 5.0  # a merchant or terminal change reaches every worker within this (0: no caching at all)
 CARD_CHANGES_POLL_S = 1.0  # a card or member change reaches every worker's card directory within about this
 CARD_CHANGES_RELOAD_MIN = 10_000  # this many changed cards at once (an import) rebuild the directory instead
+CARD_OVERLAY_MAX = 100_000  # changed cards held beside the directory's table before it is rebuilt
 CARD_CHANGES_KEEP_S = 24 * 3600  # the change feed keeps a day; readers are seconds behind
 IDEMPOTENCY_WAIT_S_MAX = 2.0  # how long a duplicate waits for the original to finish
 

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from typing import Protocol, TypeAlias
 
 from pos_engine.domain.registry import CardHolder, split_groups
-from pos_engine.limits import CARD_CHANGES_KEEP_S, CARD_CHANGES_POLL_S, CARD_CHANGES_RELOAD_MIN
+from pos_engine.limits import CARD_CHANGES_KEEP_S, CARD_CHANGES_POLL_S, CARD_CHANGES_RELOAD_MIN, CARD_OVERLAY_MAX
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,9 @@ class CardSource(Protocol):
 
     def all_card_rows(self) -> Iterator[CardRowTuple]: ...
 
-    def card_changes_cursor(self) -> int: ...
+    def card_changes_cursor(self) -> CardChangesCursor: ...
 
-    def card_changes(self, cursor: int, limit: int) -> tuple[list[tuple[int, str]], int]: ...
+    def card_changes(self, cursor: CardChangesCursor, limit: int) -> tuple[list[tuple[int, str]], CardChangesCursor]: ...
 
     def prune_card_changes(self, older_than_s: int) -> None: ...
 
@@ -57,6 +57,9 @@ class CardSource(Protocol):
 # A card holder as the store hands it over, in this order:
 CARD_ROW_COLUMNS = ("card_hash", "card_id", "last4", "status", "member_id", "groups", "in_service", "annual_review_year", "district")
 CardRowTuple: TypeAlias = tuple[str, str, str, str, str, str, bool, int | None, str]
+# Where a reader of the change feed stands: the newest seq read, and the writing transactions
+# still running when it was read (PostgreSQL; empty on SQLite). See SqlRegistry.card_changes.
+CardChangesCursor: TypeAlias = tuple[int, tuple[int, ...]]
 
 
 def holder_from_row(row: CardRowTuple) -> CardHolder:
@@ -166,15 +169,22 @@ class CardDirectory:
     whose change has been seen but not fetched, it asks the source directly.
     """
 
-    def __init__(self, source: CardSource, *, poll_s: float = CARD_CHANGES_POLL_S, reload_min: int = CARD_CHANGES_RELOAD_MIN) -> None:
+    def __init__(
+        self,
+        source: CardSource,
+        *,
+        poll_s: float = CARD_CHANGES_POLL_S,
+        reload_min: int = CARD_CHANGES_RELOAD_MIN,
+        overlay_max: int = CARD_OVERLAY_MAX,
+    ) -> None:
         self.source = source
         self.poll_s = poll_s
         self.reload_min = reload_min
+        self.overlay_max = overlay_max
         # The table and the cards changed since it was built (card hash -> CardHolder, None when
         # gone, or _ASK_SOURCE), swapped together so that a reader never pairs one with the other's.
         self._state: tuple[CardTable, dict[str, object]] | None = None
-        self._cursor = 0
-        self._seen: set[int] = set()  # seqs applied whose changes may be delivered again (PostgreSQL)
+        self._cursor: CardChangesCursor = (0, ())
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -193,7 +203,7 @@ class CardDirectory:
         with self._lock:
             if self._thread is not None and self._pid == os.getpid():
                 return
-            self._state, self._seen = None, set()
+            self._state = None
             self._pid = os.getpid()
             self._thread = threading.Thread(target=self._run, name="card-directory", daemon=True)
             self._thread.start()
@@ -217,7 +227,7 @@ class CardDirectory:
         started = time.monotonic()
         cursor = self.source.card_changes_cursor()
         table = CardTable(self.source.all_card_rows())
-        self._cursor, self._seen = cursor, set()
+        self._cursor = cursor
         self._state = (table, {})
         self.loaded_at = time.time()
         log.info("card directory: %d cards, %.0f MB, loaded in %.1f s", len(table), table.bytes_used / 1e6, time.monotonic() - started)
@@ -227,21 +237,19 @@ class CardDirectory:
         assert self._state is not None, "load first"
         overlay = self._state[1]
         changes, cursor = self.source.card_changes(self._cursor, self.reload_min + 1)
-        fresh = [(seq, card_hash) for seq, card_hash in changes if seq not in self._seen]
-        if len(changes) > self.reload_min or len(overlay) > self.reload_min:
-            # A bulk change (an import), or many changes over time: mark what we know of, then rebuild.
-            for _seq, card_hash in fresh:
+        if len(changes) > self.reload_min or len(overlay) > self.overlay_max:
+            # A bulk change (an import), or many over time: mark what we know of, then rebuild.
+            for _seq, card_hash in changes:
                 overlay[card_hash] = _ASK_SOURCE
             self.load()
-            return len(fresh)
-        hashes = sorted({card_hash for _seq, card_hash in fresh})
+            return len({card_hash for _seq, card_hash in changes})
+        hashes = sorted({card_hash for _seq, card_hash in changes})
         if hashes:
             for card_hash in hashes:
                 overlay[card_hash] = _ASK_SOURCE  # until fetched, swipes ask the database
             holders = self.source.card_holders(hashes)
             for card_hash in hashes:
                 overlay[card_hash] = holders.get(card_hash)
-        self._seen = {seq for seq, _card_hash in changes}
         self._cursor = cursor
         return len(hashes)
 

@@ -11,7 +11,7 @@ from pos_engine.domain.evaluation import Plan, StepOutcome
 from pos_engine.domain.registry import CardHolder, Merchant, Terminal
 
 if TYPE_CHECKING:
-    from pos_engine.service.cards import CardRowTuple
+    from pos_engine.service.cards import CardChangesCursor, CardRowTuple
 
 
 class Registry(Protocol):
@@ -29,10 +29,10 @@ class Registry(Protocol):
         """Every card holder as a tuple (pos_engine.service.cards.CARD_ROW_COLUMNS), in byte order of the card hash."""
         ...
 
-    def card_changes_cursor(self) -> int: ...
+    def card_changes_cursor(self) -> CardChangesCursor: ...
 
-    def card_changes(self, cursor: int, limit: int) -> tuple[list[tuple[int, str]], int]:
-        """Changed cards (seq, card hash) from `cursor` on, and the next cursor; a change may come twice."""
+    def card_changes(self, cursor: CardChangesCursor, limit: int) -> tuple[list[tuple[int, str]], CardChangesCursor]:
+        """Changed cards (seq, card hash) after `cursor`, at most `limit`, and the next cursor."""
         ...
 
     def prune_card_changes(self, older_than_s: int) -> None: ...

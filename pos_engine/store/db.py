@@ -23,7 +23,7 @@ from sqlalchemy.orm import sessionmaker
 
 from pos_engine.domain.registry import CardHolder, Merchant, Terminal
 from pos_engine.limits import SQLITE_BUSY_TIMEOUT_MS
-from pos_engine.service.cards import CardRowTuple
+from pos_engine.service.cards import CardChangesCursor, CardRowTuple
 from pos_engine.service.errors import DuplicateKey
 from pos_engine.store.repository import Repository, declines, idempotency_records, is_unique_violation, ledger
 
@@ -454,13 +454,19 @@ _ALL_CARD_ROWS_SQL = (
     "SELECT c.card_hash, c.card_id, c.last4, c.status, m.member_id, m.groups, m.in_service, m.annual_review_year, m.district "
     "FROM cards AS c JOIN members AS m ON m.member_id = c.member_id ORDER BY {order}"
 )
-_OLDEST_RUNNING_XID_SQL = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+_CARD_CHANGES_CURSOR_SQL = """
+SELECT coalesce((SELECT max(seq) FROM card_changes), 0),
+       ARRAY(SELECT xid::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) AS xid)
+"""
+# One statement, one snapshot: the rows and the transactions still running when they were read.
 _CARD_CHANGES_SQL = """
-WITH snapshot AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin)
-SELECT snapshot.xmin, changes.seq, changes.card_hash
-FROM snapshot LEFT JOIN card_changes AS changes ON changes.xid >= %(cursor)s
-ORDER BY changes.seq
-LIMIT %(limit)s
+SELECT ARRAY(SELECT xid::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) AS xid), changes.seq, changes.card_hash
+FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (
+  SELECT seq, card_hash FROM card_changes
+  WHERE seq > %(after)s OR xid = ANY(%(running)s::bigint[])
+  ORDER BY seq LIMIT %(limit)s
+) AS changes ON true
 """
 
 REGISTRY_FINGERPRINT_SQL = """
@@ -523,33 +529,39 @@ class SqlRegistry:
             finally:
                 cursor.close()
 
-    def card_changes_cursor(self) -> int:
+    def card_changes_cursor(self) -> CardChangesCursor:
         """Where to start reading `card_changes` so that no change committed from now on is missed."""
         with self.database.read_engine.connect() as connection:
             if self.database.is_postgresql:
-                return int(connection.exec_driver_sql(_OLDEST_RUNNING_XID_SQL).scalar_one())
-            return int(connection.exec_driver_sql("SELECT coalesce(max(seq), 0) FROM card_changes").scalar_one())
+                newest, running = connection.exec_driver_sql(_CARD_CHANGES_CURSOR_SQL).one()
+                return int(newest), tuple(int(xid) for xid in running)
+            return int(connection.exec_driver_sql("SELECT coalesce(max(seq), 0) FROM card_changes").scalar_one()), ()
 
-    def card_changes(self, cursor: int, limit: int) -> tuple[list[tuple[int, str]], int]:
-        """Changes (seq, card hash) from `cursor` on, at most `limit`, and the cursor for the next call.
+    def card_changes(self, cursor: CardChangesCursor, limit: int) -> tuple[list[tuple[int, str]], CardChangesCursor]:
+        """Changes (seq, card hash) after `cursor`, in seq order, at most `limit`, and the cursor for the next call.
 
         PostgreSQL hands out sequence numbers before commit, so a transaction may
-        commit after a later number is visible. The cursor is therefore the oldest
-        transaction still running (taken in the same snapshot as the rows), and a
-        change stays in the answers until every transaction older than it has
-        ended: a reader sees each change at least once and skips seqs it has seen.
-        On SQLite writers run one at a time, so seqs commit in order.
+        commit after a later number was already read. The cursor is therefore the
+        newest seq read plus the transactions still running when it was read
+        (`pg_snapshot_xip`, in the same snapshot as the rows): a change not read
+        yet either comes after that seq or belongs to one of those transactions.
+        Each change is read once, however long another transaction stays open.
+        On SQLite writers take turns, so seqs commit in order. When `limit` rows
+        come back, the caller must not assume it saw every change (reload).
         """
+        after, running = cursor
         with self.database.read_engine.connect() as connection:
             if self.database.is_postgresql:
-                rows = connection.exec_driver_sql(_CARD_CHANGES_SQL, {"cursor": cursor, "limit": limit}).all()
-                next_cursor = int(rows[0][0]) if rows else cursor
-                return [(int(seq), str(card_hash)) for _xmin, seq, card_hash in rows if seq is not None], next_cursor
-            rows = connection.exec_driver_sql(
-                "SELECT seq, card_hash FROM card_changes WHERE seq > ? ORDER BY seq LIMIT ?", (cursor, limit)
-            ).all()
-            changes = [(int(seq), str(card_hash)) for seq, card_hash in rows]
-            return changes, (changes[-1][0] if changes else cursor)
+                rows = connection.exec_driver_sql(_CARD_CHANGES_SQL, {"after": after, "running": list(running), "limit": limit}).all()
+                now_running = tuple(int(xid) for xid in rows[0][0]) if rows else running
+                changes = [(int(seq), str(card_hash)) for _running, seq, card_hash in rows if seq is not None]
+            else:
+                found = connection.exec_driver_sql(
+                    "SELECT seq, card_hash FROM card_changes WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+                ).all()
+                now_running, changes = (), [(int(seq), str(card_hash)) for seq, card_hash in found]
+        newest = max([after, *(seq for seq, _card_hash in changes)])
+        return changes, (newest, now_running)
 
     def prune_card_changes(self, older_than_s: int) -> None:
         """Forget changes older than `older_than_s` seconds: every reader has long seen them."""

