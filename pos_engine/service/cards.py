@@ -21,8 +21,6 @@ every worker within about `poll_s`.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from array import array
 from collections.abc import Iterable, Iterator
@@ -30,6 +28,7 @@ from typing import Protocol, TypeAlias
 
 from pos_engine.domain.registry import CardHolder, split_groups
 from pos_engine.limits import CARD_CHANGES_KEEP_S, CARD_CHANGES_POLL_S, CARD_CHANGES_RELOAD_MIN, CARD_OVERLAY_MAX
+from pos_engine.service.background import ProcessThread
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +184,7 @@ class CardDirectory:
         # gone, or _ASK_SOURCE), swapped together so that a reader never pairs one with the other's.
         self._state: tuple[CardTable, dict[str, object]] | None = None
         self._cursor: CardChangesCursor = (0, ())
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+        self.worker = ProcessThread("card-directory", self._run, before_start=self._forget)
         self._pruned_at = 0.0
         self.loaded_at: float | None = None
         self.last_error: str | None = None
@@ -198,15 +195,10 @@ class CardDirectory:
 
     def start(self) -> None:
         """Start loading in this process (a gunicorn worker, after the fork); idempotent."""
-        if self._thread is not None and self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._thread is not None and self._pid == os.getpid():
-                return
-            self._state = None
-            self._pid = os.getpid()
-            self._thread = threading.Thread(target=self._run, name="card-directory", daemon=True)
-            self._thread.start()
+        self.worker.ensure_started()
+
+    def _forget(self) -> None:
+        self._state = None  # a table inherited across a fork is not kept current in this process
 
     def get(self, card_hash: str) -> CardHolder | None:
         self.start()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +11,7 @@ from pos_engine.domain.clock import Clock
 from pos_engine.domain.registry import CardHolder, Merchant, Terminal, card_hash
 from pos_engine.domain.rulebook import Rulebook
 from pos_engine.limits import LOOKUP_CACHE_TTL_S
+from pos_engine.service.background import ProcessThread
 from pos_engine.service.cards import CardDirectory
 from pos_engine.service.ports import CounterStore, Registry, SwipeUnitOfWork, UnitOfWork
 
@@ -35,22 +34,9 @@ class RegistrySnapshot:
         self.refresh_s = refresh_s
         self.terminals: dict[str, Terminal] = {}
         self.merchants: dict[str, Merchant] = {}
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
         self._fingerprint: str | None = None
-
-    def _ensure_started(self) -> None:
-        # Started on first use, in the process that uses it (a gunicorn worker, after the fork).
-        if self._thread is not None and self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._thread is not None and self._pid == os.getpid():
-                return
-            self.reload()
-            self._pid = os.getpid()
-            self._thread = threading.Thread(target=self._run, name="registry-snapshot", daemon=True)
-            self._thread.start()
+        # Loaded and refreshed in the process that uses it (a gunicorn worker, after the fork).
+        self._refresher = ProcessThread("registry-snapshot", self._run, before_start=self.reload)
 
     def reload(self) -> None:
         # Skip the reload when the registry's fingerprint is unchanged: rebuilding some
@@ -73,11 +59,11 @@ class RegistrySnapshot:
                 log.exception("registry snapshot reload failed; keeping the previous one")
 
     def terminal(self, terminal_id: str) -> Terminal | None:
-        self._ensure_started()
+        self._refresher.ensure_started()
         return self.terminals.get(terminal_id) or self.registry.terminal(terminal_id)
 
     def merchant(self, merchant_id: str) -> Merchant | None:
-        self._ensure_started()
+        self._refresher.ensure_started()
         return self.merchants.get(merchant_id) or self.registry.merchant(merchant_id)
 
 

@@ -102,20 +102,13 @@ class SwipeUnitOfWork(Protocol):
     def commit(self) -> None: ...
 
 
-class UnitOfWork(Protocol):
-    """One database transaction that rolls back unless committed."""
-
-    @property
-    def session(self) -> Any: ...
+class UnitOfWork(SwipeUnitOfWork, Protocol):
+    """One database transaction that rolls back unless committed, with the whole repository."""
 
     @property
     def repo(self) -> LedgerRepository: ...
 
     def __enter__(self) -> UnitOfWork: ...
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None: ...
-
-    def commit(self) -> None: ...
 
 
 class CounterStore(Protocol):

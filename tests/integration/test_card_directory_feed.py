@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from sqlalchemy import text
 
 from pos_engine.domain.registry import card_hash
@@ -16,7 +14,7 @@ from tests.helpers import CARD_KEY, World
 def _directory(backend: Backend) -> CardDirectory:
     directory = CardDirectory(SqlRegistry(backend.database), poll_s=3600)
     directory.load()
-    directory._pid, directory._thread = os.getpid(), object()  # type: ignore[assignment]  # the test polls by hand
+    directory.worker.driven_by_hand()  # the test polls by hand
     return directory
 
 
@@ -98,7 +96,7 @@ def test_a_long_transaction_does_not_make_the_directory_reread_or_reload(pg_url:
             world.add_card(number)
         directory = CardDirectory(SqlRegistry(backend.database), poll_s=3600, reload_min=5)
         directory.load()
-        directory._pid, directory._thread = os.getpid(), object()  # type: ignore[assignment]
+        directory.worker.driven_by_hand()
         loads = []
         original_load = directory.load
         directory.load = lambda: (loads.append(1), original_load())[1]  # type: ignore[method-assign]

@@ -114,14 +114,14 @@ class FakeSource:
 def loaded(source: FakeSource, reload_min: int = 100) -> CardDirectory:
     directory = CardDirectory(source, poll_s=3600, reload_min=reload_min)
     directory.load()
-    directory._pid, directory._thread = __import__("os").getpid(), object()  # type: ignore[assignment]  # no background thread
+    directory.worker.driven_by_hand()  # no background thread
     return directory
 
 
 def test_the_directory_asks_the_registry_until_it_is_loaded_and_then_never() -> None:
     source = FakeSource(50)
     directory = CardDirectory(source, poll_s=3600)
-    directory._pid, directory._thread = __import__("os").getpid(), object()  # type: ignore[assignment]
+    directory.worker.driven_by_hand()
     card_hash = row(7)[0]
     assert directory.get(card_hash) == holder_from_row(row(7))
     assert source.single_lookups == 1
