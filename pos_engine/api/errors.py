@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from typing import Any
 
 import psycopg
@@ -120,8 +121,9 @@ def register_error_handlers(app: Flask) -> None:
     dependency_errors = (
         OperationalError,
         InterfaceError,
-        psycopg.OperationalError,
+        psycopg.OperationalError,  # the swipe path's driver-level statements (pos_engine.store.db)
         psycopg.InterfaceError,
+        sqlite3.OperationalError,  # ditto on SQLite: locked past the busy timeout, disk I/O
         redis.exceptions.ConnectionError,
         redis.exceptions.TimeoutError,
     )

@@ -395,3 +395,25 @@ def test_a_database_connection_lost_on_the_swipe_write_is_a_503_and_the_retry_re
     assert retried.status_code == 200
     assert retried.get_json()["status"] == "approved"
     assert direct.get().info.backend_pid != victim
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_an_sqlite_database_locked_past_its_timeout_is_a_503_and_records_nothing(
+    terminal: SignedClient, backend: Backend, monkeypatch: Any
+) -> None:
+    import sqlite3
+
+    from pos_engine.store.db import SqliteDirectRepository
+
+    before = state(backend)
+
+    def locked(*_args: Any, **_kwargs: Any) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(SqliteDirectRepository, "record", locked)
+    response = terminal.authorise(CARD, 10_000, "req-1")
+    assert response.status_code == 503
+    assert response.get_json()["code"] == "unavailable"
+    assert state(backend) == before  # the counters' reservation rolled back with the transaction
+    monkeypatch.undo()
+    assert terminal.authorise(CARD, 10_000, "req-1").get_json()["status"] == "approved"
