@@ -52,6 +52,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ from string import Template
 from typing import Any
 
 import orjson
+import redis
+import sqlalchemy.exc
 import yaml
 from sqlalchemy import Table, insert, text
 from sqlalchemy.engine import make_url
@@ -1144,7 +1147,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.cards < 1 or args.merchants < 1 or args.history_days < 1 or args.history_swipes < 0:
         parser.error("--cards, --merchants and --history-days must be positive, --history-swipes not negative")
-    result = build_world(
+    try:
+        result = _build_from_args(args)
+    except (sqlalchemy.exc.OperationalError, redis.exceptions.ConnectionError) as error:
+        # A database that does not exist (or a server that does not answer) is the commonest slip.
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        sys.exit(f"world: cannot reach the database or Redis: {reason}\n(create the database first, as loadtests/README.md shows)")
+    if not args.redis_url:
+        print(
+            "counters: the SQL `counters` table agrees with the ledger. To serve with Redis, first run\n"
+            f"  POS_ENGINE_DATABASE_URL={args.database_url} POS_ENGINE_RULES_DIR={result.rules_dir} "
+            "POS_ENGINE_REDIS_URL=redis://… POS_ENGINE_REDIS_NAMESPACE=… pos-engine counters rebuild"
+        )
+
+
+def _build_from_args(args: argparse.Namespace) -> Any:
+    return build_world(
         args.database_url,
         args.rules_out,
         cards=args.cards,
@@ -1158,12 +1176,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         redis_namespace=args.redis_namespace,
         yes_wipe=args.yes_wipe,
     )
-    if not args.redis_url:
-        print(
-            "counters: the SQL `counters` table agrees with the ledger. To serve with Redis, first run\n"
-            f"  POS_ENGINE_DATABASE_URL={args.database_url} POS_ENGINE_RULES_DIR={result.rules_dir} "
-            "POS_ENGINE_REDIS_URL=redis://… POS_ENGINE_REDIS_NAMESPACE=… pos-engine counters rebuild"
-        )
 
 
 if __name__ == "__main__":

@@ -207,6 +207,12 @@ def test_a_database_not_named_for_tests_is_not_wiped() -> None:
     worldgen.check_database_is_disposable("postgresql://postgres@127.0.0.1:5432/pos_engine_load", yes_wipe=False)
 
 
+def test_a_database_that_does_not_exist_gets_a_clear_message_not_a_traceback(pg_url: str, tmp_path: Path) -> None:
+    missing = pg_url.rsplit("/", 1)[0] + "/pos_engine_test_never_created"
+    with pytest.raises(SystemExit, match=r"cannot reach the database or Redis: .*does not exist"):
+        worldgen.main(["--database-url", missing, "--rules-out", str(tmp_path / "rules"), "--cards", "10"])
+
+
 @pytest.mark.slow
 def test_locust_runs_the_terminal_workload_against_gunicorn_without_failures(tmp_path: Path) -> None:
     with live_engine(tmp_path, workers=2) as engine:
