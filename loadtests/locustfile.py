@@ -10,7 +10,7 @@
      POS_ENGINE_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/pos_engine_load \\
      POS_ENGINE_RULES_DIR=var/load/rules POS_ENGINE_CARD_KEY=<world.json card_key> \\
      POS_ENGINE_REDIS_URL=redis://127.0.0.1:6379/1 POS_ENGINE_REDIS_NAMESPACE=load \\
-         sh -c 'pos-engine counters rebuild && gunicorn -w 4 -b 127.0.0.1:8080 pos_engine.wsgi:app'
+         sh -c 'pos-engine counters rebuild && gunicorn -c gunicorn.conf.py -b 127.0.0.1:8080 pos_engine.wsgi:app'
 3. Run headless for 60 s, writing CSV stats (from the repository root):
      locust -f loadtests/locustfile.py --headless -u 50 -r 10 -t 60s \\
          --host http://127.0.0.1:8080 --csv var/locust --only-summary
