@@ -1148,7 +1148,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.cards < 1 or args.merchants < 1 or args.history_days < 1 or args.history_swipes < 0:
         parser.error("--cards, --merchants and --history-days must be positive, --history-swipes not negative")
     try:
-        result = _build_from_args(args)
+        result = build_world(
+            args.database_url,
+            args.rules_out,
+            cards=args.cards,
+            merchants=args.merchants,
+            rules=args.rules,
+            history_days=args.history_days,
+            history_swipes=args.history_swipes,
+            seed=args.seed,
+            card_key=args.card_key,
+            redis_url=args.redis_url,
+            redis_namespace=args.redis_namespace,
+            yes_wipe=args.yes_wipe,
+        )
     except (sqlalchemy.exc.OperationalError, redis.exceptions.ConnectionError) as error:
         # A database that does not exist (or a server that does not answer) is the commonest slip.
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
@@ -1159,23 +1172,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"  POS_ENGINE_DATABASE_URL={args.database_url} POS_ENGINE_RULES_DIR={result.rules_dir} "
             "POS_ENGINE_REDIS_URL=redis://… POS_ENGINE_REDIS_NAMESPACE=… pos-engine counters rebuild"
         )
-
-
-def _build_from_args(args: argparse.Namespace) -> Any:
-    return build_world(
-        args.database_url,
-        args.rules_out,
-        cards=args.cards,
-        merchants=args.merchants,
-        rules=args.rules,
-        history_days=args.history_days,
-        history_swipes=args.history_swipes,
-        seed=args.seed,
-        card_key=args.card_key,
-        redis_url=args.redis_url,
-        redis_namespace=args.redis_namespace,
-        yes_wipe=args.yes_wipe,
-    )
 
 
 if __name__ == "__main__":

@@ -38,17 +38,21 @@ PRUNE_EVERY_S = 3600.0
 
 
 class CardSource(Protocol):
-    """What the directory reads (pos_engine.store.db.SqlRegistry)."""
+    """What the directory reads: the card part of the registry port (pos_engine.service.ports.Registry)."""
 
     def card_holder(self, card_hash: str) -> CardHolder | None: ...
 
     def card_holders(self, card_hashes: list[str]) -> dict[str, CardHolder]: ...
 
-    def all_card_rows(self) -> Iterator[CardRowTuple]: ...
+    def all_card_rows(self) -> Iterator[CardRowTuple]:
+        """Every card holder as a tuple (CARD_ROW_COLUMNS), in byte order of the card hash."""
+        ...
 
     def card_changes_cursor(self) -> CardChangesCursor: ...
 
-    def card_changes(self, cursor: CardChangesCursor, limit: int) -> tuple[list[tuple[int, str]], CardChangesCursor]: ...
+    def card_changes(self, cursor: CardChangesCursor, limit: int) -> tuple[list[tuple[int, str]], CardChangesCursor]:
+        """Changed cards (seq, card hash) after `cursor`, at most `limit`, and the next cursor."""
+        ...
 
     def prune_card_changes(self, older_than_s: int) -> None: ...
 
@@ -186,7 +190,6 @@ class CardDirectory:
         self._cursor: CardChangesCursor = (0, ())
         self.worker = ProcessThread("card-directory", self._run, before_start=self._forget)
         self._pruned_at = 0.0
-        self.loaded_at: float | None = None
         self.last_error: str | None = None
 
     @property
@@ -221,7 +224,6 @@ class CardDirectory:
         table = CardTable(self.source.all_card_rows())
         self._cursor = cursor
         self._state = (table, {})
-        self.loaded_at = time.time()
         log.info("card directory: %d cards, %.0f MB, loaded in %.1f s", len(table), table.bytes_used / 1e6, time.monotonic() - started)
 
     def poll(self) -> int:

@@ -5,37 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from pos_engine.domain.evaluation import Plan, StepOutcome
-from pos_engine.domain.registry import CardHolder, Merchant, Terminal
-
-if TYPE_CHECKING:
-    from pos_engine.service.cards import CardChangesCursor, CardRowTuple
+from pos_engine.domain.registry import Merchant, Terminal
+from pos_engine.service.cards import CardSource
 
 
-class Registry(Protocol):
-    """Registry lookups on the swipe path."""
+class Registry(CardSource, Protocol):
+    """Registry lookups on the swipe path: terminals and merchants here, card holders in CardSource."""
 
     def terminal(self, terminal_id: str) -> Terminal | None: ...
 
     def merchant(self, merchant_id: str) -> Merchant | None: ...
-
-    def card_holder(self, card_hash: str) -> CardHolder | None: ...
-
-    def card_holders(self, card_hashes: list[str]) -> dict[str, CardHolder]: ...
-
-    def all_card_rows(self) -> Iterator[CardRowTuple]:
-        """Every card holder as a tuple (pos_engine.service.cards.CARD_ROW_COLUMNS), in byte order of the card hash."""
-        ...
-
-    def card_changes_cursor(self) -> CardChangesCursor: ...
-
-    def card_changes(self, cursor: CardChangesCursor, limit: int) -> tuple[list[tuple[int, str]], CardChangesCursor]:
-        """Changed cards (seq, card hash) after `cursor`, at most `limit`, and the next cursor."""
-        ...
-
-    def prune_card_changes(self, older_than_s: int) -> None: ...
 
     def all_terminals(self) -> list[Terminal]: ...
 

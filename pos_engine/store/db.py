@@ -7,10 +7,10 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace, TracebackType
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 import psycopg
@@ -26,6 +26,13 @@ from pos_engine.limits import SQLITE_BUSY_TIMEOUT_MS
 from pos_engine.service.cards import CardChangesCursor, CardRowTuple
 from pos_engine.service.errors import DuplicateKey
 from pos_engine.store.repository import Repository, declines, idempotency_records, is_unique_violation, ledger
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Closable)  # a driver connection
 
 
 def is_sqlite(url: str) -> bool:
@@ -214,7 +221,7 @@ class DirectRepository:
 class DirectUnitOfWork:
     """A single-statement unit of work on PostgreSQL: one autocommit driver connection per thread."""
 
-    def __init__(self, connections: _DirectConnections) -> None:
+    def __init__(self, connections: _ThreadConnections[psycopg.Connection[Any]]) -> None:
         self._connections = connections
         self.session = None  # no transaction for a counter store to join: each statement commits itself
 
@@ -230,24 +237,31 @@ class DirectUnitOfWork:
         """Nothing to do: the one statement committed itself."""
 
 
-class _DirectConnections:
-    """One autocommit psycopg connection per thread and process, opened on first use."""
+class _ThreadConnections(Generic[C]):
+    """One driver connection per thread and process, opened on first use and kept for the thread's life.
 
-    def __init__(self, url: str) -> None:
-        self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    The swipe path's own connections, outside SQLAlchemy's pool: `connect` opens
+    one, `is_closed` says whether it broke. `close_all` closes every one this
+    process opened (those inherited across a fork belong to the parent).
+    """
+
+    def __init__(self, connect: Callable[[], C], is_closed: Callable[[C], bool]) -> None:
+        self._connect = connect
+        self._is_closed = is_closed
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._opened: list[tuple[int, psycopg.Connection[Any]]] = []
-        # Close what is still open when this is dropped without `close_all` (psycopg warns otherwise).
+        self._opened: list[tuple[int, C]] = []
+        # Close what is still open when this is dropped without `close_all` (drivers warn otherwise).
         weakref.finalize(self, _close_connections, self._opened)
 
-    def get(self) -> psycopg.Connection[Any]:
-        connection: psycopg.Connection[Any] | None = getattr(self._local, "connection", None)
-        if connection is None or connection.closed or self._local.pid != os.getpid():
-            connection = psycopg.connect(self._conninfo, autocommit=True)
+    def get(self) -> C:
+        connection: C | None = getattr(self._local, "connection", None)
+        if connection is None or self._local.pid != os.getpid() or self._is_closed(connection):
+            connection = self._connect()
             self._local.connection, self._local.pid = connection, os.getpid()
             with self._lock:
-                self._opened[:] = [(pid, opened) for pid, opened in self._opened if not opened.closed] + [(os.getpid(), connection)]
+                self._opened[:] = [(pid, opened) for pid, opened in self._opened if not self._is_closed(opened)]
+                self._opened.append((os.getpid(), connection))
         return connection
 
     def discard(self) -> None:
@@ -261,11 +275,19 @@ class _DirectConnections:
             _close_connections(self._opened)
 
 
-def _close_connections(opened: list[tuple[int, psycopg.Connection[Any]]]) -> None:
+def _close_connections(opened: list[tuple[int, Any]]) -> None:
     for pid, connection in opened:
-        if pid == os.getpid():  # a connection inherited across a fork belongs to the parent
+        if pid == os.getpid():
             connection.close()
     opened.clear()
+
+
+def _sqlite_is_closed(connection: sqlite3.Connection) -> bool:
+    try:
+        connection.total_changes  # noqa: B018  (raises ProgrammingError once closed)
+    except sqlite3.ProgrammingError:
+        return True
+    return False
 
 
 class SqliteDirectRepository:
@@ -281,10 +303,10 @@ class SqliteDirectRepository:
 
     def record(self, table_name: str, fields: dict[str, Any], idempotency: dict[str, Any]) -> Any:
         for table, values in ((_TABLES[table_name], fields), (idempotency_records, idempotency)):
-            sql, processors = _sqlite_insert(table, self._dialect)
+            processors = _processors(table, self._dialect, "bind")
             row = [values[name] if processor is None else processor(values[name]) for name, processor in processors]
             try:
-                self.connection.execute(sql, row)
+                self.connection.execute(_SQLITE_INSERT_SQL[table.name], row)
             except sqlite3.IntegrityError as error:
                 if "UNIQUE constraint failed" in str(error):
                     raise DuplicateKey(str(error)) from error
@@ -292,16 +314,13 @@ class SqliteDirectRepository:
         return SimpleNamespace(**fields)
 
     def idempotency(self, terminal_id: str, request_id: str) -> Any:
-        names = [column.name for column in idempotency_records.columns]
         row = self.connection.execute(_SQLITE_IDEMPOTENCY_SQL, (terminal_id, request_id)).fetchone()
         if row is None:
             return None
-        values = {}
-        for column, value in zip(idempotency_records.columns, row, strict=True):
-            processor = column.type.dialect_impl(self._dialect).result_processor(self._dialect, None)
-            values[column.name] = value if processor is None else processor(value)
-        assert list(values) == names
-        return SimpleNamespace(**values)
+        processors = _processors(idempotency_records, self._dialect, "result")
+        return SimpleNamespace(
+            **{name: value if processor is None else processor(value) for (name, processor), value in zip(processors, row, strict=True)}
+        )
 
 
 class SqliteSwipeTransaction:
@@ -312,25 +331,25 @@ class SqliteSwipeTransaction:
     the SQL counter store joins it through `session` (the sqlite3 connection).
     """
 
-    def __init__(self, database: Database, write_lock: SqliteWriteLock) -> None:
-        self._database = database
+    def __init__(self, connections: _ThreadConnections[sqlite3.Connection], write_lock: SqliteWriteLock, dialect: Any) -> None:
+        self._connections = connections
         self._write_lock = write_lock
+        self._dialect = dialect
 
     def __enter__(self) -> SqliteSwipeTransaction:
         self._write_lock.__enter__()
         try:
-            self.session = self._database.sqlite_driver_connection()
+            self.session = self._connections.get()
             self.session.execute("BEGIN IMMEDIATE")
         except BaseException:
             self._write_lock.__exit__()
             raise
-        self.repo = SqliteDirectRepository(self.session, self._database.engine.dialect)
-        self._committed = False
+        self.repo = SqliteDirectRepository(self.session, self._dialect)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         try:
-            if not self._committed and self.session.in_transaction:
+            if self.session.in_transaction:  # not committed
                 self.session.rollback()
         finally:
             self._write_lock.__exit__()
@@ -343,7 +362,6 @@ class SqliteSwipeTransaction:
             if "UNIQUE constraint failed" in str(error):
                 raise DuplicateKey(str(error)) from error
             raise
-        self._committed = True
 
 
 _TABLES = {table.name: table for table in (ledger, declines)}
@@ -351,18 +369,27 @@ _SQLITE_IDEMPOTENCY_SQL = (  # names from the schema
     f"SELECT {', '.join(column.name for column in idempotency_records.columns)} "  # noqa: S608
     "FROM idempotency_records WHERE terminal_id = ? AND request_id = ?"
 )
-_SQLITE_INSERTS: dict[str, tuple[str, list[tuple[str, Any]]]] = {}
+_PROCESSORS: dict[tuple[str, str], list[tuple[str, Any]]] = {}
 
 
-def _sqlite_insert(table: Table, dialect: Any) -> tuple[str, list[tuple[str, Any]]]:
-    """The INSERT for `table` with qmark parameters, and each column's bind processor (or None), built once."""
-    found = _SQLITE_INSERTS.get(table.name)
+def _processors(table: Table, dialect: Any, kind: str) -> list[tuple[str, Any]]:
+    """Each column's SQLAlchemy bind or result processor (or None) for `dialect`, built once per table."""
+    found = _PROCESSORS.get((table.name, kind))
     if found is None:
-        names = [column.name for column in table.columns]
-        sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"  # noqa: S608  (schema names)
-        found = sql, [(column.name, column.type.dialect_impl(dialect).bind_processor(dialect)) for column in table.columns]
-        _SQLITE_INSERTS[table.name] = found
+        found = []
+        for column in table.columns:
+            impl = column.type.dialect_impl(dialect)
+            found.append((column.name, impl.bind_processor(dialect) if kind == "bind" else impl.result_processor(dialect, None)))
+        _PROCESSORS[(table.name, kind)] = found
     return found
+
+
+def _sqlite_insert_sql(table: Table) -> str:
+    names = [column.name for column in table.columns]
+    return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"  # noqa: S608  (schema names)
+
+
+_SQLITE_INSERT_SQL = {table.name: _sqlite_insert_sql(table) for table in (ledger, declines, idempotency_records)}
 
 
 def _direct_record_sql(table: Table) -> str:
@@ -402,33 +429,28 @@ class Database:
         self.is_postgresql = self.engine.dialect.name == "postgresql"
         database_path = make_url(self.url).database
         self.write_lock = SqliteWriteLock(database_path) if self.is_sqlite and database_path and database_path != ":memory:" else None
-        self._direct = _DirectConnections(self.url) if self.is_postgresql else None
-        self._sqlite_local = threading.local()
-        self._sqlite_lock = threading.Lock()
-        self._sqlite_opened: list[tuple[int, sqlite3.Connection]] = []
+        conninfo = make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._direct = (
+            _ThreadConnections(lambda: psycopg.connect(conninfo, autocommit=True), lambda connection: connection.closed)
+            if self.is_postgresql
+            else None
+        )
+        self._sqlite_direct = _ThreadConnections(self._connect_sqlite, _sqlite_is_closed) if self.write_lock is not None else None
 
     def unit_of_work(self) -> UnitOfWork:
         return UnitOfWork(self.engine, write_lock=self.write_lock)
 
     def swipe_transaction(self) -> SqliteSwipeTransaction | UnitOfWork:
         """A swipe's transaction with the SQL counter store: on an SQLite file, on the driver connection."""
-        if self.write_lock is not None:
-            return SqliteSwipeTransaction(self, self.write_lock)
+        if self.write_lock is not None and self._sqlite_direct is not None:
+            return SqliteSwipeTransaction(self._sqlite_direct, self.write_lock, self.engine.dialect)
         return self.unit_of_work()
 
-    def sqlite_driver_connection(self) -> sqlite3.Connection:
-        """This thread's own sqlite3 connection (configured like every other), kept open for its life."""
-        local = self._sqlite_local
-        if getattr(local, "pid", None) != os.getpid():
-            # Outside the pool: a thread holds it for its life (closed when the thread ends).
-            database_path = make_url(self.url).database
-            assert database_path
-            local.connection = sqlite3.connect(database_path, check_same_thread=False)
-            configure_sqlite(local.connection)
-            local.pid = os.getpid()
-            with self._sqlite_lock:
-                self._sqlite_opened.append((os.getpid(), local.connection))
-        connection: sqlite3.Connection = local.connection
+    def _connect_sqlite(self) -> sqlite3.Connection:
+        database_path = make_url(self.url).database
+        assert database_path
+        connection = sqlite3.connect(database_path, check_same_thread=False)
+        configure_sqlite(connection)
         return connection
 
     def single_statement(self) -> DirectUnitOfWork | UnitOfWork:
@@ -438,14 +460,9 @@ class Database:
         return self.unit_of_work()
 
     def dispose(self) -> None:
-        if self._direct is not None:
-            self._direct.close_all()
-        with self._sqlite_lock:
-            for pid, connection in self._sqlite_opened:
-                if pid == os.getpid():
-                    connection.close()
-            self._sqlite_opened.clear()
-        self._sqlite_local = threading.local()
+        for connections in (self._direct, self._sqlite_direct):
+            if connections is not None:
+                connections.close_all()
         self.engine.dispose()
         self.read_engine.dispose()
 

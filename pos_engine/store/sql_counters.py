@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from pos_engine.domain.evaluation import Plan, StepOutcome, execute_plan
@@ -30,8 +31,11 @@ _PG_CREATE = pg_insert(counters_table).values(key=bindparam("key"), value=0).on_
 _pg_upsert = pg_insert(counters_table).values(key=bindparam("key"), value=bindparam("value"))
 _PG_UPSERT = _pg_upsert.on_conflict_do_update(index_elements=["key"], set_={"value": _pg_upsert.excluded.value})
 _sqlite_upsert = sqlite_insert(counters_table).values(key=bindparam("key"), value=bindparam("value"))
-_SQLITE_UPSERT_SQL = "INSERT INTO counters (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 _SQLITE_UPSERT = _sqlite_upsert.on_conflict_do_update(index_elements=["key"], set_={"value": _sqlite_upsert.excluded.value})
+# The same upsert as driver SQL (parameters: key, value), for a swipe's driver-level transaction.
+_sqlite_upsert_compiled = _SQLITE_UPSERT.compile(dialect=sqlite_dialect())
+assert _sqlite_upsert_compiled.positiontup == ["key", "value"], _sqlite_upsert_compiled.positiontup
+_SQLITE_UPSERT_SQL = str(_sqlite_upsert_compiled)
 
 
 class SqlCounterStore:
