@@ -6,12 +6,11 @@ import fcntl
 import os
 import sqlite3
 import threading
-import weakref
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace, TracebackType
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any
 
 import orjson
 import psycopg
@@ -27,15 +26,9 @@ from pos_engine.domain.registry import CardHolder, Merchant, Terminal
 from pos_engine.limits import SQLITE_BUSY_TIMEOUT_MS
 from pos_engine.service.cards import CardChangesCursor, CardRowTuple
 from pos_engine.service.errors import DuplicateKey
+from pos_engine.store.connections import ThreadConnections
 from pos_engine.store.models import UtcDateTime
 from pos_engine.store.repository import Repository, declines, idempotency_records, is_unique_violation, ledger
-
-
-class _Closable(Protocol):
-    def close(self) -> None: ...
-
-
-C = TypeVar("C", bound=_Closable)  # a driver connection
 
 
 def is_sqlite(url: str) -> bool:
@@ -222,7 +215,7 @@ class DirectRepository:
 class DirectUnitOfWork:
     """A single-statement unit of work on PostgreSQL: one autocommit driver connection per thread."""
 
-    def __init__(self, connections: _ThreadConnections[psycopg.Connection[Any]]) -> None:
+    def __init__(self, connections: ThreadConnections[psycopg.Connection[Any]]) -> None:
         self._connections = connections
         self.session = None  # no transaction for a counter store to join: each statement commits itself
 
@@ -236,51 +229,6 @@ class DirectUnitOfWork:
 
     def commit(self) -> None:
         """Nothing to do: the one statement committed itself."""
-
-
-class _ThreadConnections(Generic[C]):
-    """One driver connection per thread and process, opened on first use and kept for the thread's life.
-
-    The swipe path's own connections, outside SQLAlchemy's pool: `connect` opens
-    one, `is_closed` says whether it broke. `close_all` closes every one this
-    process opened (those inherited across a fork belong to the parent).
-    """
-
-    def __init__(self, connect: Callable[[], C], is_closed: Callable[[C], bool]) -> None:
-        self._connect = connect
-        self._is_closed = is_closed
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._opened: list[tuple[int, C]] = []
-        # Close what is still open when this is dropped without `close_all` (drivers warn otherwise).
-        weakref.finalize(self, _close_connections, self._opened)
-
-    def get(self) -> C:
-        connection: C | None = getattr(self._local, "connection", None)
-        if connection is None or self._local.pid != os.getpid() or self._is_closed(connection):
-            connection = self._connect()
-            self._local.connection, self._local.pid = connection, os.getpid()
-            with self._lock:
-                self._opened[:] = [(pid, opened) for pid, opened in self._opened if not self._is_closed(opened)]
-                self._opened.append((os.getpid(), connection))
-        return connection
-
-    def discard(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        self._local.connection = None
-        if connection is not None and self._local.pid == os.getpid():
-            connection.close()
-
-    def close_all(self) -> None:
-        with self._lock:
-            _close_connections(self._opened)
-
-
-def _close_connections(opened: list[tuple[int, Any]]) -> None:
-    for pid, connection in opened:
-        if pid == os.getpid():
-            connection.close()
-    opened.clear()
 
 
 def _sqlite_is_closed(connection: sqlite3.Connection) -> bool:
@@ -332,7 +280,7 @@ class SqliteSwipeTransaction:
     the SQL counter store joins it through `session` (the sqlite3 connection).
     """
 
-    def __init__(self, connections: _ThreadConnections[sqlite3.Connection], write_lock: SqliteWriteLock, dialect: Any) -> None:
+    def __init__(self, connections: ThreadConnections[sqlite3.Connection], write_lock: SqliteWriteLock, dialect: Any) -> None:
         self._connections = connections
         self._write_lock = write_lock
         self._dialect = dialect
@@ -518,9 +466,9 @@ class Database:
         self.write_lock = SqliteWriteLock(database_path) if self.is_sqlite and database_path and database_path != ":memory:" else None
         conninfo = make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
         self._direct = (
-            _ThreadConnections(lambda: _connect_direct(conninfo), lambda connection: connection.closed) if self.is_postgresql else None
+            ThreadConnections(lambda: _connect_direct(conninfo), lambda connection: connection.closed) if self.is_postgresql else None
         )
-        self._sqlite_direct = _ThreadConnections(self._connect_sqlite, _sqlite_is_closed) if self.write_lock is not None else None
+        self._sqlite_direct = ThreadConnections(self._connect_sqlite, _sqlite_is_closed) if self.write_lock is not None else None
 
     def unit_of_work(self) -> UnitOfWork:
         return UnitOfWork(self.engine, write_lock=self.write_lock)

@@ -36,10 +36,13 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
+from redis.connection import ConnectionPool
+from redis.exceptions import NoScriptError
 
 from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, Plan, StepOutcome
 from pos_engine.domain.money import BP_PER_WHOLE
 from pos_engine.service.errors import AlreadyClaimed
+from pos_engine.store.connections import ThreadConnections
 
 # Lua numbers are doubles: with amounts and limits at most 10^12 fen, every sum
 # and difference the script makes stays far below 2^53.
@@ -84,6 +87,45 @@ def _bounded(amount_fen: int) -> str:
     return str(amount_fen)
 
 
+class _Line:
+    """One thread's own connection to a single Redis server (redis-py reconnects it on next use after an error)."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        # Any: redis-py leaves the connection's methods unannotated.
+        self.connection: Any = pool.connection_class(**pool.connection_kwargs)
+
+    def close(self) -> None:
+        self.connection.disconnect()
+
+
+class _DirectScript:
+    """A script run on the calling thread's own connection: EVALSHA, and EVAL when the server lacks it.
+
+    redis-py's `Script` goes through the client's command machinery and its
+    connection pool (a lock and a readiness poll per checkout): for the one
+    round trip of every swipe that costs more CPU than packing, sending and
+    reading the reply (measured: docs/performance.md). Errors are redis-py's
+    own: its connection disconnects itself when a send or a read fails or is
+    interrupted, so no half-read reply is left behind, and the next call
+    reconnects. Nothing is retried: a reservation whose reply was lost may have
+    taken caps (the safe direction; `counters reconcile` shows it).
+    """
+
+    def __init__(self, script: Script, lines: ThreadConnections[_Line]) -> None:
+        self._sha = script.sha
+        self._source = script.script
+        self._lines = lines
+
+    def __call__(self, keys: list[str], args: list[str]) -> Any:
+        connection = self._lines.get().connection
+        connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+        try:
+            return connection.read_response()
+        except NoScriptError:  # a restarted or flushed server: EVAL loads it again
+            connection.send_command("EVAL", self._source, len(keys), *keys, *args)
+            return connection.read_response()
+
+
 class RedisCounterStore:
     """Counters in Redis (or Redis Cluster) under one hash-tagged namespace; not transactional."""
 
@@ -99,6 +141,12 @@ class RedisCounterStore:
         self.prefix = "{" + namespace + "}:"
         self._pattern = _glob_escape(self.prefix) + "*"
         self._reserve = _register(client, _lua("reserve.lua"))
+        # On a single server the swipe's script runs on a per-thread connection; a cluster routes through redis-py.
+        self._run_reserve: Any = (
+            _DirectScript(self._reserve, ThreadConnections(lambda: _Line(client.connection_pool), lambda _line: False))
+            if isinstance(client, redis.Redis)
+            else lambda keys, args: self._run(self._reserve, keys, args)
+        )
         self._apply = _register(client, _lua("apply.lua"))
         self._replace_all = _register(client, _lua("replace_all.lua"))
 
@@ -166,7 +214,7 @@ class RedisCounterStore:
         keys = [self._key(key) for key in key_indexes]
         if claim:
             keys.append(self._claim_key(claim))
-        reply = cast(list[int], self._run(self._reserve, keys, args))
+        reply = cast(list[int], self._run_reserve(keys, args))
         if reply == [-1]:
             raise AlreadyClaimed(claim or "")
         assert len(reply) == 3 * len(plan.steps), reply

@@ -277,30 +277,84 @@ def test_amounts_above_the_exact_bound_are_refused_before_calling_redis(store: R
     assert store.snapshot() == {}
 
 
-def test_reserve_is_one_round_trip(make_store: Callable[..., RedisCounterStore]) -> None:
+def _counting_client(commands: list[str]) -> redis.Redis[bytes]:
+    """A client whose connections (the pool's, and the store's own per-thread ones) record every command they send."""
+
+    class CountingConnection(redis.Connection):
+        def send_command(self, *args: Any, **kwargs: Any) -> None:
+            name = args[0]
+            commands.append(name.decode() if isinstance(name, bytes) else str(name))
+            super().send_command(*args, **kwargs)
+
+    pool = redis.ConnectionPool(connection_class=CountingConnection, host=REDIS_HOST, port=REDIS_PORT, socket_timeout=SOCKET_TIMEOUT_S)
+    return redis.Redis(connection_pool=pool)
+
+
+def _four_step_plan() -> Plan:
+    shared = uses_cap("shared", 10)
+    return Plan(
+        5_000,
+        tuple(PlanStep(make_rule(f"r{index}", fixed_fen=100), (shared, fen_cap(f"f{index}", 1_000))) for index in range(4)),
+        (),
+    )
+
+
+def test_reserve_is_one_round_trip() -> None:
     commands: list[str] = []
-
-    class CountingRedis(redis.Redis):  # type: ignore[type-arg]
-        def execute_command(self, *args: Any, **options: Any) -> Any:
-            commands.append(str(args[0]))
-            return super().execute_command(*args, **options)
-
-    client = CountingRedis(host=REDIS_HOST, port=REDIS_PORT, socket_timeout=SOCKET_TIMEOUT_S)
+    client = _counting_client(commands)
     try:
         store = RedisCounterStore(client, namespace=unique_namespace())
-        shared = uses_cap("shared", 10)
-        plan = Plan(
-            5_000,
-            tuple(PlanStep(make_rule(f"r{index}", fixed_fen=100), (shared, fen_cap(f"f{index}", 1_000))) for index in range(4)),
-            (),
-        )
-        store.reserve(plan)  # may load the script first, once per server
+        plan = _four_step_plan()
+        store.reserve(plan)  # connects (handshake commands), may load the script, once
+        store.read(["shared"])  # connects the pool's connection, which `apply` uses
         commands.clear()
         store.reserve(plan)
         assert commands == ["EVALSHA"]
         commands.clear()
         store.apply({"shared": -1, "f0": -100, "f1": 5})
         assert commands == ["EVALSHA"]
+    finally:
+        wipe(store)
+        client.close()
+
+
+def test_a_server_that_lost_its_scripts_gets_the_source_once(redis_client: redis.Redis[bytes]) -> None:
+    commands: list[str] = []
+    client = _counting_client(commands)
+    try:
+        store = RedisCounterStore(client, namespace=unique_namespace())
+        plan = _four_step_plan()
+        store.reserve(plan)
+        redis_client.script_flush()  # as after a restart without persistence
+        commands.clear()
+        assert [outcome.given_fen for outcome in store.reserve(plan)] == [100, 100, 100, 100]
+        assert commands == ["EVALSHA", "EVAL"]
+        commands.clear()
+        store.reserve(plan)
+        assert commands == ["EVALSHA"]
+        assert store.read(["shared", "f0"]) == {"shared": 10, "f0": 300}  # three reservations, the uses cap of 10 reached
+    finally:
+        wipe(store)
+        client.close()
+
+
+def test_a_connection_killed_under_the_reservation_fails_that_call_and_the_next_one_reconnects(
+    redis_client: redis.Redis[bytes],
+) -> None:
+    client = connect()
+    try:
+        store = RedisCounterStore(client, namespace=unique_namespace())
+        plan = _four_step_plan()
+        store.reserve(plan)
+        client_names = {entry["id"] for entry in redis_client.client_list()}
+        own_id = redis_client.client_id()
+        for client_id in client_names - {own_id}:
+            redis_client.client_kill_filter(_id=client_id)
+        with pytest.raises(redis.ConnectionError):
+            store.reserve(plan)
+        # Nothing half-read is left behind: the next call reconnects and reserves, and every reply is its own.
+        assert [outcome.given_fen for outcome in store.reserve(plan)] == [100, 100, 100, 100]
+        assert store.read(["shared"]) == {"shared": 8}
     finally:
         wipe(store)
         client.close()
