@@ -519,14 +519,7 @@ LEFT JOIN LATERAL (
 ) AS changes ON true
 """
 
-REGISTRY_FINGERPRINT_SQL = """
-SELECT md5(
-  coalesce((SELECT string_agg(concat_ws(':', terminal_id, merchant_id, status, md5(secret)), ',' ORDER BY terminal_id)
-            FROM terminals), '')
-  || '|' ||
-  coalesce((SELECT string_agg(concat_ws(':', merchant_id, name, category, district, status), ',' ORDER BY merchant_id)
-            FROM merchants), ''))
-"""
+REGISTRY_VERSION_SQL = "SELECT version FROM registry_version WHERE id = 1"  # raised by triggers (migration 0003)
 
 
 class SqlRegistry:
@@ -633,8 +626,10 @@ class SqlRegistry:
             return Repository(connection).all_merchants()
 
     def fingerprint(self) -> str | None:
-        """On PostgreSQL, an md5 over every terminal and merchant, computed by the server; elsewhere None."""
-        if not self.database.is_postgresql:
-            return None
+        """The registry's version: database triggers raise it whenever a terminal or merchant changes.
+
+        None (reload every time) if its row is gone: someone emptied the table by hand.
+        """
         with self.database.read_engine.connect() as connection:
-            return str(connection.exec_driver_sql(REGISTRY_FINGERPRINT_SQL).scalar_one())
+            version = connection.exec_driver_sql(REGISTRY_VERSION_SQL).scalar()
+        return None if version is None else str(version)

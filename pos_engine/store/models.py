@@ -200,4 +200,17 @@ class CardChangeRow(Base):
     __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012  (a seq is never reused after a delete)
 
 
+class RegistryVersionRow(Base):
+    """One row whose version database triggers raise whenever a terminal or merchant changes (migration 0003).
+
+    Workers compare it with the version of the registry snapshot they hold, and
+    reload the snapshot when it moved.
+    """
+
+    __tablename__ = "registry_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(BigInteger)
+
+
 Index("ix_ledger_entries_kind_recorded", LedgerEntryRow.kind, LedgerEntryRow.recorded_at)

@@ -216,25 +216,56 @@ def pg_sql_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
         yield opened
 
 
-def test_the_registry_fingerprint_changes_with_any_terminal_or_merchant(pg_sql_backend: Backend) -> None:
-    from sqlalchemy import update
+@pytest.mark.parametrize("kind", ["sqlite", "pg_sql"])
+def test_the_registry_version_moves_with_every_terminal_or_merchant_change_and_only_then(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Any
+) -> None:
+    from sqlalchemy import delete, text, update
 
     from pos_engine.store.db import SqlRegistry
     from pos_engine.store.models import MerchantRow, TerminalRow
+    from tests.conftest import open_backend
 
-    registry = SqlRegistry(pg_sql_backend.database)
-    world = World(pg_sql_backend.database)
-    world.add_merchant("m-1")
-    first = registry.fingerprint()
-    assert first is not None
-    assert registry.fingerprint() == first
-    with pg_sql_backend.database.sessions() as session, session.begin():
-        session.execute(update(MerchantRow).where(MerchantRow.merchant_id == "m-1").values(status="suspended"))
-    second = registry.fingerprint()
-    assert second != first
-    with pg_sql_backend.database.sessions() as session, session.begin():
-        session.execute(update(TerminalRow).where(TerminalRow.terminal_id == "t-m-1").values(secret="rotated"))
-    assert registry.fingerprint() not in (first, second)
+    with open_backend(kind, request, tmp_path) as backend:
+        database = backend.database
+        registry = SqlRegistry(database)
+        seen: list[str | None] = [registry.fingerprint()]
+
+        def moved() -> bool:
+            version = registry.fingerprint()
+            is_new = version not in seen
+            seen.append(version)
+            return is_new
+
+        world = World(database)
+        world.add_merchant("m-1")  # a merchant and its terminal
+        assert moved()
+        assert not moved()  # nothing changed: the same version
+        world.add_card()  # cards and members are not the registry
+        assert not moved()
+        with database.sessions() as session, session.begin():
+            session.execute(update(MerchantRow).where(MerchantRow.merchant_id == "m-1").values(status="suspended"))
+        assert moved()
+        with database.sessions() as session, session.begin():
+            session.execute(update(TerminalRow).where(TerminalRow.terminal_id == "t-m-1").values(secret="rotated"))
+        assert moved()
+        with database.sessions() as session, session.begin():
+            session.execute(update(TerminalRow).where(TerminalRow.terminal_id == "t-m-1").values(status="inactive"))
+            session.rollback()  # a change rolled back is no change
+        assert not moved()
+        with database.sessions() as session, session.begin():
+            session.execute(delete(TerminalRow))
+        assert moved()
+        with database.sessions() as session, session.begin():
+            session.execute(delete(MerchantRow))
+        assert moved()
+        if database.is_postgresql:
+            world.add_merchant("m-2")
+            assert moved()
+            with database.engine.begin() as connection:
+                connection.execute(text("TRUNCATE terminals"))
+            assert moved()
+        assert None not in seen
 
 
 def test_read_gives_stored_values_and_zero_for_keys_never_written(backend: Backend, clock: FixedClock) -> None:

@@ -76,8 +76,10 @@ def test_fifty_swipes_across_three_workers_subsidise_exactly_seven(tmp_path: Pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "pg_redis"])
-def test_a_card_reported_lost_is_declined_by_every_worker_within_seconds(tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
-    """Each worker holds every card in memory; a change made in the database reaches all of them at the next poll."""
+def test_a_lost_card_and_a_suspended_merchant_are_declined_by_every_worker_within_seconds(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """Each worker holds every card, terminal and merchant in memory; a change made in the database reaches all of them at the next poll."""
     import time
 
     from sqlalchemy import create_engine, text
@@ -128,3 +130,20 @@ def test_a_card_reported_lost_is_declined_by_every_worker_within_seconds(tmp_pat
             declined_in_a_row = declined_in_a_row + 1 if declined else 0
         assert declined_in_a_row >= 12
         assert time.monotonic() - lost_at < 5  # about a second of polling, plus the swipes themselves
+
+        # A merchant suspended in the database: every worker's registry snapshot sees the
+        # trigger-raised version move at its next poll (every LOOKUP_CACHE_TTL_S = 5 s).
+        card = engine.credentials["cards"]["usable"][1]
+        assert swipe("before-suspension")["decline_code"] != "merchant_inactive"
+        database = create_engine(normalise_url(engine.env["POS_ENGINE_DATABASE_URL"]))
+        with database.begin() as connection:
+            connection.execute(text("UPDATE merchants SET status = 'suspended' WHERE merchant_id = :id"), {"id": terminal["merchant_id"]})
+        database.dispose()
+        suspended_at = time.monotonic()
+        declined_in_a_row, index = 0, 0
+        while declined_in_a_row < 12 and time.monotonic() - suspended_at < 20:
+            index += 1
+            declined = swipe(f"suspended-{index}")["decline_code"] == "merchant_inactive"
+            declined_in_a_row = declined_in_a_row + 1 if declined else 0
+        assert declined_in_a_row >= 12
+        assert time.monotonic() - suspended_at < 10  # one 5 s poll, plus the swipes themselves
