@@ -411,7 +411,7 @@ class _DirectStatement:
         params: list[bytes | None] = []
         for values, columns in ((fields, self._row), (idempotency, self._idem)):
             for name, encode, _format in columns:
-                value = values.get(name)
+                value = values[name]  # every column named: a missing one is a bug, not a NULL
                 params.append(None if value is None else encode(value))
         # libpq takes None for NULL; psycopg's annotations leave it out here (send_query_prepared has it).
         _check(pgconn, pgconn.exec_prepared(self.name, params, self._formats))  # type: ignore[arg-type]
