@@ -208,14 +208,6 @@ def test_refunds_claw_back_pro_rata_never_go_negative_and_end_at_zero(
     database.dispose()
 
 
-@pytest.fixture
-def pg_sql_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
-    from tests.conftest import open_backend
-
-    with open_backend("pg_sql", request, tmp_path) as opened:
-        yield opened
-
-
 @pytest.mark.parametrize("kind", ["sqlite", "pg_sql"])
 def test_the_registry_version_moves_with_every_terminal_or_merchant_change_and_only_then(
     kind: str, request: pytest.FixtureRequest, tmp_path: Any
