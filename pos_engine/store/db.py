@@ -360,6 +360,9 @@ def _integer_text(value: Any) -> bytes:
 def _text(value: Any) -> bytes:
     if not isinstance(value, str):
         raise TypeError(f"a text column got {type(value).__name__}")
+    # libpq reads a text parameter up to its first NUL: refuse it rather than store a cut value.
+    if "\x00" in value:
+        raise ValueError("a text column got a NUL character")
     return value.encode("utf-8")
 
 

@@ -120,3 +120,18 @@ def test_the_sqlite_swipe_transaction_rolls_back_unless_committed(backend: Backe
         uow.repo.record("ledger_entries", fields, idempotency)
     with backend.database.unit_of_work() as uow:
         assert uow.repo.authorisation("au_dropped") is None
+
+
+def test_a_text_value_libpq_would_cut_short_is_refused_and_nothing_is_written(pg_url: str) -> None:
+    """libpq reads a text parameter up to its first NUL: the direct write refuses one instead of storing a cut value."""
+    database = Database(pg_url)
+    try:
+        fields, idempotency = _fields("au_nul", "req-nul")
+        fields["merchant_id"] = "m-1\x00-and-more"
+        with pytest.raises(ValueError, match="NUL"), database.single_statement() as uow:
+            uow.repo.record("ledger_entries", fields, idempotency)
+        with database.unit_of_work() as uow:
+            assert uow.repo.authorisation("au_nul") is None
+            assert uow.repo.idempotency("t-1", "req-nul") is None
+    finally:
+        database.dispose()
