@@ -19,14 +19,16 @@ log = logging.getLogger(__name__)
 
 
 class RegistrySnapshot:
-    """Every terminal and merchant, held in memory and reloaded every `refresh_s` in a daemon thread.
+    """Every terminal and merchant, held in memory; a daemon thread asks every `refresh_s` whether they changed.
 
     A city has some thousands of merchants and tills, and each till swipes only
     now and then, so a per-entry cache would miss on most swipes; one query for
     all of them every few seconds costs less than one per swipe. A status change
     (a merchant suspended, a till switched off) reaches every worker within
-    `refresh_s`. An id the snapshot does not know yet (just imported) is looked
-    up directly.
+    `refresh_s`. The question is the registry's `fingerprint()` (a version that
+    database triggers raise, pos_engine.store.db.SqlRegistry); the snapshot is
+    reloaded only when it moved, or every time if the store cannot tell (None).
+    An id the snapshot does not know yet (just imported) is looked up directly.
     """
 
     def __init__(self, registry: Registry, refresh_s: float) -> None:

@@ -28,7 +28,7 @@ Errors: a bad URL raises ValueError; everything else is redis-py's own
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from urllib.parse import unquote, urlsplit
@@ -142,7 +142,7 @@ class RedisCounterStore:
         self._pattern = _glob_escape(self.prefix) + "*"
         self._reserve = _register(client, _lua("reserve.lua"))
         # On a single server the swipe's script runs on a per-thread connection; a cluster routes through redis-py.
-        self._run_reserve: Any = (
+        self._run_reserve: Callable[[list[str], list[str]], Any] = (
             _DirectScript(self._reserve, ThreadConnections(lambda: _Line(client.connection_pool), lambda _line: False))
             if isinstance(client, redis.Redis)
             else lambda keys, args: self._run(self._reserve, keys, args)
