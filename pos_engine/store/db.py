@@ -28,7 +28,7 @@ from pos_engine.service.cards import CardChangesCursor, CardRowTuple
 from pos_engine.service.errors import DuplicateKey
 from pos_engine.store.connections import ThreadConnections
 from pos_engine.store.models import UtcDateTime
-from pos_engine.store.repository import Repository, declines, idempotency_records, is_unique_violation, ledger
+from pos_engine.store.repository import CARD_ROWS, Repository, cards, declines, idempotency_records, is_unique_violation, ledger
 
 
 def is_sqlite(url: str) -> bool:
@@ -257,7 +257,7 @@ class SqliteDirectRepository:
             try:
                 self.connection.execute(_SQLITE_INSERT_SQL[table.name], row)
             except sqlite3.IntegrityError as error:
-                if "UNIQUE constraint failed" in str(error):
+                if is_unique_violation(error):
                     raise DuplicateKey(str(error)) from error
                 raise
         return SimpleNamespace(**fields)
@@ -308,16 +308,21 @@ class SqliteSwipeTransaction:
             self.session.commit()
         except sqlite3.IntegrityError as error:
             self.session.rollback()
-            if "UNIQUE constraint failed" in str(error):
+            if is_unique_violation(error):
                 raise DuplicateKey(str(error)) from error
             raise
 
 
 _TABLES = {table.name: table for table in (ledger, declines)}
-_SQLITE_IDEMPOTENCY_SQL = (  # names from the schema
-    f"SELECT {', '.join(column.name for column in idempotency_records.columns)} "  # noqa: S608
-    "FROM idempotency_records WHERE terminal_id = ? AND request_id = ?"
-)
+
+
+def _idempotency_select(placeholder: str) -> str:
+    """A stored answer by (terminal, request id), as driver SQL with the driver's `placeholder` (names from the schema)."""
+    columns = ", ".join(column.name for column in idempotency_records.columns)
+    return f"SELECT {columns} FROM {idempotency_records.name} WHERE terminal_id = {placeholder} AND request_id = {placeholder}"  # noqa: S608
+
+
+_SQLITE_IDEMPOTENCY_SQL = _idempotency_select("?")
 _PROCESSORS: dict[tuple[str, str], list[tuple[str, Any]]] = {}
 
 
@@ -426,7 +431,7 @@ def _check(pgconn: PGconn, result: PGresult) -> None:
     if pgconn.status != pq.ConnStatus.OK:
         raise psycopg.OperationalError(f"the connection to PostgreSQL was lost: {pgconn.get_error_message()}")
     error = psycopg.errors.error_from_result(result)
-    if isinstance(error, psycopg.errors.UniqueViolation):
+    if is_unique_violation(error):
         raise DuplicateKey(str(error)) from error
     raise error
 
@@ -444,10 +449,7 @@ def _connect_direct(conninfo: str) -> psycopg.Connection[Any]:
 
 
 _DIRECT_RECORD = {table.name: _DirectStatement(table) for table in (ledger, declines)}
-_DIRECT_IDEMPOTENCY_SQL = (  # names from the schema
-    f"SELECT {', '.join(column.name for column in idempotency_records.columns)} "  # noqa: S608
-    "FROM idempotency_records WHERE terminal_id = %s AND request_id = %s"
-)
+_DIRECT_IDEMPOTENCY_SQL = _idempotency_select("%s")
 
 
 class Database:
@@ -503,10 +505,6 @@ class Database:
         self.read_engine.dispose()
 
 
-_ALL_CARD_ROWS_SQL = (
-    "SELECT c.card_hash, c.card_id, c.last4, c.status, m.member_id, m.groups, m.in_service, m.annual_review_year, m.district "
-    "FROM cards AS c JOIN members AS m ON m.member_id = c.member_id ORDER BY {order}"
-)
 _CARD_CHANGES_CURSOR_SQL = """
 SELECT coalesce((SELECT max(seq) FROM card_changes), 0),
        ARRAY(SELECT xid::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) AS xid)
@@ -560,7 +558,7 @@ class SqlRegistry:
                 assert driver is not None
                 with driver.cursor(name="all_card_rows") as cursor:
                     cursor.itersize = batch_rows
-                    cursor.execute(_ALL_CARD_ROWS_SQL.format(order='c.card_hash COLLATE "C"'))
+                    cursor.execute(self._all_card_rows_sql(cards.c.card_hash.collate("C")))
                     yield from cursor
             return
         with self.database.read_engine.connect() as connection:
@@ -568,12 +566,16 @@ class SqlRegistry:
             assert driver is not None
             cursor = driver.cursor()
             try:
-                cursor.execute(_ALL_CARD_ROWS_SQL.format(order="c.card_hash"))
+                cursor.execute(self._all_card_rows_sql(cards.c.card_hash))
                 while batch := cursor.fetchmany(batch_rows):
                     for card_hash, card_id, last4, status, member_id, groups, in_service, year, district in batch:
                         yield card_hash, card_id, last4, status, member_id, groups, bool(in_service), year, district
             finally:
                 cursor.close()
+
+    def _all_card_rows_sql(self, order: Any) -> str:
+        """The registry's card query (`CARD_ROWS`) as this database's driver SQL, in `order`."""
+        return str(CARD_ROWS.order_by(order).compile(dialect=self.database.engine.dialect))
 
     def card_changes_cursor(self) -> CardChangesCursor:
         """Where to start reading `card_changes` so that no change committed from now on is missed."""

@@ -15,7 +15,8 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from pos_engine.domain.registry import CardHolder, Merchant, Terminal, split_groups
+from pos_engine.domain.registry import CardHolder, Merchant, Terminal
+from pos_engine.service.cards import CARD_ROW_COLUMNS, holder_from_row
 from pos_engine.service.errors import DuplicateKey
 from pos_engine.store.models import (
     CardRow,
@@ -37,7 +38,10 @@ idempotency_records = cast(Table, IdempotencyRow.__table__)
 
 _TERMINAL = select(terminals).where(terminals.c.terminal_id == bindparam("id"))
 _MERCHANT = select(merchants).where(merchants.c.merchant_id == bindparam("id"))
-_CARD_HOLDER_BASE = select(
+# Every card with its member, columns in CARD_ROW_COLUMNS order: one query shape for a lookup,
+# a batch and the card directory's full load (pos_engine.store.db.SqlRegistry.all_card_rows).
+CARD_ROWS = select(
+    cards.c.card_hash,
     cards.c.card_id,
     cards.c.last4,
     cards.c.status,
@@ -47,8 +51,9 @@ _CARD_HOLDER_BASE = select(
     members.c.annual_review_year,
     members.c.district,
 ).join_from(cards, members, cards.c.member_id == members.c.member_id)
-_CARD_HOLDER = _CARD_HOLDER_BASE.where(cards.c.card_hash == bindparam("card_hash"))
-_CARD_HOLDERS = _CARD_HOLDER_BASE.add_columns(cards.c.card_hash).where(cards.c.card_hash.in_(bindparam("hashes", expanding=True)))
+assert tuple(column.name for column in CARD_ROWS.selected_columns) == CARD_ROW_COLUMNS
+_CARD_HOLDER = CARD_ROWS.where(cards.c.card_hash == bindparam("card_hash"))
+_CARD_HOLDERS = CARD_ROWS.where(cards.c.card_hash.in_(bindparam("hashes", expanding=True)))
 _IDEMPOTENCY = select(idempotency_records).where(
     idempotency_records.c.terminal_id == bindparam("terminal_id"), idempotency_records.c.request_id == bindparam("request_id")
 )
@@ -65,9 +70,11 @@ _INSERT_DECLINE = insert(declines)
 _INSERT_IDEMPOTENCY = insert(idempotency_records)
 
 
-def is_unique_violation(error: IntegrityError) -> bool:
-    sqlstate = getattr(error.orig, "sqlstate", None)  # psycopg
-    return sqlstate == "23505" or "UNIQUE constraint failed" in str(error.orig)
+def is_unique_violation(error: BaseException) -> bool:
+    """A unique-key clash: SQLAlchemy's IntegrityError, or the driver's own error (psycopg, sqlite3)."""
+    driver_error = error.orig if isinstance(error, IntegrityError) else error
+    sqlstate = getattr(driver_error, "sqlstate", None)  # psycopg
+    return sqlstate == "23505" or "UNIQUE constraint failed" in str(driver_error)
 
 
 def _insert(connection: Connection, statement: Any, fields: dict[str, Any]) -> None:
@@ -78,19 +85,6 @@ def _insert(connection: Connection, statement: Any, fields: dict[str, Any]) -> N
         if is_unique_violation(error):
             raise DuplicateKey(str(error.orig)) from error
         raise
-
-
-def _card_holder(row: Any) -> CardHolder:
-    return CardHolder(
-        card_id=row.card_id,
-        card_last4=row.last4,
-        card_status=row.status,
-        member_id=row.member_id,
-        member_groups=split_groups(row.groups),
-        in_service=row.in_service,
-        annual_review_year=row.annual_review_year,
-        district=row.district,
-    )
 
 
 class Repository:
@@ -122,13 +116,14 @@ class Repository:
 
     def card_holder(self, card_hash: str) -> CardHolder | None:
         row = self.connection.execute(_CARD_HOLDER, {"card_hash": card_hash}).first()
-        return None if row is None else _card_holder(row)
+        return None if row is None else holder_from_row(tuple(row))
 
     def card_holders(self, card_hashes: list[str]) -> dict[str, CardHolder]:
         """The holders of those cards that exist, by card hash, in one query."""
         if not card_hashes:
             return {}
-        return {row.card_hash: _card_holder(row) for row in self.connection.execute(_CARD_HOLDERS, {"hashes": card_hashes})}
+        rows = self.connection.execute(_CARD_HOLDERS, {"hashes": card_hashes})
+        return {row.card_hash: holder_from_row(tuple(row)) for row in rows}
 
     # Idempotency.
     def idempotency(self, terminal_id: str, request_id: str) -> Any:

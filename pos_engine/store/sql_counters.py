@@ -61,11 +61,13 @@ class SqlCounterStore:
         return {key: value for key, value in rows}
 
     def _write(self, session: Any, values: Mapping[str, int]) -> None:
-        if values and isinstance(session, sqlite3.Connection):
+        if not values:
+            return
+        if isinstance(session, sqlite3.Connection):  # a swipe's driver-level transaction
             session.executemany(_SQLITE_UPSERT_SQL, list(values.items()))
-        elif values:
-            statement = _PG_UPSERT if self.database.is_postgresql else _SQLITE_UPSERT
-            session.execute(statement, [{"key": key, "value": value} for key, value in values.items()])
+            return
+        statement = _PG_UPSERT if self.database.is_postgresql else _SQLITE_UPSERT
+        session.execute(statement, [{"key": key, "value": value} for key, value in values.items()])
 
     def unclaim(self, claim: str) -> None:
         """Nothing to do: this store runs inside the swipe's transaction, which checks idempotency itself."""
