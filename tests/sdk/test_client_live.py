@@ -127,6 +127,17 @@ def _read_http_message(sock: socket.socket, *, until_eof: bool = False) -> bytes
     return head + b"\r\n\r\n" + body
 
 
+def _closing(answer: bytes) -> bytes:
+    """The engine's answer, saying the connection closes after it (the proxy serves one request each).
+
+    The engine keeps connections alive; passed on unchanged, that header would let
+    the client send its next request down a connection the proxy is closing.
+    """
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = [line for line in head.split(b"\r\n") if line.partition(b":")[0].strip().lower() != b"connection"]
+    return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n" + body
+
+
 SERVICE_UNAVAILABLE = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\nConnection: close\r\nContent-Length: 60\r\n\r\n"
     + b'{"title":"Unavailable","status":503,"code":"unavailable"}   '
@@ -206,7 +217,7 @@ class FaultyProxy:
             if action == "stall":
                 self.stopping.wait(3.0)
                 return
-            connection.sendall(SERVICE_UNAVAILABLE if action == "forwarded_503" else answer)
+            connection.sendall(SERVICE_UNAVAILABLE if action == "forwarded_503" else _closing(answer))
 
 
 @pytest.fixture
