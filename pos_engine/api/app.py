@@ -10,6 +10,7 @@ from flask_smorest import Api
 
 from pos_engine import __version__
 from pos_engine.api.errors import register_error_handlers
+from pos_engine.api.lane import SwipeLane
 from pos_engine.config import Settings
 from pos_engine.limits import REQUEST_BODY_BYTES_MAX
 from pos_engine.rules_watch import RulebookWatcher
@@ -76,6 +77,8 @@ def create_app(settings: Settings | None = None, context: EngineContext | None =
 
     api.register_blueprint(terminal.blp)
     register_error_handlers(app)
+    # Plainly well-formed swipes are answered in front of Flask; everything else reaches it untouched.
+    app.wsgi_app = SwipeLane(app.wsgi_app, ctx)  # type: ignore[method-assign]
 
     @app.get("/healthz")
     def healthz() -> Any:

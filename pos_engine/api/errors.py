@@ -47,8 +47,15 @@ HTTP_CODES = {
 }
 
 
-def problem(status: int, code: str, detail: str, field_errors: dict[str, list[str]] | None = None, title: str | None = None) -> Response:
-    """Build a problem+json response; the only function that makes an error response."""
+def problem_body(
+    status: int,
+    code: str,
+    detail: str,
+    field_errors: dict[str, list[str]] | None = None,
+    title: str | None = None,
+    request_id: str | None = None,
+) -> bytes:
+    """The problem+json document of an error response; every error body is made here."""
     body: dict[str, Any] = {
         "type": f"urn:pos-engine:problem:{code}",
         "title": title or code.replace("_", " ").capitalize(),
@@ -58,10 +65,15 @@ def problem(status: int, code: str, detail: str, field_errors: dict[str, list[st
     }
     if field_errors:
         body["errors"] = [{"field": field, "message": message} for field, messages in field_errors.items() for message in messages]
-    request_id = request.headers.get("X-Request-Id") if request else None
     if request_id:
         body["request_id"] = request_id[:64]
-    return Response(json.dumps(body), status=status, mimetype=PROBLEM_MIMETYPE)
+    return json.dumps(body).encode()
+
+
+def problem(status: int, code: str, detail: str, field_errors: dict[str, list[str]] | None = None, title: str | None = None) -> Response:
+    """A problem+json response to the request in hand, echoing its X-Request-Id."""
+    request_id = request.headers.get("X-Request-Id") if request else None
+    return Response(problem_body(status, code, detail, field_errors, title, request_id), status=status, mimetype=PROBLEM_MIMETYPE)
 
 
 def flatten_messages(messages: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -100,33 +112,45 @@ def _http_exception(error: HTTPException) -> Response:
     return problem(status, code, error.description or code)
 
 
-def _service_error(error: ServiceError) -> Response:
-    status = next(status for cls, status in SERVICE_STATUS.items() if isinstance(error, cls))
-    return problem(status, error.code, error.detail, error.field_errors)
+DEPENDENCY_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    psycopg.OperationalError,  # the swipe path's driver-level statements (pos_engine.store.db)
+    psycopg.InterfaceError,
+    sqlite3.OperationalError,  # ditto on SQLite: locked past the busy timeout, disk I/O
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
 
 
-def _dependency_down(error: Exception) -> Response:
-    log.error("a dependency failed on %s %s: %s", request.method, request.path, error)
-    return problem(503, "unavailable", "the engine cannot reach its database or counter store; retry with the same request_id")
+def engine_problem(error: Exception, method: str, path: str, request_id: str | None = None) -> tuple[int, bytes]:
+    """Status and problem+json body for what the engine raised while answering `method path`, logged as it deserves.
+
+    A ServiceError is the engine refusing the request; a dependency error is a
+    503 the terminal may retry with the same request_id; anything else is a bug,
+    logged with its traceback (call this inside the `except`).
+    """
+    if isinstance(error, ServiceError):
+        status = next(status for cls, status in SERVICE_STATUS.items() if isinstance(error, cls))
+        return status, problem_body(status, error.code, error.detail, error.field_errors, request_id=request_id)
+    if isinstance(error, DEPENDENCY_ERRORS):
+        log.error("a dependency failed on %s %s: %s", method, path, error)
+        detail = "the engine cannot reach its database or counter store; retry with the same request_id"
+        return 503, problem_body(503, "unavailable", detail, request_id=request_id)
+    log.exception("unhandled error on %s %s", method, path)
+    return 500, problem_body(
+        500, "internal_error", "the engine failed; the request changed nothing that can be seen", request_id=request_id
+    )
 
 
-def _unexpected(error: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.path)
-    return problem(500, "internal_error", "the engine failed; the request changed nothing that can be seen")
+def _engine_error(error: Exception) -> Response:
+    status, body = engine_problem(error, request.method, request.path, request.headers.get("X-Request-Id"))
+    return Response(body, status=status, mimetype=PROBLEM_MIMETYPE)
 
 
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_exception)
-    app.register_error_handler(ServiceError, _service_error)
-    dependency_errors = (
-        OperationalError,
-        InterfaceError,
-        psycopg.OperationalError,  # the swipe path's driver-level statements (pos_engine.store.db)
-        psycopg.InterfaceError,
-        sqlite3.OperationalError,  # ditto on SQLite: locked past the busy timeout, disk I/O
-        redis.exceptions.ConnectionError,
-        redis.exceptions.TimeoutError,
-    )
-    for dependency_error in dependency_errors:
-        app.register_error_handler(dependency_error, _dependency_down)
-    app.register_error_handler(Exception, _unexpected)
+    app.register_error_handler(ServiceError, _engine_error)
+    for dependency_error in DEPENDENCY_ERRORS:
+        app.register_error_handler(dependency_error, _engine_error)
+    app.register_error_handler(Exception, _engine_error)

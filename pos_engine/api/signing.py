@@ -16,6 +16,13 @@ def signing_message(method: str, path: str, timestamp: str, body: bytes) -> byte
     return f"{method}\n{path}\n{timestamp}\n{hashlib.sha256(body).hexdigest()}".encode()
 
 
+def request_hash(method: str, path: str, body: bytes) -> str:
+    """What makes two requests 'the same' for idempotency: method, path (as sent) and body."""
+    digest = hashlib.sha256(f"{method}\n{path}\n".encode("latin-1", "replace"))
+    digest.update(body)
+    return digest.hexdigest()
+
+
 def sign(secret: str, method: str, path: str, timestamp: str, body: bytes) -> str:
     """Hex HMAC-SHA256 of the signing message, keyed with the secret's UTF-8 bytes."""
     return hmac.new(secret.encode("utf-8"), signing_message(method, path, timestamp, body), hashlib.sha256).hexdigest()

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 from flask import Response, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from webargs.flaskparser import FlaskParser, is_json_request
+from webargs.flaskparser import FlaskParser
 
-from pos_engine.api import fastparse, schemas
-from pos_engine.api.signing import verify
+from pos_engine.api import schemas, signing
 from pos_engine.service import swipes
 from pos_engine.service.context import EngineContext
 from pos_engine.service.responses import encode
@@ -73,16 +69,13 @@ def raw_path() -> str:
 
 
 def request_hash() -> str:
-    """What makes two requests 'the same' for idempotency: method, path and body."""
-    digest = hashlib.sha256(f"{request.method}\n{g.raw_path}\n".encode("latin-1", "replace"))
-    digest.update(request.get_data(cache=True))
-    return digest.hexdigest()
+    return signing.request_hash(request.method, g.raw_path, request.get_data(cache=True))
 
 
 @blp.before_request
 def authenticate() -> None:
     g.raw_path = raw_path()
-    g.terminal = verify(
+    g.terminal = signing.verify(
         engine(),
         request.headers.get("X-Terminal-Id"),
         request.headers.get("X-Timestamp"),
@@ -105,58 +98,15 @@ def error_responses(view: Any) -> Any:
     return view
 
 
-def fast_path_first(fast: Callable[[], Response | None]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Route a view to `fast` first, and to the decorated view (webargs, marshmallow, flask-smorest) when it declines.
-
-    `fast` returns None, before doing anything, when it is not sure of its parse;
-    the decorated view then parses again and owns every error response. Put this
-    decorator outermost: what it decorates does not run when `fast` answers.
-    functools.wraps hands the decorated view's `_apidoc` and docstring on to the
-    routed function, as flask-smorest's own decorators do from one to the next,
-    so `Blueprint.route` documents the operation exactly as before.
-    """
-
-    def decorator(documented: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(documented)
-        def routed(self: MethodView, *args: Any, **kwargs: Any) -> Any:
-            response = fast()
-            if response is None:
-                return documented(self, *args, **kwargs)
-            return response
-
-        return routed
-
-    return decorator
-
-
 def answer_authorisation(body: dict[str, Any], explain: bool) -> Response:
-    """Authorise a parsed swipe and answer the stored response: both parse paths end here."""
+    """Authorise a parsed swipe and answer the stored response."""
     request_ = swipes.AuthorisationRequest(**body)
     return stored(swipes.authorise(engine(), g.terminal, request_, request_hash(), explain=explain))
 
 
-def answer_authorisation_fast() -> Response | None:
-    """Authorise a plainly well-formed swipe without webargs and marshmallow, or None to take the full path.
-
-    The hot path of the engine: webargs, marshmallow and the documented view's
-    decorator stack cost many times the CPU of the checks they make, so a swipe
-    that needs no error message skips them.
-    """
-    if not is_json_request(request):  # what the webargs parser checks before reading a body
-        return None
-    explain = fastparse.explain_flag(request.query_string)
-    if explain is None:
-        return None
-    body = fastparse.authorisation_request(request.get_data(cache=True))
-    if body is None:
-        return None
-    return answer_authorisation(body, explain)
-
-
 @blp.route("/authorisations")
 class Authorisations(MethodView):
-    # The stack below documents the operation and parses whatever the fast path declines.
-    @fast_path_first(answer_authorisation_fast)
+    # What reaches this view is what pos_engine.api.lane left to Flask: webargs parses it and owns every refusal.
     @blp.arguments(schemas.ExplainQuerySchema(), location="query", as_kwargs=True)
     @blp.arguments(schemas.AuthorisationRequestSchema())
     @blp.response(200, schemas.AuthorisationSchema, description="approved or declined (a business decline is 200)")

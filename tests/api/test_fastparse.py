@@ -227,14 +227,6 @@ def test_the_fast_parse_takes_every_valid_authorisation(body: dict[str, Any]) ->
     assert_identical(fast, full)
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", ""])
-def test_a_body_that_is_not_declared_json_is_left_to_the_full_path(content_type: str) -> None:
-    raw = json.dumps(VALID).encode()
-    assert full_path_load(raw, content_type) is None  # webargs reads no body, so every field is missing
-    with BARE_APP.test_request_context("/v1/authorisations", method="POST", data=raw, content_type=content_type):
-        assert terminal_api.answer_authorisation_fast() is None
-
-
 @pytest.mark.parametrize("query", sorted(fastparse.EXPLAIN_QUERIES))
 def test_the_explain_flag_is_what_the_query_schema_loads(query: bytes) -> None:
     with BARE_APP.test_request_context(f"/v1/authorisations?{query.decode()}" if query else "/v1/authorisations"):

@@ -1,0 +1,260 @@
+"""The swipe lane answers what it takes exactly as Flask would, and leaves everything else to Flask untouched."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from werkzeug.test import Client
+from werkzeug.wrappers import Response
+
+from pos_engine.api.lane import SwipeLane
+from pos_engine.api.signing import sign
+from pos_engine.domain.clock import FixedClock
+from pos_engine.service import swipes
+from tests.api.conftest import CARD
+from tests.helpers import SignedClient, World
+
+PATH = "/v1/authorisations"
+Answer = tuple[str, list[tuple[str, str]], bytes]
+
+
+class CountingFlask:
+    """Flask's own wsgi_app behind the lane, counting the requests that reach it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.calls = 0
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        self.calls += 1
+        return self.app(environ, start_response)
+
+
+@pytest.fixture
+def flask_app(app: Any) -> CountingFlask:
+    lane = app.wsgi_app
+    assert isinstance(lane, SwipeLane)
+    lane.app = CountingFlask(lane.app)
+    return lane.app
+
+
+@pytest.fixture
+def clients(app: Any, flask_app: CountingFlask) -> dict[str, Client]:
+    """Two ways in: through the lane (as gunicorn serves the app), and to Flask alone."""
+    return {"lane": app.test_client(), "flask": Client(flask_app, Response)}
+
+
+def answer(client: Client, raw: bytes, headers: dict[str, str], query: str = "") -> Answer:
+    response = client.post(PATH + (f"?{query}" if query else ""), data=raw, headers=headers)
+    return response.status, list(response.headers.items()), response.get_data()
+
+
+def signed(world: World, clock: FixedClock, terminal_id: str, raw: bytes, query: str = "", signature: str = "good") -> dict[str, str]:
+    secret = world.terminals[terminal_id][0] if terminal_id in world.terminals else "no-such-secret"
+    timestamp = str(int(clock.now().timestamp()) - (3600 if signature == "stale" else 0))
+    path = PATH + (f"?{query}" if query else "")
+    signature_ = sign(secret, "POST", path, timestamp, raw)
+    headers = {"X-Terminal-Id": terminal_id, "X-Timestamp": timestamp, "X-Signature": signature_, "Content-Type": "application/json"}
+    if signature == "bad":
+        headers["X-Signature"] = sign("another-secret", "POST", path, timestamp, raw)
+    if signature == "missing":
+        del headers["X-Signature"]
+    return headers
+
+
+@pytest.fixture
+def shop(world: World) -> World:
+    world.add_merchant("m-1")
+    world.add_merchant("m-2")
+    world.add_card(CARD)
+    return world
+
+
+requests = st.fixed_dictionaries(
+    {
+        "request_id": st.sampled_from(["req-a", "req-b", "req-c"]),
+        "card_number": st.sampled_from([CARD, "6217000000000099"]),
+        "merchant_id": st.sampled_from(["m-1", "m-2"]),
+        "amount_fen": st.sampled_from([10_000, 2_500, 40_000, "10000", 0]),
+        "occurred_at": st.sampled_from(["now", "last year", "naive"]),
+        "extra": st.sampled_from([None, "x"]),
+        "not_json": st.booleans(),
+        "terminal_id": st.sampled_from(["t-m-1", "t-m-1", "t-m-2", "t-unknown"]),
+        "signature": st.sampled_from(["good", "good", "good", "bad", "missing", "stale"]),
+        "content_type": st.sampled_from(["application/json", "application/json", "application/json; charset=utf-8", "text/plain", None]),
+        "query": st.sampled_from(["", "", "explain=true", "explain=yes", "explain=1&x=2"]),
+        "x_request_id": st.sampled_from([None, "trace-7"]),
+        "lane_first": st.booleans(),
+    }
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=requests)
+def test_every_request_gets_the_same_status_headers_and_body_through_the_lane_as_from_flask_alone(
+    case: dict[str, Any], clients: dict[str, Client], shop: World, clock: FixedClock
+) -> None:
+    occurred = {"now": clock.now(), "last year": clock.now() - timedelta(days=365), "naive": clock.now().replace(tzinfo=None)}
+    body: dict[str, Any] = {key: case[key] for key in ("request_id", "card_number", "merchant_id", "amount_fen")}
+    body["occurred_at"] = occurred[case["occurred_at"]].isoformat()
+    if case["extra"]:
+        body["extra"] = case["extra"]
+    raw = b"{not json" if case["not_json"] else json.dumps(body).encode()
+    headers = signed(shop, clock, case["terminal_id"], raw, case["query"], case["signature"])
+    if case["content_type"] is None:
+        del headers["Content-Type"]
+    else:
+        headers["Content-Type"] = case["content_type"]
+    if case["x_request_id"]:
+        headers["X-Request-Id"] = case["x_request_id"]
+    order = ["lane", "flask"] if case["lane_first"] else ["flask", "lane"]
+
+    # The second one replays an answer the first recorded, or refuses it again: either way the same bytes.
+    first, second = (answer(clients[way], raw, headers, case["query"]) for way in order)
+
+    assert first == second
+
+
+def test_a_well_formed_swipe_never_reaches_flask_and_its_answer_is_flasks(
+    clients: dict[str, Client], flask_app: CountingFlask, shop: World, clock: FixedClock
+) -> None:
+    def swipe(request_id: str, card: str) -> bytes:
+        body = {"request_id": request_id, "card_number": card, "merchant_id": "m-1", "amount_fen": 10_000}
+        return json.dumps({**body, "occurred_at": clock.now().isoformat()}).encode()
+
+    other_card = "6217000000000002"
+    shop.add_card(other_card)
+    through_lane = answer(clients["lane"], swipe("req-lane", CARD), signed(shop, clock, "t-m-1", swipe("req-lane", CARD)))
+    assert flask_app.calls == 0
+    from_flask = answer(clients["flask"], swipe("req-full", other_card), signed(shop, clock, "t-m-1", swipe("req-full", other_card)))
+    assert flask_app.calls == 1
+
+    (lane_status, lane_headers, lane_raw), (flask_status, flask_headers, flask_raw) = through_lane, from_flask
+    assert (lane_status, lane_headers) == (flask_status, flask_headers) == ("200 OK", flask_headers)
+    lane_body, flask_body = json.loads(lane_raw), json.loads(flask_raw)
+    for body, request_id, card in ((lane_body, "req-lane", CARD), (flask_body, "req-full", other_card)):
+        assert (body.pop("request_id"), body.pop("card_last4")) == (request_id, card[-4:])
+        assert body.pop("id").startswith("au_")
+    assert lane_body["status"] == "approved"
+    assert lane_body == flask_body
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "field"),
+    [
+        ({"content_type": "text/plain"}, 422, "request_id"),  # webargs reads no body: every field is missing
+        ({"content_type": "application/x-www-form-urlencoded"}, 422, "request_id"),
+        ({"content_type": ""}, 422, "request_id"),
+        ({"query": "explain=yes"}, 422, "explain"),
+        ({"body": {"amount_fen": "10000"}}, 422, "amount_fen"),
+        ({"body": {"occurred_at": "2026-11-25T12:00:00"}}, 422, "occurred_at"),
+        ({"body": {"comment": "hi"}}, 422, "comment"),
+        ({"raw": b'{"request_id": '}, 400, None),
+    ],
+)
+def test_what_the_lane_is_not_sure_of_reaches_flask_with_its_body(
+    change: dict[str, Any], status: int, field: str | None, terminal: SignedClient, flask_app: CountingFlask, clock: FixedClock
+) -> None:
+    body = {"request_id": "req-1", "card_number": CARD, "merchant_id": "m-1", "amount_fen": 10_000, "occurred_at": clock.now().isoformat()}
+    raw = change.get("raw") or json.dumps({**body, **change.get("body", {})}).encode()
+    path = PATH + (f"?{change['query']}" if "query" in change else "")
+    headers = {**terminal.headers("POST", path, raw), "Content-Type": change.get("content_type", "application/json")}
+
+    response = terminal.client.post(path, data=raw, headers=headers)
+
+    assert flask_app.calls == 1
+    assert response.status_code == status, response.get_json()
+    if field is not None:
+        assert field in {error["field"] for error in response.get_json()["errors"]}
+
+
+def wsgi_call(app: Any, environ: dict[str, Any]) -> tuple[str, bytes]:
+    seen: list[str] = []
+    chunks = app.wsgi_app(environ, lambda status, headers, exc_info=None: seen.append(status))
+    return seen[0], b"".join(chunks)
+
+
+def raw_environ(terminal: SignedClient, raw: bytes, declared_length: int) -> dict[str, Any]:
+    headers = terminal.headers("POST", PATH, raw)
+    return {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": PATH,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(declared_length),
+        "HTTP_X_TERMINAL_ID": headers["X-Terminal-Id"],
+        "HTTP_X_TIMESTAMP": headers["X-Timestamp"],
+        "HTTP_X_SIGNATURE": headers["X-Signature"],
+        "wsgi.input": io.BytesIO(raw),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": io.StringIO(),
+        "wsgi.version": (1, 0),
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+
+
+def test_a_server_that_gives_no_raw_path_and_a_body_cut_short_both_go_to_flask(
+    app: Any, terminal: SignedClient, flask_app: CountingFlask, clock: FixedClock
+) -> None:
+    body = {"request_id": "req-1", "card_number": CARD, "merchant_id": "m-1", "amount_fen": 10_000, "occurred_at": clock.now().isoformat()}
+    raw = json.dumps(body).encode()
+
+    # No RAW_URI or REQUEST_URI: Flask rebuilds the path from PATH_INFO, and the signature still holds.
+    status, answered = wsgi_call(app, raw_environ(terminal, raw, len(raw)))
+    assert (status, flask_app.calls) == ("200 OK", 1)
+    assert json.loads(answered)["request_id"] == "req-1"
+
+    # A till that hangs up mid-body: Flask reads the same short body and refuses it.
+    status, _ = wsgi_call(app, {**raw_environ(terminal, raw, len(raw) + 10), "RAW_URI": PATH})
+    assert (status, flask_app.calls) == ("400 BAD REQUEST", 2)
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "logged"),
+    [
+        (redis.exceptions.ConnectionError("Redis is down"), "503 SERVICE UNAVAILABLE", "a dependency failed on POST /v1/authorisations"),
+        (RuntimeError("a bug"), "500 INTERNAL SERVER ERROR", "unhandled error on POST /v1/authorisations"),
+    ],
+)
+def test_a_failure_inside_the_lane_is_answered_and_logged_as_flask_answers_it(
+    failure: Exception,
+    status: str,
+    logged: str,
+    clients: dict[str, Client],
+    shop: World,
+    clock: FixedClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise failure
+
+    monkeypatch.setattr(swipes, "authorise", failing)
+    raw = json.dumps(
+        {"request_id": "req-1", "card_number": CARD, "merchant_id": "m-1", "amount_fen": 100, "occurred_at": clock.now().isoformat()}
+    ).encode()
+    headers = {**signed(shop, clock, "t-m-1", raw), "X-Request-Id": "trace-9"}
+
+    with caplog.at_level(logging.ERROR):
+        through_lane = answer(clients["lane"], raw, headers)
+        from_flask = answer(clients["flask"], raw, headers)
+
+    assert through_lane == from_flask
+    assert through_lane[0] == status
+    assert json.loads(through_lane[2])["request_id"] == "trace-9"
+    records = [record for record in caplog.records if record.getMessage().startswith(logged)]
+    assert len(records) == 2
+    assert (records[0].exc_info is not None) == (status.startswith("500"))
