@@ -25,7 +25,7 @@ def request_hash(method: str, path: str, body: bytes) -> str:
 
 def sign(secret: str, method: str, path: str, timestamp: str, body: bytes) -> str:
     """Hex HMAC-SHA256 of the signing message, keyed with the secret's UTF-8 bytes."""
-    return hmac.new(secret.encode("utf-8"), signing_message(method, path, timestamp, body), hashlib.sha256).hexdigest()
+    return hmac.digest(secret.encode("utf-8"), signing_message(method, path, timestamp, body), "sha256").hex()
 
 
 def verify(

@@ -7,6 +7,19 @@ import threading
 from collections.abc import Callable
 
 
+class _Process:
+    """A token that is new in each forked child: comparing it costs less than os.getpid(), a system call, on every swipe."""
+
+    current = object()
+
+
+def _forked() -> None:
+    _Process.current = object()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class ProcessThread:
     """A daemon thread running `target`, started on first use in each process.
 
@@ -20,19 +33,19 @@ class ProcessThread:
         self._target = target
         self._before_start = before_start
         self._lock = threading.Lock()
-        self._started_in = 0  # the pid that started it; 0: none
+        self._started_in: object = None  # the _Process token of the process that started it
 
     def ensure_started(self) -> None:
-        if self._started_in == os.getpid():
+        if self._started_in is _Process.current:
             return
         with self._lock:
-            if self._started_in == os.getpid():
+            if self._started_in is _Process.current:
                 return
             if self._before_start is not None:
                 self._before_start()
             threading.Thread(target=self._target, name=self.name, daemon=True).start()
-            self._started_in = os.getpid()
+            self._started_in = _Process.current
 
     def driven_by_hand(self) -> None:
         """Never start the thread in this process: the caller runs the work itself (tests, one-off tools)."""
-        self._started_in = os.getpid()
+        self._started_in = _Process.current
