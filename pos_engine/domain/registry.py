@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import datetime
@@ -64,7 +63,7 @@ def split_groups(text: str) -> frozenset[str]:
 
 def card_hash(card_key: bytes, card_number: str) -> str:
     """The keyed hash a card is found by; the card number itself is never stored."""
-    return hmac.new(card_key, card_number.encode("ascii"), hashlib.sha256).hexdigest()
+    return hmac.digest(card_key, card_number.encode("ascii"), "sha256").hex()
 
 
 def merchant_decline(merchant: Merchant) -> str | None:
