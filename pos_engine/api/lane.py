@@ -96,9 +96,12 @@ class SwipeLane:
             return None
         if environ.get("HTTP_TRANSFER_ENCODING"):  # Flask would read a chunked body, not Content-Length bytes
             return None
-        raw = environ["wsgi.input"].read(int(length))
+        try:
+            raw = environ["wsgi.input"].read(int(length))
+        except (OSError, ValueError):  # the server lost the connection mid-body (gunicorn's NoMoreData is an OSError)
+            raw = b""
         environ["wsgi.input"] = io.BytesIO(raw)
-        if len(raw) != int(length):  # the till hung up mid-body
+        if len(raw) != int(length):  # the till hung up mid-body: Flask refuses what arrived
             return None
         body = fastparse.authorisation_request(raw)
         if body is None:

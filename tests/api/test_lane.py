@@ -222,6 +222,24 @@ def test_a_server_that_gives_no_raw_path_and_a_body_cut_short_both_go_to_flask(
     assert (status, flask_app.calls) == ("400 BAD REQUEST", 2)
 
 
+class BrokenInput:
+    """A request body whose connection drops while it is read."""
+
+    def read(self, size: int = -1) -> bytes:
+        raise ConnectionResetError("the till hung up")
+
+
+def test_a_connection_lost_while_the_lane_reads_the_body_gets_flasks_answer(
+    app: Any, terminal: SignedClient, flask_app: CountingFlask, clock: FixedClock
+) -> None:
+    body = {"request_id": "req-1", "card_number": CARD, "merchant_id": "m-1", "amount_fen": 10_000, "occurred_at": clock.now().isoformat()}
+    raw = json.dumps(body).encode()
+
+    status, _ = wsgi_call(app, {**raw_environ(terminal, raw, len(raw)), "RAW_URI": PATH, "wsgi.input": BrokenInput()})
+
+    assert (status, flask_app.calls) == ("400 BAD REQUEST", 1)
+
+
 @pytest.mark.parametrize(
     ("failure", "status", "logged"),
     [
