@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -156,3 +158,19 @@ def test_a_bulk_change_rebuilds_the_table() -> None:
     directory.poll()
     assert source.loads == 2
     assert all(directory.get(row(index)[0]) == holder_from_row(row(index, groups="hardship")) for index in range(20))
+
+
+def test_once_loaded_in_its_worker_the_table_is_out_of_the_cyclic_collectors_reach() -> None:
+    gc.unfreeze()
+    directory = CardDirectory(FakeSource(50), poll_s=3600)
+    try:
+        directory.start()  # the worker's background thread: load, then poll
+        deadline = time.monotonic() + 10
+        while gc.get_freeze_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert directory._state is not None
+        table = directory._state[0]
+        assert gc.is_tracked(table)
+        assert not any(tracked is table for tracked in gc.get_objects())  # frozen: no generation holds it
+    finally:
+        gc.unfreeze()
