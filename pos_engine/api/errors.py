@@ -149,8 +149,5 @@ def _engine_error(error: Exception) -> Response:
 
 
 def register_error_handlers(app: Flask) -> None:
-    app.register_error_handler(HTTPException, _http_exception)
-    app.register_error_handler(ServiceError, _engine_error)
-    for dependency_error in DEPENDENCY_ERRORS:
-        app.register_error_handler(dependency_error, _engine_error)
-    app.register_error_handler(Exception, _engine_error)
+    app.register_error_handler(HTTPException, _http_exception)  # werkzeug's: routing, body limit, webargs
+    app.register_error_handler(Exception, _engine_error)  # the engine's: engine_problem tells them apart

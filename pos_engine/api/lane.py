@@ -92,7 +92,7 @@ class SwipeLane:
         explain = fastparse.explain_flag(environ.get("QUERY_STRING", "").encode("latin-1"))
         path = environ.get("RAW_URI") or environ.get("REQUEST_URI")
         length = environ.get("CONTENT_LENGTH", "")
-        if explain is None or not path or not length.isdigit() or int(length) > REQUEST_BODY_BYTES_MAX:
+        if explain is None or not path or not (length.isascii() and length.isdigit()) or int(length) > REQUEST_BODY_BYTES_MAX:
             return None
         if environ.get("HTTP_TRANSFER_ENCODING"):  # Flask would read a chunked body, not Content-Length bytes
             return None

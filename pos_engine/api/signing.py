@@ -45,7 +45,7 @@ def verify(
     """
     if not terminal_id or not timestamp or not signature:
         raise Unauthenticated("signature_missing", "X-Terminal-Id, X-Timestamp and X-Signature are required")
-    if not timestamp.isdigit() or len(timestamp) > 12:
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:  # isdigit alone takes '²'; int() does not
         raise Unauthenticated("timestamp_out_of_window", "X-Timestamp must be unix seconds")
     skew_s = abs(ctx.clock.now().timestamp() - int(timestamp))
     if skew_s > SIGNATURE_CLOCK_SKEW_S_MAX:

@@ -128,13 +128,14 @@ def import_members(database: Database, card_key: bytes, path: Path) -> ImportRes
         _check(problems, where, "district", row["district"] in DISTRICTS, f"one of {', '.join(DISTRICTS)}")
         _check(problems, where, "in_service", row["in_service"] in ("true", "false"), "true or false")
         year = row["annual_review_year"]
-        _check(problems, where, "annual_review_year", year == "" or (year.isdigit() and 2000 <= int(year) <= 2100), "a year or empty")
+        year_ok = year == "" or (year.isascii() and year.isdigit() and 2000 <= int(year) <= 2100)  # isdigit alone takes '²'
+        _check(problems, where, "annual_review_year", year_ok, "a year or empty")
         number = row["card_number"]
         _check(
             problems,
             where,
             "card_number",
-            number.isdigit() and CARD_NUMBER_DIGITS_MIN <= len(number) <= CARD_NUMBER_DIGITS_MAX,
+            number.isascii() and number.isdigit() and CARD_NUMBER_DIGITS_MIN <= len(number) <= CARD_NUMBER_DIGITS_MAX,
             f"{CARD_NUMBER_DIGITS_MIN}-{CARD_NUMBER_DIGITS_MAX} digits",
         )
         _check(problems, where, "card_status", row["card_status"] in CARD_STATUSES, f"one of {', '.join(CARD_STATUSES)}")

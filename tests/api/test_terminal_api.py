@@ -314,6 +314,9 @@ def _swipe_body() -> bytes:
         (lambda h: {**h, "X-Timestamp": str(int(h["X-Timestamp"]) - 301)}, 401, "timestamp_out_of_window"),
         (lambda h: {**h, "X-Timestamp": str(int(h["X-Timestamp"]) + 301)}, 401, "timestamp_out_of_window"),
         (lambda h: {**h, "X-Timestamp": "yesterday"}, 401, "timestamp_out_of_window"),
+        # Latin-1 header bytes that str.isdigit() takes for digits and int() refuses.
+        (lambda h: {**h, "X-Timestamp": "\u00b2"}, 401, "timestamp_out_of_window"),
+        (lambda h: {**h, "X-Timestamp": h["X-Timestamp"][:-1] + "\u00b9"}, 401, "timestamp_out_of_window"),
     ],
 )
 def test_unsigned_wrongly_signed_or_stale_requests_are_refused_and_change_nothing(

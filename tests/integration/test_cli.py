@@ -130,10 +130,20 @@ def test_import_members_refuses_the_whole_file_naming_each_bad_line(env: dict[st
         + "mem-a,Li Lei,unit-1,union-wujin,wujin,,true,2026,6217000000001111,active\n"
         + "mem-b,Han,unit-2,union-x,changzhou,,yes,2026,12ab,stolen\n"
         + "mem-a,Dup,unit-1,union-wujin,wujin,,true,2026,6217000000003333,active\n"
+        # Digits to str.isdigit(), not to int(): superscripts.
+        + "mem-c,Wang,unit-1,union-wujin,wujin,,true,20\u00b2\u00b3,62170000000044\u00b2\u00b2,active\n"
     )
     result = CliRunner().invoke(main, ["import", "members", str(path)], env=env)
     assert result.exit_code == 1
-    for expected in (":3: district", ":3: in_service", ":3: card_number", ":3: card_status", ":4: member_id: 'mem-a' already on line 2"):
+    for expected in (
+        ":3: district",
+        ":3: in_service",
+        ":3: card_number",
+        ":3: card_status",
+        ":4: member_id: 'mem-a' already on line 2",
+        ":5: annual_review_year",
+        ":5: card_number",
+    ):
         assert expected in result.output
     assert count(env, MemberRow) == 0  # nothing half-written
 
