@@ -25,10 +25,10 @@ AUTHORISATION_FIELDS = frozenset({"request_id", "card_number", "merchant_id", "a
 # question; anything else (other spellings, repeats, extra parameters) takes the full path.
 EXPLAIN_QUERIES = {b"": False, b"explain=false": False, b"explain=0": False, b"explain=true": True, b"explain=1": True}
 
-# Compiled from the schema's own patterns and used as marshmallow's Regexp uses
-# them (`match`, so `$` also matches before a final newline, as in the schema).
-_request_id_match = re.compile(REQUEST_ID_PATTERN).match
-_card_number_match = re.compile(CARD_NUMBER_PATTERN).match
+# Compiled from the schema's own patterns and used as its WholeMatch validator uses
+# them (`fullmatch`: a final newline is refused, as JSON Schema's `$` refuses it).
+_request_id_match = re.compile(REQUEST_ID_PATTERN).fullmatch
+_card_number_match = re.compile(CARD_NUMBER_PATTERN).fullmatch
 # The function AwareDateTime(format="iso") parses with: datetime.fromisoformat in
 # marshmallow 4, its own regex parser in marshmallow 3. Taking it from marshmallow's
 # table keeps occurred_at the very same datetime whichever version is installed.

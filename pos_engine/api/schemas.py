@@ -31,9 +31,23 @@ class Fen(fields.Integer):
         return int(super()._deserialize(value, attr, data, **kwargs))
 
 
+class WholeMatch(validate.Regexp):
+    """marshmallow's Regexp, but the pattern must match the whole value.
+
+    Python's `$` also matches before a final newline, so `re.match` took
+    "req-1\n" for a request id; JSON Schema's `$` (the OpenAPI document shows
+    the same pattern) does not. `fullmatch` reads the pattern as JSON Schema does.
+    """
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 def request_id_field(**kwargs: Any) -> fields.String:
     return fields.String(
-        validate=[validate.Length(1, REQUEST_ID_CHARS_MAX), validate.Regexp(REQUEST_ID_PATTERN, error="letters, digits and ._:- only")],
+        validate=[validate.Length(1, REQUEST_ID_CHARS_MAX), WholeMatch(REQUEST_ID_PATTERN, error="letters, digits and ._:- only")],
         **kwargs,
     )
 
@@ -47,7 +61,7 @@ class AuthorisationRequestSchema(StrictSchema):
     request_id = request_id_field(required=True)
     card_number = fields.String(
         required=True,
-        validate=validate.Regexp(CARD_NUMBER_PATTERN, error=f"must be {CARD_NUMBER_DIGITS_MIN} to {CARD_NUMBER_DIGITS_MAX} digits"),
+        validate=WholeMatch(CARD_NUMBER_PATTERN, error=f"must be {CARD_NUMBER_DIGITS_MIN} to {CARD_NUMBER_DIGITS_MAX} digits"),
     )
     merchant_id = fields.String(required=True, validate=validate.Length(1, ID_CHARS_MAX))
     amount_fen = Fen(required=True, validate=validate.Range(1, AMOUNT_FEN_MAX))

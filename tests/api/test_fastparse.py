@@ -93,9 +93,9 @@ def near_miss_timestamps(draw: st.DrawFn) -> str:
 
 
 VALID_VALUES: dict[str, st.SearchStrategy[Any]] = {
-    # from_regex without fullmatch honours `$` as re does: it may end in a newline, as the schema allows.
-    "request_id": st.from_regex(schemas.REQUEST_ID_PATTERN).filter(lambda text: len(text) <= REQUEST_ID_CHARS_MAX),
-    "card_number": st.from_regex(schemas.CARD_NUMBER_PATTERN),
+    # fullmatch, as the schema's WholeMatch: no final newline.
+    "request_id": st.from_regex(schemas.REQUEST_ID_PATTERN, fullmatch=True).filter(lambda text: len(text) <= REQUEST_ID_CHARS_MAX),
+    "card_number": st.from_regex(schemas.CARD_NUMBER_PATTERN, fullmatch=True),
     "merchant_id": st.text(min_size=1, max_size=ID_CHARS_MAX),
     "amount_fen": st.integers(1, AMOUNT_FEN_MAX) | st.sampled_from([1, AMOUNT_FEN_MAX]),
     "occurred_at": aware_timestamps(),

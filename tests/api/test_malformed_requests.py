@@ -125,6 +125,14 @@ def test_a_validation_error_names_each_bad_field(terminal: SignedClient) -> None
     assert fields == {"amount_fen", "card_number", "occurred_at", "colour"}
 
 
+@pytest.mark.parametrize("field", ["request_id", "card_number"])
+def test_a_final_newline_is_not_part_of_a_request_id_or_a_card_number(terminal: SignedClient, field: str) -> None:
+    # Python's `$` matches before a final newline; the OpenAPI document's pattern (JSON Schema) does not.
+    response = terminal.post("/v1/authorisations", {**VALID, field: VALID[field] + "\n"})
+    assert response.status_code == 422
+    assert [error["field"] for error in response.get_json()["errors"]] == [field]
+
+
 def test_a_float_or_boolean_amount_is_refused(terminal: SignedClient) -> None:
     for amount in (100.0, 100.5, True):
         response = terminal.post("/v1/authorisations", {**VALID, "amount_fen": amount})
