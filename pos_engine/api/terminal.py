@@ -9,7 +9,8 @@ from urllib.parse import quote
 from flask import Response, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from webargs.flaskparser import FlaskParser
+from webargs.flaskparser import FlaskParser, is_json_request
+from werkzeug.exceptions import UnsupportedMediaType
 
 from pos_engine.api import schemas, signing
 from pos_engine.service import swipes
@@ -84,6 +85,9 @@ def authenticate() -> None:
         g.raw_path,
         request.get_data(cache=True),
     )
+    if request.method == "POST" and not is_json_request(request):
+        # Read as JSON anyway, the body would only say every field is missing.
+        raise UnsupportedMediaType(f"the body must be sent as Content-Type: application/json, not {request.mimetype or 'none'}")
 
 
 def stored(response: swipes.StoredResponse) -> Response:
@@ -98,6 +102,14 @@ def error_responses(view: Any) -> Any:
     return view
 
 
+def body_error_responses(view: Any) -> Any:
+    """The errors of an operation with a JSON body: those of every operation, and 415."""
+    view = error_responses(view)
+    return blp.alt_response(
+        415, schema=schemas.ProblemSchema, description="unsupported_media_type", content_type="application/problem+json"
+    )(view)
+
+
 def answer_authorisation(body: dict[str, Any], explain: bool) -> Response:
     """Authorise a parsed swipe and answer the stored response."""
     request_ = swipes.AuthorisationRequest(**body)
@@ -110,7 +122,7 @@ class Authorisations(MethodView):
     @blp.arguments(schemas.ExplainQuerySchema(), location="query", as_kwargs=True)
     @blp.arguments(schemas.AuthorisationRequestSchema())
     @blp.response(200, schemas.AuthorisationSchema, description="approved or declined (a business decline is 200)")
-    @error_responses
+    @body_error_responses
     def post(self, body: dict[str, Any], explain: bool) -> Response:
         """Authorise a swipe: decide its discount and subsidy and record it."""
         return answer_authorisation(body, explain)
@@ -130,7 +142,7 @@ class AuthorisationById(MethodView):
 class Reversal(MethodView):
     @blp.arguments(schemas.ReversalRequestSchema())
     @blp.response(200, schemas.AdjustmentSchema)
-    @error_responses
+    @body_error_responses
     def post(self, body: dict[str, Any], authorisation_id: str) -> Response:
         """Void an authorisation in full (what is not yet refunded)."""
         return stored(swipes.adjust(engine(), g.terminal, authorisation_id, "reversal", body["request_id"], request_hash()))
@@ -140,7 +152,7 @@ class Reversal(MethodView):
 class Refunds(MethodView):
     @blp.arguments(schemas.RefundRequestSchema())
     @blp.response(200, schemas.AdjustmentSchema)
-    @error_responses
+    @body_error_responses
     def post(self, body: dict[str, Any], authorisation_id: str) -> Response:
         """Refund part or all of an authorisation; discount and subsidy are clawed back pro rata."""
         return stored(
@@ -152,7 +164,7 @@ class Refunds(MethodView):
 class Voids(MethodView):
     @blp.arguments(schemas.VoidRequestSchema())
     @blp.response(200, schemas.VoidResultSchema)
-    @error_responses
+    @body_error_responses
     def post(self, body: dict[str, Any]) -> Response:
         """Void whatever a request the terminal got no answer to did (after a timeout); harmless if nothing."""
         return stored(swipes.reverse_request(engine(), g.terminal, body["request_id"], body["original_request_id"], request_hash()))

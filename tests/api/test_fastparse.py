@@ -263,8 +263,11 @@ def test_a_well_formed_body_sent_as_text_is_still_refused(terminal: SignedClient
     raw = json.dumps(VALID).encode()
     headers = {**terminal.headers("POST", "/v1/authorisations", raw), "Content-Type": "text/plain"}
     response = terminal.client.post("/v1/authorisations", data=raw, headers=headers)
-    assert response.status_code == 422
-    assert {error["field"] for error in response.get_json()["errors"]} == set(FIELDS)
+    assert response.status_code == 415
+    problem = response.get_json()
+    assert problem["code"] == "unsupported_media_type"
+    assert "application/json" in problem["detail"]
+    assert "text/plain" in problem["detail"]
 
 
 def test_the_fast_and_the_full_path_answer_the_same_swipe_alike(terminal: SignedClient) -> None:

@@ -28,6 +28,7 @@ AUTHORISATION_OPERATION = {
         "403": problem("terminal_inactive, merchant_mismatch"),
         "409": problem("idempotency_conflict, request_in_progress, and state conflicts"),
         "413": problem("body_too_large"),
+        "415": problem("unsupported_media_type"),
         "200": {
             "description": "approved or declined (a business decline is 200)",
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Authorisation"}}},

@@ -576,6 +576,7 @@ def test_a_connection_refused_is_retried_and_needs_no_reversal(client, engine):
         (problem(422, "validation_failed", errors=[{"field": "amount_fen", "message": "too large"}]), ValidationError),
         (problem(409, "idempotency_conflict"), ConflictError),
         (problem(400, "malformed_json"), BadRequestError),
+        (problem(415, "unsupported_media_type"), BadRequestError),
     ],
 )
 def test_a_refusal_that_cannot_succeed_is_not_retried_and_sends_no_reversal(client, engine, clock, response, error_class):

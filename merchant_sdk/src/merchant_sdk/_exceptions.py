@@ -12,7 +12,7 @@ call, when it had one, so a call can be repeated safely with it)::
     │                             SDK voided the request: charge the full price
     ├── UnexpectedResponseError   a 2xx answer the SDK cannot read
     └── APIStatusError            the server answered with an RFC 9457 problem
-        ├── BadRequestError       400 malformed_json, 413 body_too_large
+        ├── BadRequestError       400 malformed_json, 413 body_too_large, 415 unsupported_media_type
         ├── AuthenticationError   401 signature_missing, signature_invalid,
         │                             timestamp_out_of_window, terminal_unknown
         ├── PermissionDeniedError 403 terminal_inactive, merchant_mismatch
@@ -132,7 +132,7 @@ class APIStatusError(PosError):
 
 
 class BadRequestError(APIStatusError):
-    """400 or 413: the request could not be read (malformed JSON, body too large)."""
+    """400, 413 or 415: the request could not be read (malformed JSON, body too large, not sent as JSON)."""
 
 
 class AuthenticationError(APIStatusError):
@@ -171,6 +171,7 @@ _STATUS_ERRORS: Mapping[int, type[APIStatusError]] = MappingProxyType(
         404: NotFoundError,
         409: ConflictError,
         413: BadRequestError,
+        415: BadRequestError,
         422: ValidationError,
         429: RateLimitError,
     }
