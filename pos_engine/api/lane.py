@@ -7,8 +7,8 @@ everything the engine does for a swipe besides its two round trips
 takes this lane:
 
 - `POST` to `/v1/authorisations`, a JSON content type, a `Content-Length` of
-  at most the body limit, a query string `fastparse.explain_flag` reads, the
-  three signature headers, and the path as sent (`RAW_URI`, `REQUEST_URI`);
+  at most the body limit, a query string `fastparse.explain_flag` reads, and
+  the path as sent (`RAW_URI`, `REQUEST_URI`);
 - a body that `fastparse.authorisation_request` loads (exactly what the
   schema would load).
 
