@@ -42,14 +42,6 @@ PATH = "/v1/authorisations"
 _JSON = "application/json"
 
 
-def status_line(status: int) -> str:
-    """The status line werkzeug writes for `status` ('200 OK', '401 UNAUTHORIZED')."""
-    return f"{status} {HTTP_STATUS_CODES.get(status, 'UNKNOWN').upper()}"
-
-
-_STATUS_LINES: dict[int, str] = {}
-
-
 class SwipeLane:
     """WSGI middleware: takes the swipes it is sure of, hands every other request to `app` (Flask's wsgi_app)."""
 
@@ -91,17 +83,18 @@ class SwipeLane:
             return None
         explain = fastparse.explain_flag(environ.get("QUERY_STRING", "").encode("latin-1"))
         path = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-        length = environ.get("CONTENT_LENGTH", "")
-        if explain is None or not path or not (length.isascii() and length.isdigit()) or int(length) > REQUEST_BODY_BYTES_MAX:
+        declared = environ.get("CONTENT_LENGTH", "")
+        length = int(declared) if declared.isascii() and declared.isdigit() else None
+        if explain is None or not path or length is None or length > REQUEST_BODY_BYTES_MAX:
             return None
         if environ.get("HTTP_TRANSFER_ENCODING"):  # Flask would read a chunked body, not Content-Length bytes
             return None
         try:
-            raw = environ["wsgi.input"].read(int(length))
+            raw = environ["wsgi.input"].read(length)
         except (OSError, ValueError):  # the server lost the connection mid-body (gunicorn's NoMoreData is an OSError)
             raw = b""
         environ["wsgi.input"] = io.BytesIO(raw)
-        if len(raw) != int(length):  # the till hung up mid-body: Flask refuses what arrived
+        if len(raw) != length:  # the till hung up mid-body: Flask refuses what arrived
             return None
         body = fastparse.authorisation_request(raw)
         if body is None:
@@ -110,8 +103,6 @@ class SwipeLane:
 
 
 def _respond(start_response: Callable[..., Any], status: int, mimetype: str, body: bytes) -> list[bytes]:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = _STATUS_LINES.setdefault(status, status_line(status))
-    start_response(line, [("Content-Type", mimetype), ("Content-Length", str(len(body)))])
+    """The status line and headers werkzeug writes for the same response ('200 OK', '401 UNAUTHORIZED')."""
+    start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}", [("Content-Type", mimetype), ("Content-Length", str(len(body)))])
     return [body]

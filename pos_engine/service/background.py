@@ -8,8 +8,6 @@ from collections.abc import Callable
 
 
 class _Process:
-    """A token that is new in each forked child: comparing it costs less than os.getpid(), a system call, on every swipe."""
-
     current = object()
 
 
@@ -18,6 +16,16 @@ def _forked() -> None:
 
 
 os.register_at_fork(after_in_child=_forked)
+
+
+def this_process() -> object:
+    """A token for the running process, new in each forked child.
+
+    What a gunicorn worker must not share with the parent it was forked from
+    (threads, connections, lock files) is kept with this token; comparing it
+    costs less than os.getpid(), a system call, on every swipe.
+    """
+    return _Process.current
 
 
 class ProcessThread:
@@ -33,19 +41,19 @@ class ProcessThread:
         self._target = target
         self._before_start = before_start
         self._lock = threading.Lock()
-        self._started_in: object = None  # the _Process token of the process that started it
+        self._started_in: object = None  # this_process() of the process that started it
 
     def ensure_started(self) -> None:
-        if self._started_in is _Process.current:
+        if self._started_in is this_process():
             return
         with self._lock:
-            if self._started_in is _Process.current:
+            if self._started_in is this_process():
                 return
             if self._before_start is not None:
                 self._before_start()
             threading.Thread(target=self._target, name=self.name, daemon=True).start()
-            self._started_in = _Process.current
+            self._started_in = this_process()
 
     def driven_by_hand(self) -> None:
         """Never start the thread in this process: the caller runs the work itself (tests, one-off tools)."""
-        self._started_in = _Process.current
+        self._started_in = this_process()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
+
+from pos_engine.service.background import this_process
 
 
 class _Closable(Protocol):
@@ -29,24 +30,24 @@ class ThreadConnections(Generic[C]):
         self._is_closed = is_closed
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._opened: list[tuple[int, C]] = []
+        self._opened: list[tuple[object, C]] = []  # (this_process() of the opener, connection)
         # Close what is still open when this is dropped without `close_all` (drivers warn otherwise).
         weakref.finalize(self, _close_connections, self._opened)
 
     def get(self) -> C:
         connection: C | None = getattr(self._local, "connection", None)
-        if connection is None or self._local.pid != os.getpid() or self._is_closed(connection):
+        if connection is None or self._local.process is not this_process() or self._is_closed(connection):
             connection = self._connect()
-            self._local.connection, self._local.pid = connection, os.getpid()
+            self._local.connection, self._local.process = connection, this_process()
             with self._lock:
-                self._opened[:] = [(pid, opened) for pid, opened in self._opened if not self._is_closed(opened)]
-                self._opened.append((os.getpid(), connection))
+                self._opened[:] = [(process, opened) for process, opened in self._opened if not self._is_closed(opened)]
+                self._opened.append((this_process(), connection))
         return connection
 
     def discard(self) -> None:
         connection = getattr(self._local, "connection", None)
         self._local.connection = None
-        if connection is not None and self._local.pid == os.getpid():
+        if connection is not None and self._local.process is this_process():
             connection.close()
 
     def close_all(self) -> None:
@@ -54,8 +55,8 @@ class ThreadConnections(Generic[C]):
             _close_connections(self._opened)
 
 
-def _close_connections(opened: list[tuple[int, Any]]) -> None:
-    for pid, connection in opened:
-        if pid == os.getpid():
+def _close_connections(opened: list[tuple[object, Any]]) -> None:
+    for process, connection in opened:
+        if process is this_process():
             connection.close()
     opened.clear()

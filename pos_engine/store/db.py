@@ -24,6 +24,7 @@ from sqlalchemy.orm import sessionmaker
 
 from pos_engine.domain.registry import CardHolder, Merchant, Terminal
 from pos_engine.limits import SQLITE_BUSY_TIMEOUT_MS
+from pos_engine.service.background import this_process
 from pos_engine.service.cards import CardChangesCursor, CardRowTuple
 from pos_engine.service.errors import DuplicateKey
 from pos_engine.store.connections import ThreadConnections
@@ -111,15 +112,15 @@ class SqliteWriteLock:
         self._path = f"{database_path}.writelock"
         self._thread_lock = threading.Lock()
         self._fd: int | None = None
-        self._pid = 0
+        self._process: object = None  # this_process() of the process that opened _fd
 
     def __enter__(self) -> None:
         self._thread_lock.acquire()
         try:
             # A forked worker opens its own file: a descriptor shared across a fork shares its lock.
-            if self._fd is None or self._pid != os.getpid():
+            if self._fd is None or self._process is not this_process():
                 self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-                self._pid = os.getpid()
+                self._process = this_process()
             fcntl.flock(self._fd, fcntl.LOCK_EX)
         except BaseException:
             self._thread_lock.release()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from datetime import timedelta
@@ -12,11 +11,10 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from werkzeug.test import Client
+from werkzeug.test import Client, EnvironBuilder
 from werkzeug.wrappers import Response
 
 from pos_engine.api.lane import SwipeLane
-from pos_engine.api.signing import sign
 from pos_engine.domain.clock import FixedClock
 from pos_engine.service import swipes
 from tests.api.conftest import CARD
@@ -58,13 +56,11 @@ def answer(client: Client, raw: bytes, headers: dict[str, str], query: str = "")
 
 
 def signed(world: World, clock: FixedClock, terminal_id: str, raw: bytes, query: str = "", signature: str = "good") -> dict[str, str]:
+    """A till's headers for `raw`, signed well, with another secret ('bad'), an hour ago ('stale'), or not at all ('missing')."""
     secret = world.terminals[terminal_id][0] if terminal_id in world.terminals else "no-such-secret"
-    timestamp = str(int(clock.now().timestamp()) - (3600 if signature == "stale" else 0))
-    path = PATH + (f"?{query}" if query else "")
-    signature_ = sign(secret, "POST", path, timestamp, raw)
-    headers = {"X-Terminal-Id": terminal_id, "X-Timestamp": timestamp, "X-Signature": signature_, "Content-Type": "application/json"}
-    if signature == "bad":
-        headers["X-Signature"] = sign("another-secret", "POST", path, timestamp, raw)
+    at = FixedClock(clock.now() - timedelta(hours=1)) if signature == "stale" else clock
+    till = SignedClient(None, terminal_id, "another-secret" if signature == "bad" else secret, at)
+    headers: dict[str, str] = till.headers("POST", PATH + (f"?{query}" if query else ""), raw)
     if signature == "missing":
         del headers["X-Signature"]
     return headers
@@ -183,27 +179,12 @@ def wsgi_call(app: Any, environ: dict[str, Any]) -> tuple[str, bytes]:
 
 
 def raw_environ(terminal: SignedClient, raw: bytes, declared_length: int) -> dict[str, Any]:
-    headers = terminal.headers("POST", PATH, raw)
-    return {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": PATH,
-        "QUERY_STRING": "",
-        "SERVER_NAME": "localhost",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "CONTENT_TYPE": "application/json",
-        "CONTENT_LENGTH": str(declared_length),
-        "HTTP_X_TERMINAL_ID": headers["X-Terminal-Id"],
-        "HTTP_X_TIMESTAMP": headers["X-Timestamp"],
-        "HTTP_X_SIGNATURE": headers["X-Signature"],
-        "wsgi.input": io.BytesIO(raw),
-        "wsgi.url_scheme": "http",
-        "wsgi.errors": io.StringIO(),
-        "wsgi.version": (1, 0),
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-    }
+    """A signed swipe's WSGI environ from a server that gives no raw path, declaring `declared_length` bytes."""
+    environ: dict[str, Any] = EnvironBuilder(path=PATH, method="POST", data=raw, headers=terminal.headers("POST", PATH, raw)).get_environ()
+    environ.pop("RAW_URI", None)
+    environ.pop("REQUEST_URI", None)
+    environ["CONTENT_LENGTH"] = str(declared_length)
+    return environ
 
 
 def test_a_server_that_gives_no_raw_path_and_a_body_cut_short_both_go_to_flask(
