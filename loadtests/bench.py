@@ -4,16 +4,22 @@
                               [--pg-url postgresql://postgres@127.0.0.1:5432/pos_engine_load]
                               [--redis-url redis://127.0.0.1:6379/0] [--world var/world/world.json]
 
-Three targets, each served by gunicorn with the same configuration:
+Four targets, each served by gunicorn with the same configuration:
 1. the ceiling: `loadtests/ceiling_app.py`, a bare Flask app whose one endpoint
    parses and answers JSON of a swipe's size;
 2. the engine on PostgreSQL + Redis (the large world if `--world` names one,
    else the demo world in the database of `--pg-url`);
-3. the engine on the embedded default (SQLite, SQL counters, the demo world).
+3. the engine on the embedded default (SQLite, SQL counters, the demo world);
+4. the baseline: `loadtests/baseline_app.py`, the straightforward design (one
+   Redis script and one SQLAlchemy insert per request) on the same PostgreSQL
+   and Redis, saturation only: a second reference, for hardware where the
+   ceiling moves and the engine's work does not move with it.
 
 For each it prints throughput at saturation, and p50/p95/p99 at a fixed
 moderate rate (half the PostgreSQL + Redis engine's saturation), and errors;
-then the ratios engine/ceiling. The last line is machine-readable.
+the CPU per request at saturation of the gunicorn workers, PostgreSQL, Redis
+and wrk (from /proc: run it on an otherwise quiet machine); then the ratios
+engine/ceiling and to the baseline. The last line is machine-readable.
 
 The load generator is wrk (C, epoll; `apt-get install wrk`) replaying
 pre-signed requests from a file through `loadtests/wrk_requests.lua`: signing
@@ -31,6 +37,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -47,6 +54,7 @@ from typing import Any
 
 import httpx
 
+from loadtests import baseline_app
 from pos_engine.api.signing import sign
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +87,8 @@ class Result:
     p95_ms: float = 0.0
     p99_ms: float = 0.0
     errors: int = 0
+    # CPU per request at saturation, by process group (µs): where the cost goes.
+    cpu_us: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -199,6 +209,39 @@ def cli(env: dict[str, str], *args: str) -> str:
     return completed.stdout
 
 
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+SERVER_PROCESSES = {"postgres": "PostgreSQL", "redis-server": "Redis"}
+
+
+def process_cpu_s(url: str) -> dict[str, float]:
+    """CPU seconds so far of the gunicorn serving `url` (master and workers) and of every PostgreSQL and Redis process.
+
+    From /proc, so other processes on the machine are not counted, but every
+    PostgreSQL and Redis process is (run the bench on an otherwise quiet machine).
+    """
+    bind = url.removeprefix("http://").encode()
+    totals = dict.fromkeys(["workers", *SERVER_PROCESSES.values()], 0.0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:  # it exited meanwhile
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        group = "workers" if b"gunicorn" in command and bind in command.split(b"\0") else SERVER_PROCESSES.get(name)
+        if group is not None:
+            fields = stat[stat.rindex(")") + 2 :].split()
+            totals[group] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S  # utime + stime
+    return totals
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it has been waited for
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure_saturation(result: Result, url: str, credentials: Credentials, seconds: int, scratch: Path) -> None:
     # The warm-up has its own requests: wrk starts each run at the top of its file, and a
     # request sent twice would be answered from the idempotency record, not authorised.
@@ -207,7 +250,12 @@ def measure_saturation(result: Result, url: str, credentials: Credentials, secon
     run_wrk(url + "/v1/authorisations", warmup_file, WARMUP_S, SATURATION_CONNECTIONS)
     requests_file = scratch / f"{result.name}-saturation.tsv"
     write_requests(requests_file, credentials, REQUESTS_PER_SECOND_GUESS_MAX * seconds, seed=1)
+    before, wrk_before = process_cpu_s(url), _children_cpu_s()
     data = run_wrk(url + "/v1/authorisations", requests_file, seconds, SATURATION_CONNECTIONS)
+    after, wrk_after = process_cpu_s(url), _children_cpu_s()
+    per_request_us = 1e6 / max(1, data["requests"])
+    result.cpu_us = {group: (after[group] - before[group]) * per_request_us for group in after}
+    result.cpu_us["wrk"] = (wrk_after - wrk_before) * per_request_us
     result.saturation_rps = data["rps"]
     result.saturation_p99_ms = data["p99_us"] / 1000
     result.errors += data["errors"]
@@ -289,6 +337,18 @@ def main() -> None:
         measure_moderate(embedded, url, embedded_credentials, args.seconds, rate, scratch)
     print(_line(embedded), flush=True)
 
+    # The straightforward design the issue's floors are calibrated on (one Redis script, one
+    # SQLAlchemy insert per swipe), in the PostgreSQL database and Redis of the engine's phase.
+    baseline = Result("baseline: Flask + one Redis script + one SQLAlchemy insert")
+    baseline_env = {**base_env, "BASELINE_DATABASE_URL": args.pg_url, "BASELINE_REDIS_URL": args.redis_url}
+    baseline_app.prepare(args.pg_url)
+    try:
+        with gunicorn("loadtests.baseline_app:app", baseline_env, *serve, scratch / "baseline.log") as url:
+            measure_saturation(baseline, url, embedded_credentials, args.seconds, scratch)
+    finally:
+        baseline_app.drop(args.pg_url, args.redis_url)
+    print(_line(baseline), flush=True)
+
     # 1. The ceiling (measured last, with the same requests as the embedded engine).
     ceiling = Result("ceiling: bare Flask JSON endpoint")
     with gunicorn("loadtests.ceiling_app:app", base_env, *serve, scratch / "ceiling.log") as url:
@@ -298,9 +358,13 @@ def main() -> None:
 
     ratio_pg = pg.saturation_rps / ceiling.saturation_rps
     ratio_embedded = embedded.saturation_rps / ceiling.saturation_rps
-    errors = pg.errors + embedded.errors + ceiling.errors
+    errors = pg.errors + embedded.errors + baseline.errors + ceiling.errors
     print(f"ratios at saturation: PostgreSQL + Redis / ceiling = {ratio_pg:.2f}; embedded / ceiling = {ratio_embedded:.2f}")
-    for result in (pg, embedded, ceiling):
+    print(
+        f"ratios to the baseline: baseline / ceiling = {baseline.saturation_rps / ceiling.saturation_rps:.2f}; "
+        f"PostgreSQL + Redis / baseline = {pg.saturation_rps / baseline.saturation_rps:.2f}"
+    )
+    for result in (pg, embedded, baseline, ceiling):
         for note in result.notes:
             print(f"note: {result.name}: {note}")
     if args.keep:
@@ -311,11 +375,14 @@ def main() -> None:
 
 
 def _line(result: Result) -> str:
-    return (
-        f"{result.name}: saturation {result.saturation_rps:.0f} req/s (p99 {result.saturation_p99_ms:.1f} ms); "
-        f"at {result.moderate_target_rps:.0f} req/s target ({result.moderate_rps:.0f} achieved): "
-        f"p50 {result.p50_ms:.2f} ms, p95 {result.p95_ms:.2f} ms, p99 {result.p99_ms:.2f} ms; errors {result.errors}"
-    )
+    line = f"{result.name}: saturation {result.saturation_rps:.0f} req/s (p99 {result.saturation_p99_ms:.1f} ms); "
+    if result.moderate_target_rps:
+        line += (
+            f"at {result.moderate_target_rps:.0f} req/s target ({result.moderate_rps:.0f} achieved): "
+            f"p50 {result.p50_ms:.2f} ms, p95 {result.p95_ms:.2f} ms, p99 {result.p99_ms:.2f} ms; "
+        )
+    cpu = ", ".join(f"{group} {value:.0f}" for group, value in result.cpu_us.items() if value >= 0.5)
+    return f"{line}errors {result.errors}\n  CPU per request at saturation (µs): {cpu}; all {sum(result.cpu_us.values()):.0f}"
 
 
 def _ensure_database(url: str) -> None:

@@ -14,7 +14,7 @@ from flask import Flask, Response, request
 app = Flask(__name__)
 
 # An answer shaped and sized like an approved authorisation.
-_ANSWER_TEMPLATE: dict[str, Any] = {
+ANSWER_TEMPLATE: dict[str, Any] = {
     "id": "au_00000000000000000000000000",
     "status": "approved",
     "decline_code": None,
@@ -38,7 +38,7 @@ _ANSWER_TEMPLATE: dict[str, Any] = {
 @app.post("/v1/authorisations")
 def authorise() -> Response:
     body = json.loads(request.get_data())
-    answer = dict(_ANSWER_TEMPLATE, request_id=body["request_id"], amount_fen=body["amount_fen"])
+    answer = dict(ANSWER_TEMPLATE, request_id=body["request_id"], amount_fen=body["amount_fen"])
     return Response(json.dumps(answer, separators=(",", ":")), mimetype="application/json")
 
 

@@ -1,0 +1,51 @@
+"""The bench's reference apps do what the bench says they do: the baseline really makes its Redis call and its insert."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+import redis
+
+from loadtests import baseline_app, ceiling_app
+from tests.conftest import REDIS_URL
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+def swipe(request_id: str, card_number: str, amount_fen: int) -> dict[str, object]:
+    return {
+        "request_id": request_id,
+        "card_number": card_number,
+        "merchant_id": "m-00001",
+        "amount_fen": amount_fen,
+        "occurred_at": "2026-11-25T04:00:00+00:00",
+    }
+
+
+def test_the_baseline_records_each_swipe_and_adds_to_its_card_counter(pg_url: str, redis_client: redis.Redis) -> None:
+    baseline_app.prepare(pg_url)
+    try:
+        app = baseline_app.create_app(pg_url, REDIS_URL)
+        client = app.test_client()
+        answers = [client.post("/v1/authorisations", json=swipe(f"r-{index}", "6200000000000001", 1_000 + index)) for index in range(3)]
+        with psycopg.connect(pg_url) as connection:
+            rows = connection.execute(
+                "select request_id, amount_fen, counter_fen from bench_baseline_swipes order by request_id"
+            ).fetchall()
+        counter = redis_client.get(baseline_app.KEY_PREFIX + "6200000000000001")
+        engine, app_redis = app.extensions["baseline"]
+        engine.dispose()
+        app_redis.close()
+    finally:
+        baseline_app.drop(pg_url, REDIS_URL)
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+    # the same answer as the ceiling's, so both send the same bytes
+    ceiling = ceiling_app.app.test_client()
+    for index, answer in enumerate(answers):
+        assert answer.data == ceiling.post("/v1/authorisations", json=swipe(f"r-{index}", "6200000000000001", 1_000 + index)).data
+    assert rows == [("r-0", 1_000, 1_000), ("r-1", 1_001, 2_001), ("r-2", 1_002, 3_003)]
+    assert int(counter) == 3_003
+    # dropped: the table and the counters are gone
+    assert redis_client.get(baseline_app.KEY_PREFIX + "6200000000000001") is None
+    with psycopg.connect(pg_url) as connection:
+        assert connection.execute("select to_regclass('bench_baseline_swipes')").fetchone() == (None,)
