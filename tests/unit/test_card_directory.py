@@ -55,6 +55,27 @@ def test_the_table_answers_what_the_rows_say_and_nothing_else(generated: list[Ca
         assert table.get(junk) is None
 
 
+# Hashes crowded into a few runs of the same first two bytes (the table's buckets), the first and last among them.
+crowded_hashes = st.builds(
+    lambda prefix, rest: (prefix + rest).hex(),
+    st.sampled_from([b"\x00\x00", b"\x00\x01", b"\x01\x00", b"\xff\xff"]),
+    st.binary(min_size=30, max_size=30) | st.sampled_from([b"\x00" * 30, b"\xff" * 30]),
+)
+
+
+@settings(max_examples=200)
+@given(st.lists(crowded_hashes, max_size=40, unique=True), st.lists(crowded_hashes, max_size=20))
+def test_hashes_sharing_their_first_bytes_are_all_found_and_no_other(present: list[str], others: list[str]) -> None:
+    ordered = sorted(present)
+    table = CardTable([(card_hash, *row(index)[1:]) for index, card_hash in enumerate(ordered)])
+    for index, card_hash in enumerate(ordered):
+        holder = table.get(card_hash)
+        assert holder is not None
+        assert holder.card_id == f"card-{index}"
+    for card_hash in set(others) - set(present):
+        assert table.get(card_hash) is None
+
+
 def test_a_field_holding_the_separator_and_a_hash_the_engine_never_makes_are_still_found() -> None:
     odd_field = row(1, card_id=f"card{SEPARATOR}1")
     upper = ("AB" * 32, *row(2)[1:])
