@@ -1,6 +1,6 @@
 """Measure the engine against its ceiling, in one run, on one machine, with one load generator.
 
-    python -m loadtests.bench [--seconds 20] [--workers 3] [--worker-class gthread]
+    python -m loadtests.bench [--seconds 20] [--rounds 1] [--workers 3] [--worker-class gthread]
                               [--pg-url postgresql://postgres@127.0.0.1:5432/pos_engine_load]
                               [--redis-url redis://127.0.0.1:6379/0] [--world var/world/world.json]
 
@@ -14,6 +14,11 @@ Four targets, each served by gunicorn with the same configuration:
    Redis script and one SQLAlchemy insert per request) on the same PostgreSQL
    and Redis, saturation only: a second reference, for hardware where the
    ceiling moves and the engine's work does not move with it.
+
+All four serve at once. `--rounds N` measures every target at saturation N
+times, in an order that turns round by round, so that a drift of a shared
+machine's speed falls on all of them alike; the medians are printed (the
+ratios are medians of each round's ratios). Then, once each, the moderate rate.
 
 For each it prints throughput at saturation, and p50/p95/p99 at a fixed
 moderate rate (half the PostgreSQL + Redis engine's saturation), and errors;
@@ -40,13 +45,14 @@ import random
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,7 +85,10 @@ class Credentials:
 @dataclass
 class Result:
     name: str
-    saturation_rps: float = 0.0
+    label: str  # a short name for logs and round lines
+    credentials: Credentials | None = None
+    url: str = ""
+    saturation_rps_runs: list[float] = field(default_factory=list)
     saturation_p99_ms: float = 0.0
     moderate_target_rps: float = 0.0
     moderate_rps: float = 0.0
@@ -87,9 +96,20 @@ class Result:
     p95_ms: float = 0.0
     p99_ms: float = 0.0
     errors: int = 0
-    # CPU per request at saturation, by process group (µs): where the cost goes.
-    cpu_us: dict[str, float] = field(default_factory=dict)
+    # CPU seconds at saturation by process group, and the requests they served: where the cost goes.
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    cpu_requests: int = 0
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def saturation_rps(self) -> float:
+        """The median of the rounds' saturation throughputs."""
+        return statistics.median(self.saturation_rps_runs)
+
+    @property
+    def cpu_us(self) -> dict[str, float]:
+        """CPU per request at saturation (µs) by process group, over every round."""
+        return {group: seconds * 1e6 / max(1, self.cpu_requests) for group, seconds in self.cpu_s.items()}
 
 
 def demo_credentials(path: Path) -> Credentials:
@@ -242,32 +262,40 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure_saturation(result: Result, url: str, credentials: Credentials, seconds: int, scratch: Path) -> None:
+def warm_up(result: Result, scratch: Path) -> None:
     # The warm-up has its own requests: wrk starts each run at the top of its file, and a
     # request sent twice would be answered from the idempotency record, not authorised.
-    warmup_file = scratch / f"{result.name}-warmup.tsv"
-    write_requests(warmup_file, credentials, REQUESTS_PER_SECOND_GUESS_MAX * WARMUP_S, seed=3)
-    run_wrk(url + "/v1/authorisations", warmup_file, WARMUP_S, SATURATION_CONNECTIONS)
-    requests_file = scratch / f"{result.name}-saturation.tsv"
-    write_requests(requests_file, credentials, REQUESTS_PER_SECOND_GUESS_MAX * seconds, seed=1)
-    before, wrk_before = process_cpu_s(url), _children_cpu_s()
-    data = run_wrk(url + "/v1/authorisations", requests_file, seconds, SATURATION_CONNECTIONS)
-    after, wrk_after = process_cpu_s(url), _children_cpu_s()
-    per_request_us = 1e6 / max(1, data["requests"])
-    result.cpu_us = {group: (after[group] - before[group]) * per_request_us for group in after}
-    result.cpu_us["wrk"] = (wrk_after - wrk_before) * per_request_us
-    result.saturation_rps = data["rps"]
-    result.saturation_p99_ms = data["p99_us"] / 1000
+    assert result.credentials is not None
+    warmup_file = scratch / f"{result.label}-warmup.tsv"
+    write_requests(warmup_file, result.credentials, REQUESTS_PER_SECOND_GUESS_MAX * WARMUP_S, seed=3)
+    run_wrk(result.url + "/v1/authorisations", warmup_file, WARMUP_S, SATURATION_CONNECTIONS)
+
+
+def measure_saturation(result: Result, seconds: int, scratch: Path, seed: int) -> None:
+    """One saturation run: its throughput, and the CPU every process group spent on it."""
+    assert result.credentials is not None
+    requests_file = scratch / f"{result.label}-saturation.tsv"
+    write_requests(requests_file, result.credentials, REQUESTS_PER_SECOND_GUESS_MAX * seconds, seed=seed)
+    before, wrk_before = process_cpu_s(result.url), _children_cpu_s()
+    data = run_wrk(result.url + "/v1/authorisations", requests_file, seconds, SATURATION_CONNECTIONS)
+    after, wrk_after = process_cpu_s(result.url), _children_cpu_s()
+    for group in after:
+        result.cpu_s[group] = result.cpu_s.get(group, 0.0) + after[group] - before[group]
+    result.cpu_s["wrk"] = result.cpu_s.get("wrk", 0.0) + wrk_after - wrk_before
+    result.cpu_requests += data["requests"]
+    result.saturation_rps_runs.append(data["rps"])
+    result.saturation_p99_ms = max(result.saturation_p99_ms, data["p99_us"] / 1000)
     result.errors += data["errors"]
     if data["wrapped"]:
         result.notes.append("saturation: ran out of pre-signed requests and replayed some")
 
 
-def measure_moderate(result: Result, url: str, credentials: Credentials, seconds: int, rate_rps: float, scratch: Path) -> None:
-    requests_file = scratch / f"{result.name}-moderate.tsv"
-    write_requests(requests_file, credentials, int(rate_rps * (seconds + 5) * 1.2) + 1000, seed=2)
+def measure_moderate(result: Result, seconds: int, rate_rps: float, scratch: Path) -> None:
+    assert result.credentials is not None
+    requests_file = scratch / f"{result.label}-moderate.tsv"
+    write_requests(requests_file, result.credentials, int(rate_rps * (seconds + 5) * 1.2) + 1000, seed=2)
     delay_ms = MODERATE_CONNECTIONS * 1000 / rate_rps
-    data = run_wrk(url + "/v1/authorisations", requests_file, seconds, MODERATE_CONNECTIONS, delay_ms=delay_ms)
+    data = run_wrk(result.url + "/v1/authorisations", requests_file, seconds, MODERATE_CONNECTIONS, delay_ms=delay_ms)
     result.moderate_target_rps = rate_rps
     result.moderate_rps = data["rps"]
     result.p50_ms, result.p95_ms, result.p99_ms = (data[key] / 1000 for key in ("p50_us", "p95_us", "p99_us"))
@@ -285,6 +313,7 @@ def main() -> None:
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/pos_engine_bench")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--world", type=Path, help="world.json of a large world already loaded into --pg-url (loadtests/world.py)")
+    parser.add_argument("--rounds", type=int, default=1, help="saturation runs per target, alternating targets; medians are printed")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, request files)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -320,51 +349,62 @@ def main() -> None:
         pg_credentials = demo_credentials(scratch / "pg-demo.json")
         world_name = "demo world"
     cli(pg_env, "counters", "rebuild")
-    pg = Result(f"engine PostgreSQL + Redis, {world_name}")
-    with gunicorn("pos_engine.wsgi:app", pg_env, *serve, scratch / "pg.log") as url:
-        measure_saturation(pg, url, pg_credentials, args.seconds, scratch)
-        rate = pg.saturation_rps / 2
-        measure_moderate(pg, url, pg_credentials, args.seconds, rate, scratch)
-    print(_line(pg), flush=True)
+    pg = Result(f"engine PostgreSQL + Redis, {world_name}", "pg-redis", pg_credentials)
 
     # 3. The engine on the embedded default.
     embedded_env = {**base_env, "POS_ENGINE_DATABASE_URL": f"sqlite:///{scratch}/embedded.sqlite3"}
     cli(embedded_env, "demo", "--reset", "--out", str(scratch / "embedded-demo.json"))
     embedded_credentials = demo_credentials(scratch / "embedded-demo.json")
-    embedded = Result("engine SQLite + SQL counters, demo world")
-    with gunicorn("pos_engine.wsgi:app", embedded_env, *serve, scratch / "embedded.log") as url:
-        measure_saturation(embedded, url, embedded_credentials, args.seconds, scratch)
-        measure_moderate(embedded, url, embedded_credentials, args.seconds, rate, scratch)
-    print(_line(embedded), flush=True)
+    embedded = Result("engine SQLite + SQL counters, demo world", "embedded", embedded_credentials)
 
-    # The straightforward design the issue's floors are calibrated on (one Redis script, one
+    # 4. The straightforward design the issue's floors are calibrated on (one Redis script, one
     # SQLAlchemy insert per swipe), in the PostgreSQL database and Redis of the engine's phase.
-    baseline = Result("baseline: Flask + one Redis script + one SQLAlchemy insert")
+    baseline = Result("baseline: Flask + one Redis script + one SQLAlchemy insert", "baseline", embedded_credentials)
     baseline_env = {**base_env, "BASELINE_DATABASE_URL": args.pg_url, "BASELINE_REDIS_URL": args.redis_url}
+
+    # 1. The ceiling, with the same requests as the embedded engine.
+    ceiling = Result("ceiling: bare Flask JSON endpoint", "ceiling", embedded_credentials)
+
+    targets = [pg, embedded, baseline, ceiling]
     baseline_app.prepare(args.pg_url)
     try:
-        with gunicorn("loadtests.baseline_app:app", baseline_env, *serve, scratch / "baseline.log") as url:
-            measure_saturation(baseline, url, embedded_credentials, args.seconds, scratch)
+        with ExitStack() as servers:
+            # All four serve at once (each idle while another is measured), so that rounds can alternate.
+            for result, app, env in (
+                (pg, "pos_engine.wsgi:app", pg_env),
+                (embedded, "pos_engine.wsgi:app", embedded_env),
+                (baseline, "loadtests.baseline_app:app", baseline_env),
+                (ceiling, "loadtests.ceiling_app:app", base_env),
+            ):
+                result.url = servers.enter_context(gunicorn(app, env, *serve, scratch / f"{result.label}.log"))
+            for result in targets:
+                warm_up(result, scratch)
+            # Each round measures every target at saturation, in an order that turns round by round,
+            # so that a drift of the machine's speed falls on all of them alike.
+            for round_ in range(args.rounds):
+                for result in targets[round_ % len(targets) :] + targets[: round_ % len(targets)]:
+                    measure_saturation(result, args.seconds, scratch, seed=1 + round_)
+                if args.rounds > 1:
+                    runs = ", ".join(f"{result.label} {result.saturation_rps_runs[-1]:.0f}" for result in targets)
+                    ratio = pg.saturation_rps_runs[-1] / ceiling.saturation_rps_runs[-1]
+                    print(f"round {round_ + 1}: saturation {runs} req/s; PostgreSQL + Redis / ceiling = {ratio:.2f}", flush=True)
+            rate = pg.saturation_rps / 2
+            for result in (pg, embedded, ceiling):
+                measure_moderate(result, args.seconds, rate, scratch)
     finally:
         baseline_app.drop(args.pg_url, args.redis_url)
-    print(_line(baseline), flush=True)
+    for result in targets:
+        print(_line(result), flush=True)
 
-    # 1. The ceiling (measured last, with the same requests as the embedded engine).
-    ceiling = Result("ceiling: bare Flask JSON endpoint")
-    with gunicorn("loadtests.ceiling_app:app", base_env, *serve, scratch / "ceiling.log") as url:
-        measure_saturation(ceiling, url, embedded_credentials, args.seconds, scratch)
-        measure_moderate(ceiling, url, embedded_credentials, args.seconds, rate, scratch)
-    print(_line(ceiling), flush=True)
-
-    ratio_pg = pg.saturation_rps / ceiling.saturation_rps
-    ratio_embedded = embedded.saturation_rps / ceiling.saturation_rps
-    errors = pg.errors + embedded.errors + baseline.errors + ceiling.errors
+    # With several rounds, the median of the rounds' ratios (each from runs minutes apart at most).
+    ratio_pg = statistics.median(p / c for p, c in zip(pg.saturation_rps_runs, ceiling.saturation_rps_runs, strict=True))
+    ratio_embedded = statistics.median(e / c for e, c in zip(embedded.saturation_rps_runs, ceiling.saturation_rps_runs, strict=True))
+    ratio_baseline = statistics.median(b / c for b, c in zip(baseline.saturation_rps_runs, ceiling.saturation_rps_runs, strict=True))
+    ratio_pg_baseline = statistics.median(p / b for p, b in zip(pg.saturation_rps_runs, baseline.saturation_rps_runs, strict=True))
+    errors = sum(result.errors for result in targets)
     print(f"ratios at saturation: PostgreSQL + Redis / ceiling = {ratio_pg:.2f}; embedded / ceiling = {ratio_embedded:.2f}")
-    print(
-        f"ratios to the baseline: baseline / ceiling = {baseline.saturation_rps / ceiling.saturation_rps:.2f}; "
-        f"PostgreSQL + Redis / baseline = {pg.saturation_rps / baseline.saturation_rps:.2f}"
-    )
-    for result in (pg, embedded, baseline, ceiling):
+    print(f"ratios to the baseline: baseline / ceiling = {ratio_baseline:.2f}; PostgreSQL + Redis / baseline = {ratio_pg_baseline:.2f}")
+    for result in targets:
         for note in result.notes:
             print(f"note: {result.name}: {note}")
     if args.keep:
@@ -375,7 +415,8 @@ def main() -> None:
 
 
 def _line(result: Result) -> str:
-    line = f"{result.name}: saturation {result.saturation_rps:.0f} req/s (p99 {result.saturation_p99_ms:.1f} ms); "
+    runs = f", rounds {' / '.join(f'{rps:.0f}' for rps in result.saturation_rps_runs)}" if len(result.saturation_rps_runs) > 1 else ""
+    line = f"{result.name}: saturation {result.saturation_rps:.0f} req/s{runs} (p99 {result.saturation_p99_ms:.1f} ms); "
     if result.moderate_target_rps:
         line += (
             f"at {result.moderate_target_rps:.0f} req/s target ({result.moderate_rps:.0f} achieved): "
