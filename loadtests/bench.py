@@ -416,7 +416,8 @@ def main() -> None:
 
 def _line(result: Result) -> str:
     runs = f", rounds {' / '.join(f'{rps:.0f}' for rps in result.saturation_rps_runs)}" if len(result.saturation_rps_runs) > 1 else ""
-    line = f"{result.name}: saturation {result.saturation_rps:.0f} req/s{runs} (p99 {result.saturation_p99_ms:.1f} ms); "
+    worst = ", the worst round's" if len(result.saturation_rps_runs) > 1 else ""
+    line = f"{result.name}: saturation {result.saturation_rps:.0f} req/s{runs} (p99 {result.saturation_p99_ms:.1f} ms{worst}); "
     if result.moderate_target_rps:
         line += (
             f"at {result.moderate_target_rps:.0f} req/s target ({result.moderate_rps:.0f} achieved): "
