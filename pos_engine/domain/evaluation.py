@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pos_engine.domain.clock import local, period_key
-from pos_engine.domain.rulebook import Benefit, Limit, Rule, Rulebook
+from pos_engine.domain.rulebook import Benefit, Campaign, Limit, Rule, Rulebook
 
 UNIT_FEN = "fen"
 UNIT_USES = "uses"
@@ -147,32 +147,64 @@ def _condition_failure(rule: Rule, swipe: Swipe, moment: _Moment) -> str | None:
     return None
 
 
-def _subject(limit: Limit, swipe: Swipe) -> str:
-    return swipe.card_ref if limit.per == "card" else swipe.merchant_id
+@dataclass(frozen=True)
+class _CapTemplate:
+    """One counter of a rule, as far as it is known before the swipe: its key is head + subject + mid + period key + suffix.
+
+    A campaign budget has no subject or period: `fixed` is its whole CounterRef.
+    """
+
+    per: str  # "card" or "merchant": whose id goes into the key; "" for a fixed counter
+    head: str
+    mid: str
+    period: str
+    suffix: str
+    unit: str
+    limit: int
+    label: str
+    fixed: CounterRef | None = None
 
 
-def _limit_counters(prefix: str, limits: tuple[Limit, ...], swipe: Swipe, moment: _Moment) -> list[CounterRef]:
-    counters: list[CounterRef] = []
-    for limit in limits:
-        base = f"{prefix}:{limit.per}:{_subject(limit, swipe)}:{limit.period}:{moment.period_key(limit.period)}"
-        if limit.uses_max is not None:
-            counters.append(CounterRef(f"{base}:{UNIT_USES}", UNIT_USES, limit.uses_max, limit.label(UNIT_USES)))
-        if limit.fen_max is not None:
-            counters.append(CounterRef(f"{base}:{UNIT_FEN}", UNIT_FEN, limit.fen_max, limit.label(UNIT_FEN)))
-    return counters
-
-
-def _merge_same_keys(counters: list[CounterRef]) -> tuple[CounterRef, ...]:
-    """One counter per key: two caps on the same key (same per, period and unit) keep the tighter.
+def _cap_templates(prefix: str, limits: tuple[Limit, ...]) -> list[_CapTemplate]:
+    """The limits' counters in order, uses before fen; two caps on one key (same per, period and unit) keep the tighter.
 
     Otherwise a step would add to that counter twice and overrun the tighter cap.
+    Keys of different limits differ in per, period or unit, so merging here is
+    merging by key: the merged cap keeps the first one's place.
     """
-    merged: dict[str, CounterRef] = {}
-    for counter in counters:
-        known = merged.get(counter.key)
-        if known is None or counter.limit < known.limit:
-            merged[counter.key] = counter
-    return tuple(merged.values())
+    merged: dict[tuple[str, str, str], _CapTemplate] = {}
+    for limit in limits:
+        for unit, bound in ((UNIT_USES, limit.uses_max), (UNIT_FEN, limit.fen_max)):
+            if bound is None:
+                continue
+            template = _CapTemplate(
+                limit.per, f"{prefix}:{limit.per}:", f":{limit.period}:", limit.period, f":{unit}", unit, bound, limit.label(unit)
+            )
+            known = merged.get((limit.per, limit.period, unit))
+            if known is None or template.limit < known.limit:
+                merged[(limit.per, limit.period, unit)] = template
+    return list(merged.values())
+
+
+def _rule_caps(rule: Rule, campaign: Campaign) -> tuple[_CapTemplate, ...]:
+    """Every counter a rule's step is subject to: the rule's caps, its campaign's caps, the campaign's budget."""
+    templates = _cap_templates(f"rule:{rule.ref}", rule.limits) + _cap_templates(f"campaign:{campaign.campaign_id}", campaign.limits)
+    if campaign.budget_fen is not None:
+        budget = CounterRef(f"campaign:{campaign.campaign_id}:budget:{UNIT_FEN}", UNIT_FEN, campaign.budget_fen, "campaign/budget/fen")
+        templates.append(_CapTemplate("", "", "", "", "", UNIT_FEN, campaign.budget_fen, budget.label, fixed=budget))
+    return tuple(templates)
+
+
+def _counters(caps: tuple[_CapTemplate, ...], swipe: Swipe, moment: _Moment) -> tuple[CounterRef, ...]:
+    counters = []
+    for cap in caps:
+        if cap.fixed is not None:
+            counters.append(cap.fixed)
+            continue
+        subject = swipe.card_ref if cap.per == "card" else swipe.merchant_id
+        key = cap.head + subject + cap.mid + moment.period_key(cap.period) + cap.suffix
+        counters.append(CounterRef(key, cap.unit, cap.limit, cap.label))
+    return tuple(counters)
 
 
 def plan_swipe(rulebook: Rulebook, swipe: Swipe) -> Plan:
@@ -181,6 +213,7 @@ def plan_swipe(rulebook: Rulebook, swipe: Swipe) -> Plan:
     today = moment.date
     steps: list[PlanStep] = []
     skipped: list[Skipped] = []
+    derived = rulebook.derived
     for rule in rulebook.candidates(swipe.merchant_id, swipe.category, swipe.district):
         campaign = rulebook.campaigns[rule.campaign_id]
         if not campaign.valid_from <= today <= campaign.valid_until:
@@ -190,13 +223,10 @@ def plan_swipe(rulebook: Rulebook, swipe: Swipe) -> Plan:
         if failure is not None:
             skipped.append(Skipped(rule, failure))
             continue
-        counters = _limit_counters(f"rule:{rule.ref}", rule.limits, swipe, moment)
-        counters += _limit_counters(f"campaign:{campaign.campaign_id}", campaign.limits, swipe, moment)
-        if campaign.budget_fen is not None:
-            counters.append(
-                CounterRef(f"campaign:{campaign.campaign_id}:budget:{UNIT_FEN}", UNIT_FEN, campaign.budget_fen, "campaign/budget/fen")
-            )
-        steps.append(PlanStep(rule, _merge_same_keys(counters)))
+        caps = derived.get(id(rule))
+        if caps is None:
+            caps = derived[id(rule)] = _rule_caps(rule, campaign)
+        steps.append(PlanStep(rule, _counters(caps, swipe, moment)))
     return Plan(swipe.amount_fen, tuple(steps), tuple(skipped))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, time
-from typing import Literal
+from typing import Any, Literal
 
 from pos_engine.domain.money import percent_of
 
@@ -183,6 +183,10 @@ class Rulebook:
         self._by_merchant = {key: tuple(sorted(rules, key=order_key)) for key, rules in by_merchant.items()}
         self._by_place = {key: tuple(sorted(rules, key=order_key)) for key, rules in by_place.items()}
         self._merged: dict[tuple[str, str, str], tuple[Rule, ...]] = {}
+        # What evaluation works out once per rule rather than once per swipe (its counters'
+        # key templates), keyed by id(rule): every rule lives as long as this rulebook, so
+        # an id cannot be reused while it is here.
+        self.derived: dict[int, Any] = {}
 
     @property
     def rule_count(self) -> int:

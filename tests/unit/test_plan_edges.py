@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from pos_engine.domain.evaluation import Swipe, execute_plan, plan_swipe
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pos_engine.domain.clock import local, period_key
+from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, CounterRef, Swipe, execute_plan, plan_swipe
 from pos_engine.domain.rulebook import Conditions, Limit
 from tests.helpers import make_campaign, make_rule, make_rulebook, subsidy
 
@@ -33,3 +37,57 @@ def test_an_empty_category_list_matches_nothing_and_is_indexed_nowhere() -> None
     rulebook = make_rulebook(make_campaign(rules=(rule,)))
     assert rulebook.candidates("m-1", "dining", "wujin") == ()
     assert plan_swipe(rulebook, swipe()).steps == ()
+
+
+def counters_by_the_book(prefix_limits: list[tuple[str, tuple[Limit, ...]]], budget: CounterRef | None, swipe: Swipe) -> list[CounterRef]:
+    """A step's counters as the rule semantics state them, built afresh for each swipe: every cap of the
+    rule, then of its campaign, uses before fen, then the budget; one counter per key, the tighter cap
+    taking the first one's place."""
+    at_local = local(swipe.occurred_at)
+    merged: dict[str, CounterRef] = {}
+    for prefix, limits in prefix_limits:
+        for limit in limits:
+            subject = swipe.card_ref if limit.per == "card" else swipe.merchant_id
+            base = f"{prefix}:{limit.per}:{subject}:{limit.period}:{period_key(at_local, limit.period)}"
+            for unit, bound in ((UNIT_USES, limit.uses_max), (UNIT_FEN, limit.fen_max)):
+                if bound is not None:
+                    counter = CounterRef(f"{base}:{unit}", unit, bound, limit.label(unit))
+                    if counter.key not in merged or counter.limit < merged[counter.key].limit:
+                        merged[counter.key] = counter
+    return [*merged.values(), *([budget] if budget else [])]
+
+
+limits = st.lists(
+    st.builds(
+        Limit,
+        st.sampled_from(["card", "merchant"]),
+        st.sampled_from(["day", "week", "month", "year", "campaign"]),
+        st.none() | st.integers(1, 5),
+        st.none() | st.integers(1, 100_000),
+    ).filter(lambda limit: limit.uses_max is not None or limit.fen_max is not None),
+    max_size=5,
+).map(tuple)
+
+
+@settings(max_examples=200)
+@given(
+    limits,
+    limits,
+    st.none() | st.integers(1, 10**9),
+    st.lists(
+        st.tuples(st.sampled_from(["card-1", "card-2"]), st.sampled_from(["m-1", "m-2"]), st.integers(0, 400)), min_size=1, max_size=4
+    ),
+)
+def test_every_swipe_gets_its_own_counters_from_the_rules_caps(
+    rule_limits: tuple[Limit, ...], campaign_limits: tuple[Limit, ...], budget_fen: int | None, swipes: list[tuple[str, str, int]]
+) -> None:
+    rule = make_rule(benefit=subsidy(percent_bp=1000), limits=rule_limits)
+    rulebook = make_rulebook(make_campaign(rules=(rule,), limits=campaign_limits, budget_fen=budget_fen))
+    budget = None if budget_fen is None else CounterRef(f"campaign:camp:budget:{UNIT_FEN}", UNIT_FEN, budget_fen, "campaign/budget/fen")
+    # The same rulebook plans swipe after swipe, of other cards, merchants and days.
+    for card_ref, merchant_id, days_later in swipes:
+        at = NOON + timedelta(days=days_later, hours=days_later % 24)
+        one = Swipe(10_000, at, merchant_id, "dining", "wujin", card_ref)
+        plan = plan_swipe(rulebook, one)
+        expected = counters_by_the_book([("rule:camp/r1", rule_limits), ("campaign:camp", campaign_limits)], budget, one)
+        assert list(plan.steps[0].counters) == expected
