@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from pos_engine.domain.clock import local, period_key
 from pos_engine.domain.rulebook import Benefit, Campaign, Limit, Rule, Rulebook
@@ -54,8 +55,9 @@ class Swipe:
     member_groups: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True)
-class CounterRef:
+# CounterRef, PlanStep, Skipped and StepOutcome are made for every swipe, several times over:
+# NamedTuples, immutable like the rulebook's frozen dataclasses and cheaper to build.
+class CounterRef(NamedTuple):
     """One counter a step is subject to: key, unit, the limit, and its label for explanations."""
 
     key: str
@@ -64,8 +66,7 @@ class CounterRef:
     label: str
 
 
-@dataclass(frozen=True)
-class PlanStep:
+class PlanStep(NamedTuple):
     """A matching rule with the counters it must stay under."""
 
     rule: Rule
@@ -76,8 +77,7 @@ class PlanStep:
         return self.rule.benefit
 
 
-@dataclass(frozen=True)
-class Skipped:
+class Skipped(NamedTuple):
     """A rule that was looked at and did not match: which condition failed."""
 
     rule: Rule
@@ -93,8 +93,7 @@ class Plan:
     skipped: tuple[Skipped, ...]
 
 
-@dataclass(frozen=True)
-class StepOutcome:
+class StepOutcome(NamedTuple):
     """What one step gave and, if less than it wanted, why."""
 
     given_fen: int
@@ -186,18 +185,29 @@ def _cap_templates(prefix: str, limits: tuple[Limit, ...]) -> list[_CapTemplate]
     return list(merged.values())
 
 
-def _rule_caps(rule: Rule, campaign: Campaign) -> tuple[_CapTemplate, ...]:
-    """Every counter a rule's step is subject to: the rule's caps, its campaign's caps, the campaign's budget."""
+@dataclass(frozen=True)
+class _RuleCaps:
+    """Every counter a rule's step is subject to, as templates; `fixed` when none depends on the swipe."""
+
+    templates: tuple[_CapTemplate, ...]
+    fixed: tuple[CounterRef, ...] | None
+
+
+def _rule_caps(rule: Rule, campaign: Campaign) -> _RuleCaps:
+    """The rule's caps, its campaign's caps, the campaign's budget."""
     templates = _cap_templates(f"rule:{rule.ref}", rule.limits) + _cap_templates(f"campaign:{campaign.campaign_id}", campaign.limits)
     if campaign.budget_fen is not None:
         budget = CounterRef(f"campaign:{campaign.campaign_id}:budget:{UNIT_FEN}", UNIT_FEN, campaign.budget_fen, "campaign/budget/fen")
         templates.append(_CapTemplate("", "", "", "", "", UNIT_FEN, campaign.budget_fen, budget.label, fixed=budget))
-    return tuple(templates)
+    fixed = [template.fixed for template in templates if template.fixed is not None]
+    return _RuleCaps(tuple(templates), tuple(fixed) if len(fixed) == len(templates) else None)
 
 
-def _counters(caps: tuple[_CapTemplate, ...], swipe: Swipe, moment: _Moment) -> tuple[CounterRef, ...]:
+def _counters(caps: _RuleCaps, swipe: Swipe, moment: _Moment) -> tuple[CounterRef, ...]:
+    if caps.fixed is not None:
+        return caps.fixed
     counters = []
-    for cap in caps:
+    for cap in caps.templates:
         if cap.fixed is not None:
             counters.append(cap.fixed)
             continue
