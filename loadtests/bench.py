@@ -88,6 +88,7 @@ class Result:
     label: str  # a short name for logs and round lines
     credentials: Credentials | None = None
     url: str = ""
+    server_pid: int = 0
     saturation_rps_runs: list[float] = field(default_factory=list)
     saturation_p99_ms: float = 0.0
     moderate_target_rps: float = 0.0
@@ -181,7 +182,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(app: str, env: dict[str, str], workers: int, worker_class: str, threads: int, log_path: Path) -> Iterator[str]:
+def gunicorn(app: str, env: dict[str, str], workers: int, worker_class: str, threads: int, log_path: Path) -> Iterator[tuple[str, int]]:
+    """Serve `app`; yield its URL and the master's pid once every worker answers ready."""
     port = free_port()
     command = [
         sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", worker_class, "--threads", str(threads),
@@ -210,7 +212,7 @@ def gunicorn(app: str, env: dict[str, str], workers: int, worker_class: str, thr
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"gunicorn did not start:\n{log_path.read_text()}")
                 time.sleep(0.2)
-            yield url
+            yield url, server.pid
         finally:
             server.send_signal(signal.SIGTERM)
             try:
@@ -233,26 +235,24 @@ CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 SERVER_PROCESSES = {"postgres": "PostgreSQL", "redis-server": "Redis"}
 
 
-def process_cpu_s(url: str) -> dict[str, float]:
-    """CPU seconds so far of the gunicorn serving `url` (master and workers) and of every PostgreSQL and Redis process.
+def process_cpu_s(server_pid: int) -> dict[str, float]:
+    """CPU seconds so far of a gunicorn (its master `server_pid` and the workers it forked) and of every PostgreSQL and Redis process.
 
     From /proc, so other processes on the machine are not counted, but every
     PostgreSQL and Redis process is (run the bench on an otherwise quiet machine).
     """
-    bind = url.removeprefix("http://").encode()
     totals = dict.fromkeys(["workers", *SERVER_PROCESSES.values()], 0.0)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes()
         except OSError:  # it exited meanwhile
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        group = "workers" if b"gunicorn" in command and bind in command.split(b"\0") else SERVER_PROCESSES.get(name)
+        fields = stat[stat.rindex(")") + 2 :].split()  # fields[1] is the parent's pid
+        group = "workers" if server_pid in (int(entry.name), int(fields[1])) else SERVER_PROCESSES.get(name)
         if group is not None:
-            fields = stat[stat.rindex(")") + 2 :].split()
             totals[group] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S  # utime + stime
     return totals
 
@@ -276,9 +276,9 @@ def measure_saturation(result: Result, seconds: int, scratch: Path, seed: int) -
     assert result.credentials is not None
     requests_file = scratch / f"{result.label}-saturation.tsv"
     write_requests(requests_file, result.credentials, REQUESTS_PER_SECOND_GUESS_MAX * seconds, seed=seed)
-    before, wrk_before = process_cpu_s(result.url), _children_cpu_s()
+    before, wrk_before = process_cpu_s(result.server_pid), _children_cpu_s()
     data = run_wrk(result.url + "/v1/authorisations", requests_file, seconds, SATURATION_CONNECTIONS)
-    after, wrk_after = process_cpu_s(result.url), _children_cpu_s()
+    after, wrk_after = process_cpu_s(result.server_pid), _children_cpu_s()
     for group in after:
         result.cpu_s[group] = result.cpu_s.get(group, 0.0) + after[group] - before[group]
     result.cpu_s["wrk"] = result.cpu_s.get("wrk", 0.0) + wrk_after - wrk_before
@@ -376,7 +376,7 @@ def main() -> None:
                 (baseline, "loadtests.baseline_app:app", baseline_env),
                 (ceiling, "loadtests.ceiling_app:app", base_env),
             ):
-                result.url = servers.enter_context(gunicorn(app, env, *serve, scratch / f"{result.label}.log"))
+                result.url, result.server_pid = servers.enter_context(gunicorn(app, env, *serve, scratch / f"{result.label}.log"))
             for result in targets:
                 warm_up(result, scratch)
             # Each round measures every target at saturation, in an order that turns round by round,
