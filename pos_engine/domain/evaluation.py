@@ -42,7 +42,7 @@ DECLINE_CODES = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Swipe:
     """What the rules see of one swipe."""
 
@@ -146,7 +146,7 @@ def _condition_failure(rule: Rule, swipe: Swipe, moment: _Moment) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _CapTemplate:
     """One counter of a rule, as far as it is known before the swipe: its key is head + subject + mid + period key + suffix.
 
@@ -185,7 +185,7 @@ def _cap_templates(prefix: str, limits: tuple[Limit, ...]) -> list[_CapTemplate]
     return list(merged.values())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _RuleCaps:
     """Every counter a rule's step is subject to, as templates; `fixed` when none depends on the swipe."""
 

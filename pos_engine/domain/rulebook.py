@@ -24,7 +24,7 @@ Period = Literal["day", "week", "month", "year", "campaign"]
 LimitSubject = Literal["card", "merchant"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Limit:
     """A cap per card or per merchant per period, in uses and/or fen."""
 
@@ -38,7 +38,7 @@ class Limit:
         return f"{self.per}/{self.period}/{unit}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Benefit:
     """A discount (given by the merchant) or a subsidy (paid by the funders)."""
 
@@ -61,7 +61,7 @@ class Benefit:
         return min(self.fixed_fen, payable_fen)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Conditions:
     """When a rule applies; None means 'any'. All given conditions must hold."""
 
@@ -77,7 +77,7 @@ class Conditions:
     amount_fen_min: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rule:
     """One benefit under conditions, with its own limits."""
 
@@ -94,7 +94,7 @@ class Rule:
         return f"{self.campaign_id}/{self.rule_id}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FunderShare:
     """A funder's share of a campaign's subsidies, in basis points."""
 
@@ -102,7 +102,7 @@ class FunderShare:
     share_bp: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Funder:
     """Who pays subsidies: the city federation, a district federation, an industry union, the bank."""
 
@@ -111,7 +111,7 @@ class Funder:
     kind: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Example:
     """A worked example a rule file carries: a swipe and the benefits it must get."""
 
@@ -126,7 +126,7 @@ class Example:
     expect_benefits: tuple[tuple[str, str, int], ...]  # (campaign_id/rule_id, kind, amount_fen)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Campaign:
     """A funded programme: validity window, optional budget, shared limits, rules."""
 
