@@ -21,7 +21,7 @@ MERCHANT_STATUSES_SERVING = frozenset({"active", "probation"})
 TERMINAL_STATUSES = ("active", "inactive")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Terminal:
     """A merchant's till, with the secret it signs requests with."""
 
@@ -31,7 +31,7 @@ class Terminal:
     status: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Merchant:
     """A partner merchant."""
 
@@ -42,7 +42,7 @@ class Merchant:
     status: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CardHolder:
     """A card and the member it belongs to."""
 
