@@ -415,9 +415,10 @@ def main() -> None:
 
 
 def _line(result: Result) -> str:
-    runs = f", rounds {' / '.join(f'{rps:.0f}' for rps in result.saturation_rps_runs)}" if len(result.saturation_rps_runs) > 1 else ""
-    worst = ", the worst round's" if len(result.saturation_rps_runs) > 1 else ""
-    line = f"{result.name}: saturation {result.saturation_rps:.0f} req/s{runs} (p99 {result.saturation_p99_ms:.1f} ms{worst}); "
+    rounds, p99_of = "", ""
+    if len(result.saturation_rps_runs) > 1:
+        rounds, p99_of = ", rounds " + " / ".join(f"{rps:.0f}" for rps in result.saturation_rps_runs), ", the worst round's"
+    line = f"{result.name}: saturation {result.saturation_rps:.0f} req/s{rounds} (p99 {result.saturation_p99_ms:.1f} ms{p99_of}); "
     if result.moderate_target_rps:
         line += (
             f"at {result.moderate_target_rps:.0f} req/s target ({result.moderate_rps:.0f} achieved): "

@@ -20,66 +20,33 @@ import io
 import json
 import os
 import pstats
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from loadtests.bench import world_credentials, write_requests
+from werkzeug.test import EnvironBuilder
 
-CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-SERVER_NAMES = ("postgres", "redis-server")
+from loadtests.bench import process_cpu_s, world_credentials, write_requests
+
 CARDS_READY_TIMEOUT_S = 300.0
 
 
-def server_cpu_s() -> dict[str, float]:
-    """User + system CPU seconds of every PostgreSQL and Redis process, by name."""
-    totals = dict.fromkeys(SERVER_NAMES, 0.0)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        if name in totals:
-            fields = stat[stat.rindex(")") + 2 :].split()
-            totals[name] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
-    return totals
-
-
 def environs(requests_file: Path) -> list[dict[str, Any]]:
-    """WSGI environs of the pre-signed requests, as gunicorn builds them (RAW_URI included)."""
+    """WSGI environs of the pre-signed requests, with the raw path as gunicorn gives it (RAW_URI)."""
     built = []
     for line in requests_file.read_text().splitlines():
         method, path, headers, body = line.split("\t")
-        environ: dict[str, Any] = {
-            "REQUEST_METHOD": method,
-            "PATH_INFO": path,
-            "RAW_URI": path,
-            "QUERY_STRING": "",
-            "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "8000",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(body.encode()),
-            "wsgi.errors": io.StringIO(),
-            "CONTENT_LENGTH": str(len(body.encode())),
-        }
-        for header in headers.split("|"):
-            name, _, value = header.partition(":")
-            if name == "Content-Type":
-                environ["CONTENT_TYPE"] = value
-            else:
-                environ["HTTP_" + name.upper().replace("-", "_")] = value
+        header_pairs = [tuple(header.split(":", 1)) for header in headers.split("|")]
+        environ = EnvironBuilder(path=path, method=method, headers=header_pairs, data=body.encode()).get_environ()
+        environ["RAW_URI"] = path
         built.append(environ)
     return built
 
 
 def run(app: Callable[..., Iterable[bytes]], batch: list[dict[str, Any]]) -> tuple[float, float, float, int]:
     """Wall, CPU and system CPU seconds for the batch, and how many answers were not 200."""
-    failures = 0
     statuses: list[str] = []
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
@@ -125,24 +92,24 @@ def main() -> None:
         time.sleep(0.2)
 
     rounds = args.rounds + (1 if args.profile else 0)
-    requests_file = Path(f"/tmp/swipe_cpu-{os.getpid()}.tsv")
-    write_requests(requests_file, world_credentials(args.world), args.warmup + args.swipes * rounds, seed=os.getpid())
-    batches = environs(requests_file)
-    requests_file.unlink()
+    with tempfile.TemporaryDirectory() as scratch:
+        requests_file = Path(scratch) / "requests.tsv"
+        write_requests(requests_file, world_credentials(args.world), args.warmup + args.swipes * rounds, seed=os.getpid())
+        batches = environs(requests_file)
     ceiling_batches = environs_copy(batches)
 
     run(engine, batches[: args.warmup])
     run(ceiling, ceiling_batches[: args.warmup])
     for index in range(args.rounds):
         start, stop = args.warmup + index * args.swipes, args.warmup + (index + 1) * args.swipes
-        servers = server_cpu_s()
+        servers = process_cpu_s(os.getpid())
         wall, cpu, system, failures = run(engine, batches[start:stop])
-        servers = {name: value - servers[name] for name, value in server_cpu_s().items()}
+        servers = {group: value - servers[group] for group, value in process_cpu_s(os.getpid()).items()}
         _, ceiling_cpu, _, _ = run(ceiling, ceiling_batches[start:stop])
         per = 1e6 / args.swipes
         print(
             f"round {index + 1}: engine {cpu * per:.0f} µs CPU/swipe ({system * per:.0f} µs in the kernel; {wall * per:.0f} µs wall), "
-            f"PostgreSQL {servers['postgres'] * per:.0f} µs, Redis {servers['redis-server'] * per:.0f} µs, "
+            f"PostgreSQL {servers['PostgreSQL'] * per:.0f} µs, Redis {servers['Redis'] * per:.0f} µs, "
             f"non-200 {failures}; ceiling app {ceiling_cpu * per:.0f} µs",
             flush=True,
         )

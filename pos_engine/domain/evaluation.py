@@ -148,12 +148,9 @@ def _condition_failure(rule: Rule, swipe: Swipe, moment: _Moment) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class _CapTemplate:
-    """One counter of a rule, as far as it is known before the swipe: its key is head + subject + mid + period key + suffix.
+    """One cap of a rule, as far as it is known before the swipe: its key is head + subject + mid + period key + suffix."""
 
-    A campaign budget has no subject or period: `fixed` is its whole CounterRef.
-    """
-
-    per: str  # "card" or "merchant": whose id goes into the key; "" for a fixed counter
+    per: str  # "card" or "merchant": whose id goes into the key
     head: str
     mid: str
     period: str
@@ -161,7 +158,6 @@ class _CapTemplate:
     unit: str
     limit: int
     label: str
-    fixed: CounterRef | None = None
 
 
 def _cap_templates(prefix: str, limits: tuple[Limit, ...]) -> list[_CapTemplate]:
@@ -187,29 +183,33 @@ def _cap_templates(prefix: str, limits: tuple[Limit, ...]) -> list[_CapTemplate]
 
 @dataclass(frozen=True, slots=True)
 class _RuleCaps:
-    """Every counter a rule's step is subject to, as templates; `fixed` when none depends on the swipe."""
+    """Every counter a rule's step is subject to: a template per cap, the campaign budget as it is.
 
-    templates: tuple[_CapTemplate, ...]
+    `fixed` holds them all when none depends on the swipe (a budget alone).
+    """
+
+    caps: tuple[_CapTemplate | CounterRef, ...]
     fixed: tuple[CounterRef, ...] | None
 
 
 def _rule_caps(rule: Rule, campaign: Campaign) -> _RuleCaps:
     """The rule's caps, its campaign's caps, the campaign's budget."""
-    templates = _cap_templates(f"rule:{rule.ref}", rule.limits) + _cap_templates(f"campaign:{campaign.campaign_id}", campaign.limits)
+    caps: list[_CapTemplate | CounterRef] = []
+    caps += _cap_templates(f"rule:{rule.ref}", rule.limits)
+    caps += _cap_templates(f"campaign:{campaign.campaign_id}", campaign.limits)
     if campaign.budget_fen is not None:
-        budget = CounterRef(f"campaign:{campaign.campaign_id}:budget:{UNIT_FEN}", UNIT_FEN, campaign.budget_fen, "campaign/budget/fen")
-        templates.append(_CapTemplate("", "", "", "", "", UNIT_FEN, campaign.budget_fen, budget.label, fixed=budget))
-    fixed = [template.fixed for template in templates if template.fixed is not None]
-    return _RuleCaps(tuple(templates), tuple(fixed) if len(fixed) == len(templates) else None)
+        caps.append(CounterRef(f"campaign:{campaign.campaign_id}:budget:{UNIT_FEN}", UNIT_FEN, campaign.budget_fen, "campaign/budget/fen"))
+    fixed = tuple(cap for cap in caps if isinstance(cap, CounterRef))
+    return _RuleCaps(tuple(caps), fixed if len(fixed) == len(caps) else None)
 
 
-def _counters(caps: _RuleCaps, swipe: Swipe, moment: _Moment) -> tuple[CounterRef, ...]:
-    if caps.fixed is not None:
-        return caps.fixed
+def _counters(rule_caps: _RuleCaps, swipe: Swipe, moment: _Moment) -> tuple[CounterRef, ...]:
+    if rule_caps.fixed is not None:
+        return rule_caps.fixed
     counters = []
-    for cap in caps.templates:
-        if cap.fixed is not None:
-            counters.append(cap.fixed)
+    for cap in rule_caps.caps:
+        if isinstance(cap, CounterRef):
+            counters.append(cap)
             continue
         subject = swipe.card_ref if cap.per == "card" else swipe.merchant_id
         key = cap.head + subject + cap.mid + moment.period_key(cap.period) + cap.suffix
