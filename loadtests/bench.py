@@ -325,7 +325,7 @@ def main() -> None:
     print(
         f"bench: gunicorn -w {args.workers} -k {args.worker_class} --threads {args.threads}; wrk -t {WRK_THREADS}, "
         f"{SATURATION_CONNECTIONS} connections at saturation, {MODERATE_CONNECTIONS} at the moderate rate; {args.seconds} s a phase; "
-        f"{os.cpu_count()} cores",
+        f"{_cores()}",
         flush=True,
     )
 
@@ -412,6 +412,12 @@ def main() -> None:
     else:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"bench: ratio_pg_redis={ratio_pg:.2f} ratio_embedded={ratio_embedded:.2f} p99_ms_pg_redis={pg.p99_ms:.1f} errors={errors}")
+
+
+def _cores() -> str:
+    """The cores gunicorn and wrk may run on (they inherit the bench's affinity), out of the machine's."""
+    usable, machine = len(os.sched_getaffinity(0)), os.cpu_count()
+    return f"{machine} cores" if usable == machine else f"gunicorn and wrk on {usable} of {machine} cores"
 
 
 def _line(result: Result) -> str:
