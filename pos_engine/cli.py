@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,11 @@ from pos_engine.config import Settings
 
 def _settings() -> Settings:
     return Settings.from_env()
+
+
+def _admin_settings() -> Settings:
+    """Settings for commands that may run one long Redis script over a whole namespace: no socket timeout."""
+    return replace(Settings.from_env(), redis_socket_timeout_s=None)
 
 
 def _fail(message: str) -> None:
@@ -61,7 +67,7 @@ def demo(out: Path, reset: bool) -> None:
     from pos_engine.domain.clock import local
     from pos_engine.store.migrate import upgrade
 
-    settings = _settings()
+    settings = _admin_settings()
     upgrade(settings.database_url)
     ctx = _context(settings)
     year = local(settings.clock.now()).year
@@ -126,7 +132,7 @@ def counters_rebuild() -> None:
     """Recompute every counter from the ledger (run while terminals are quiet)."""
     from pos_engine.service.counters import rebuild_counters
 
-    count = rebuild_counters(_context(_settings()))
+    count = rebuild_counters(_context(_admin_settings()))
     click.echo(f"rebuilt {count} counters from the ledger")
 
 
@@ -135,7 +141,7 @@ def counters_reconcile() -> None:
     """Compare every counter with the ledger; exit 1 and list them if any differ."""
     from pos_engine.service.counters import reconcile_counters
 
-    differences = reconcile_counters(_context(_settings()))
+    differences = reconcile_counters(_context(_admin_settings()))
     if not differences:
         click.echo("counters agree with the ledger")
         return

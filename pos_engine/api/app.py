@@ -37,7 +37,9 @@ def build_context(settings: Settings) -> EngineContext:
         single_statement=database.single_statement,
         swipe_transaction=database.swipe_transaction,
         registry=SqlRegistry(database),
-        counters=counter_store_from_url(settings.redis_url, database, namespace=settings.redis_namespace),
+        counters=counter_store_from_url(
+            settings.redis_url, database, namespace=settings.redis_namespace, socket_timeout_s=settings.redis_socket_timeout_s
+        ),
         rulebook=load_rulebook(settings.rules_dir),
         clock=settings.clock,
         card_key=settings.card_key.encode("utf-8"),

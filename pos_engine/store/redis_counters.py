@@ -41,6 +41,7 @@ from redis.exceptions import NoScriptError
 
 from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, Plan, StepOutcome
 from pos_engine.domain.money import BP_PER_WHOLE
+from pos_engine.limits import REDIS_CONNECT_TIMEOUT_S, REDIS_SOCKET_TIMEOUT_S
 from pos_engine.service.errors import AlreadyClaimed
 from pos_engine.store.connections import ThreadConnections
 
@@ -151,8 +152,12 @@ class RedisCounterStore:
         self._replace_all = _register(client, _lua("replace_all.lua"))
 
     @classmethod
-    def from_url(cls, url: str, namespace: str = "pos") -> RedisCounterStore:
-        """Connect by URL: redis://, rediss:// or unix:// for one server, redis-cluster://host:port for a cluster."""
+    def from_url(cls, url: str, namespace: str = "pos", socket_timeout_s: float | None = REDIS_SOCKET_TIMEOUT_S) -> RedisCounterStore:
+        """Connect by URL: redis://, rediss:// or unix:// for one server, redis-cluster://host:port for a cluster.
+
+        A call that takes longer than `socket_timeout_s` raises redis' TimeoutError (a 503 on the API)
+        instead of holding its thread; None waits as long as Redis takes (a whole-namespace rebuild).
+        """
         parts = urlsplit(url)
         if parts.scheme == CLUSTER_SCHEME:
             if not parts.hostname or parts.port is None:
@@ -162,9 +167,12 @@ class RedisCounterStore:
                 port=parts.port,
                 username=unquote(parts.username) if parts.username else None,
                 password=unquote(parts.password) if parts.password else None,
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
             )
         elif parts.scheme in ("redis", "rediss", "unix"):
-            client = redis.Redis.from_url(url)
+            # The URL's own socket_timeout / socket_connect_timeout, if it has them, win over these.
+            client = redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
         else:
             raise ValueError(f"{url!r}: the scheme must be redis, rediss, unix or {CLUSTER_SCHEME}")
         return cls(client, namespace=namespace)

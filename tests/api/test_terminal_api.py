@@ -376,6 +376,60 @@ def test_a_counter_store_outage_is_a_503_and_records_nothing(
     assert terminal.authorise(CARD, 10_000, "req-1").get_json()["status"] == "approved"  # the retry goes through
 
 
+@pytest.fixture
+def stalled_redis_url() -> Any:
+    """A server that accepts connections and reads what it is sent, and never answers: a hung Redis."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            accepted.append(connection)  # kept open, never answered; the kernel buffers what is sent
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    stop.set()
+    thread.join()
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+@pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)
+def test_a_hung_redis_is_a_503_not_a_hung_worker_and_records_nothing(
+    terminal: SignedClient, context: EngineContext, backend: Backend, stalled_redis_url: str, monkeypatch: Any
+) -> None:
+    import threading
+
+    from pos_engine.store.redis_counters import RedisCounterStore
+
+    before = state(backend)
+    monkeypatch.setattr(context, "counters", RedisCounterStore.from_url(stalled_redis_url, namespace=backend.counters.namespace))
+    answers: list[Any] = []
+    swipe = threading.Thread(target=lambda: answers.append(terminal.authorise(CARD, 10_000, "req-1")), daemon=True)
+    swipe.start()
+    # The engine's socket timeouts answer in about 2 s (the script, then dropping the claim); without
+    # them the swipe waits for the hung server for ever. The fixture's teardown then frees the thread.
+    swipe.join(timeout=30)
+    assert answers, "the swipe is still waiting for the hung Redis"
+    response = answers[0]
+    assert response.status_code == 503
+    assert response.get_json()["code"] == "unavailable"
+    monkeypatch.undo()
+    assert state(backend) == before
+    assert terminal.authorise(CARD, 10_000, "req-1").get_json()["status"] == "approved"  # the retry goes through
+
+
 @pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)  # SQLite has no server connection to lose
 def test_a_database_connection_lost_on_the_swipe_write_is_a_503_and_the_retry_reconnects(
     terminal: SignedClient, context: EngineContext, backend: Backend
