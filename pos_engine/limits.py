@@ -17,6 +17,10 @@ CARD_CHANGES_RELOAD_MIN = 10_000  # this many changed cards at once (an import) 
 CARD_OVERLAY_MAX = 100_000  # changed cards held beside the directory's table before it is rebuilt
 CARD_CHANGES_KEEP_S = 24 * 3600  # the change feed keeps a day; readers are seconds behind
 IDEMPOTENCY_WAIT_S_MAX = 2.0  # how long a duplicate waits for the original to finish
+# When the connection breaks under a swipe's record, a new connection waits this long for the old session
+# to end before reading whether the record committed (pos_engine.store.db.DirectRepository.record).
+LOST_ANSWER_WAIT_S_MAX = 0.5
+LOST_ANSWER_CONNECT_TIMEOUT_S = 2  # libpq takes whole seconds
 # A Redis call that takes longer fails (the swipe answers 503) instead of holding its worker: a
 # terminal gives up after 2-3 s in all. A `socket_timeout` or `socket_connect_timeout` in the Redis URL overrides.
 REDIS_SOCKET_TIMEOUT_S = 1.0

@@ -17,6 +17,7 @@ from pos_engine.service.errors import (
     Conflict,
     Forbidden,
     NotFound,
+    OutcomeUnknown,
     ServiceError,
     Unauthenticated,
     Unavailable,
@@ -120,6 +121,7 @@ DEPENDENCY_ERRORS = (
     sqlite3.OperationalError,  # ditto on SQLite: locked past the busy timeout, disk I/O
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    OutcomeUnknown,  # the swipe's record, sent and its answer lost (pos_engine.service.swipes resolves what it can)
 )
 
 

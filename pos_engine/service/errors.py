@@ -57,5 +57,9 @@ class DuplicateKey(Exception):
     """A unique key (an idempotency record) was already taken by a concurrent request."""
 
 
+class OutcomeUnknown(Exception):
+    """A write was sent and its answer lost with the connection: it may or may not have committed (a 503)."""
+
+
 class AlreadyClaimed(Exception):
     """The counter store has seen this request already: its answer is being, or has been, recorded."""

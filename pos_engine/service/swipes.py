@@ -26,7 +26,7 @@ from pos_engine.domain.registry import Terminal, card_decline, merchant_decline
 from pos_engine.limits import IDEMPOTENCY_WAIT_S_MAX, OCCURRED_AT_AHEAD_S_MAX, OCCURRED_AT_BEHIND_S_MAX
 from pos_engine.service import responses
 from pos_engine.service.context import EngineContext
-from pos_engine.service.errors import AlreadyClaimed, Conflict, DuplicateKey, Forbidden, NotFound, Unprocessable
+from pos_engine.service.errors import AlreadyClaimed, Conflict, DuplicateKey, Forbidden, NotFound, OutcomeUnknown, Unprocessable
 from pos_engine.service.ports import SwipeUnitOfWork, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,15 @@ def authorise(
     except (DuplicateKey, AlreadyClaimed):
         give_back()  # this attempt's caps, if it reserved any; the claim stays with the first attempt
         return _replay(_wait_for_record(ctx, terminal.terminal_id, request.request_id), request_hash)
+    except OutcomeUnknown:
+        # The record was sent, its answer lost, and the store could not tell whether it committed.
+        # Keep its caps: counters may run ahead of the ledger, never behind it (`counters reconcile`
+        # shows it). Drop the claim so that the terminal's retry swipes afresh: if this attempt did
+        # commit, the retry's record is a duplicate, gives its own caps back, and replays this one.
+        reserved.clear()
+        if claim is not None:
+            ctx.counters.unclaim(claim)
+        raise
     except BaseException:
         give_back()
         if claim is not None:

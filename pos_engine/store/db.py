@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,13 +25,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from pos_engine.domain.registry import CardHolder, Merchant, Terminal
-from pos_engine.limits import SQLITE_BUSY_TIMEOUT_MS
+from pos_engine.limits import LOST_ANSWER_CONNECT_TIMEOUT_S, LOST_ANSWER_WAIT_S_MAX, SQLITE_BUSY_TIMEOUT_MS
 from pos_engine.service.background import this_process
 from pos_engine.service.cards import CardChangesCursor, CardRowTuple
-from pos_engine.service.errors import DuplicateKey
+from pos_engine.service.errors import DuplicateKey, OutcomeUnknown
 from pos_engine.store.connections import ThreadConnections
 from pos_engine.store.models import UtcDateTime
 from pos_engine.store.repository import CARD_ROWS, Repository, cards, declines, idempotency_records, is_unique_violation, ledger
+
+log = logging.getLogger(__name__)
 
 
 def is_sqlite(url: str) -> bool:
@@ -200,12 +204,43 @@ class DirectRepository:
     duplicate (`idempotency`) is rare and uses a psycopg cursor.
     """
 
-    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+    def __init__(self, connection: psycopg.Connection[Any], conninfo: str) -> None:
         self.connection = connection
+        self._conninfo = conninfo
 
     def record(self, table_name: str, fields: dict[str, Any], idempotency: dict[str, Any]) -> Any:
-        """Both rows in one statement (a data-modifying CTE): both or neither."""
-        _DIRECT_RECORD[table_name].execute(self.connection.pgconn, fields, idempotency)
+        """Both rows in one statement (a data-modifying CTE): both or neither.
+
+        If the connection breaks once the statement may have reached the server,
+        a new connection finds out what happened: the record is there (it
+        committed: return as if nothing broke), another record holds the key
+        (DuplicateKey), or the old session is over and left nothing (the
+        psycopg error: nothing was written).
+
+        Raises:
+            DuplicateKey: the idempotency key is taken; nothing was written.
+            psycopg.OperationalError: nothing was written (the connection was lost).
+            OutcomeUnknown: the statement was sent and it cannot be told whether it committed.
+        """
+        pgconn = self.connection.pgconn
+        backend_pid = pgconn.backend_pid
+        try:
+            _DIRECT_RECORD[table_name].execute(pgconn, fields, idempotency)
+        except psycopg.OperationalError as error:
+            try:
+                session_over, stored = _after_lost_answer(
+                    self._conninfo, backend_pid, idempotency["terminal_id"], idempotency["request_id"]
+                )
+            except psycopg.Error as lookup_error:
+                raise OutcomeUnknown(f"the swipe's answer was lost ({error}) and it cannot be looked up: {lookup_error}") from error
+            if stored is not None and stored.resource_id == idempotency["resource_id"]:
+                log.warning("the answer to a recorded swipe was lost (%s); found it recorded", error)
+                return SimpleNamespace(**fields)
+            if stored is not None:
+                raise DuplicateKey(f"request {idempotency['request_id']!r} is recorded by another request") from error
+            if session_over:
+                raise
+            raise OutcomeUnknown(f"the swipe's answer was lost ({error}) and its session is still open") from error
         return SimpleNamespace(**fields)
 
     def idempotency(self, terminal_id: str, request_id: str) -> Any:
@@ -213,19 +248,37 @@ class DirectRepository:
         return cursor.execute(_DIRECT_IDEMPOTENCY_SQL, (terminal_id, request_id), prepare=True).fetchone()
 
 
+def _after_lost_answer(conninfo: str, backend_pid: int, terminal_id: str, request_id: str) -> tuple[bool, Any]:
+    """On a new connection: whether the session `backend_pid` is over (waiting a moment for it to end), and the request's stored answer.
+
+    Read in that order: once the session is over, its statement has committed or never will.
+    """
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=LOST_ANSWER_CONNECT_TIMEOUT_S) as connection:
+        deadline = time.monotonic() + LOST_ANSWER_WAIT_S_MAX
+        while True:
+            row = connection.execute("SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)", (backend_pid,)).fetchone()
+            session_over = bool(row and row[0])
+            if session_over or time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+        cursor = connection.cursor(row_factory=namedtuple_row)
+        return session_over, cursor.execute(_DIRECT_IDEMPOTENCY_SQL, (terminal_id, request_id)).fetchone()
+
+
 class DirectUnitOfWork:
     """A single-statement unit of work on PostgreSQL: one autocommit driver connection per thread."""
 
-    def __init__(self, connections: ThreadConnections[psycopg.Connection[Any]]) -> None:
+    def __init__(self, connections: ThreadConnections[psycopg.Connection[Any]], conninfo: str) -> None:
         self._connections = connections
+        self._conninfo = conninfo
         self.session = None  # no transaction for a counter store to join: each statement commits itself
 
     def __enter__(self) -> DirectUnitOfWork:
-        self.repo = DirectRepository(self._connections.get())
+        self.repo = DirectRepository(self._connections.get(), self._conninfo)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OutcomeUnknown):
             self._connections.discard()  # broken: the next unit of work connects afresh
 
     def commit(self) -> None:
@@ -471,6 +524,7 @@ class Database:
         database_path = make_url(self.url).database
         self.write_lock = SqliteWriteLock(database_path) if self.is_sqlite and database_path and database_path != ":memory:" else None
         conninfo = make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._conninfo = conninfo
         self._direct = (
             ThreadConnections(lambda: _connect_direct(conninfo), lambda connection: connection.closed) if self.is_postgresql else None
         )
@@ -495,7 +549,7 @@ class Database:
     def single_statement(self) -> DirectUnitOfWork | UnitOfWork:
         """For one statement: on PostgreSQL an autocommit driver connection (one round trip), else a transaction."""
         if self._direct is not None:
-            return DirectUnitOfWork(self._direct)
+            return DirectUnitOfWork(self._direct, self._conninfo)
         return self.unit_of_work()
 
     def dispose(self) -> None:

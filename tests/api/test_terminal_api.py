@@ -454,6 +454,69 @@ def test_a_database_connection_lost_on_the_swipe_write_is_a_503_and_the_retry_re
     assert direct.get().info.backend_pid != victim
 
 
+@pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)  # a transactional counter store moves with the ledger
+def test_a_swipe_recorded_but_whose_answer_was_lost_keeps_its_caps_and_answers_200(
+    terminal: SignedClient, context: EngineContext, backend: Backend, monkeypatch: Any
+) -> None:
+    """PostgreSQL committed the record and the connection broke before the answer came back."""
+    import psycopg
+
+    from pos_engine.service.counters import reconcile_counters
+    from pos_engine.store import db
+
+    execute = db._DirectStatement.execute
+
+    def committed_then_lost(self: Any, *args: Any) -> None:
+        execute(self, *args)
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(db._DirectStatement, "execute", committed_then_lost)
+    response = terminal.authorise(CARD, 10_000, "req-1")
+    monkeypatch.undo()
+    # The engine looks the request up on a new connection, finds it recorded, and answers with it.
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "approved"
+    assert reconcile_counters(context) == []  # the caps it took stay taken: counters agree with the ledger
+    retried = terminal.authorise(CARD, 10_000, "req-1")
+    assert retried.data == response.data
+    assert state(backend)["ledger_entries"] == 1
+    assert reconcile_counters(context) == []
+
+
+@pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)
+@pytest.mark.parametrize("lookup", ["session still open", "database unreachable"])
+def test_a_swipe_whose_record_is_in_doubt_keeps_its_caps_and_the_retry_records_it_once(
+    terminal: SignedClient, context: EngineContext, backend: Backend, monkeypatch: Any, lookup: str
+) -> None:
+    """The answer was lost with the statement sent, and it cannot be told whether it committed: caps stay taken."""
+    import psycopg
+
+    from pos_engine.service.counters import reconcile_counters
+    from pos_engine.store import db
+
+    def lost(self: Any, *args: Any) -> None:  # the old session stays open: it might still commit
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    def unreachable(*args: Any) -> None:
+        raise psycopg.OperationalError("connection refused")
+
+    monkeypatch.setattr(db._DirectStatement, "execute", lost)
+    if lookup == "database unreachable":
+        monkeypatch.setattr(db, "_after_lost_answer", unreachable)
+    response = terminal.authorise(CARD, 10_000, "req-1")
+    monkeypatch.undo()
+    assert response.status_code == 503
+    assert response.get_json()["code"] == "unavailable"
+    assert state(backend)["ledger_entries"] == 0
+    # Counters may run ahead of the ledger (a cap use no swipe made), never behind it.
+    ahead = reconcile_counters(context)
+    assert ahead
+    assert all(difference.stored_value > difference.ledger_value for difference in ahead)
+    retried = terminal.authorise(CARD, 10_000, "req-1")  # the claim was dropped: the retry is a swipe of its own
+    assert retried.get_json()["status"] == "approved"
+    assert state(backend)["ledger_entries"] == 1
+
+
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_an_sqlite_database_locked_past_its_timeout_is_a_503_and_records_nothing(
     terminal: SignedClient, backend: Backend, monkeypatch: Any
