@@ -121,7 +121,7 @@ DEPENDENCY_ERRORS = (
     sqlite3.OperationalError,  # ditto on SQLite: locked past the busy timeout, disk I/O
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
-    OutcomeUnknown,  # the swipe's record, sent and its answer lost (pos_engine.service.swipes resolves what it can)
+    OutcomeUnknown,  # a swipe record sent and its answer lost, and pos_engine.store.db could not tell whether it committed
 )
 
 
