@@ -17,6 +17,9 @@ CARD_CHANGES_RELOAD_MIN = 10_000  # this many changed cards at once (an import) 
 CARD_OVERLAY_MAX = 100_000  # changed cards held beside the directory's table before it is rebuilt
 CARD_CHANGES_KEEP_S = 24 * 3600  # the change feed keeps a day; readers are seconds behind
 IDEMPOTENCY_WAIT_S_MAX = 2.0  # how long a duplicate waits for the original to finish
+# The swipe's record waits this long for PostgreSQL's answer, then gives up (a 503; the record may
+# still commit, which the next item settles).
+RECORD_ANSWER_S_MAX = 1.5
 # When the connection breaks under a swipe's record, a new connection waits this long for the old session
 # to end before reading whether the record committed (pos_engine.store.db.DirectRepository.record).
 LOST_ANSWER_WAIT_S_MAX = 0.5

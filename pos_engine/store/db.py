@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import select
 import sqlite3
 import threading
 import time
@@ -25,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from pos_engine.domain.registry import CardHolder, Merchant, Terminal
-from pos_engine.limits import LOST_ANSWER_CONNECT_TIMEOUT_S, LOST_ANSWER_WAIT_S_MAX, SQLITE_BUSY_TIMEOUT_MS
+from pos_engine.limits import LOST_ANSWER_CONNECT_TIMEOUT_S, LOST_ANSWER_WAIT_S_MAX, RECORD_ANSWER_S_MAX, SQLITE_BUSY_TIMEOUT_MS
 from pos_engine.service.background import this_process
 from pos_engine.service.cards import CardChangesCursor, CardRowTuple
 from pos_engine.service.errors import DuplicateKey, OutcomeUnknown
@@ -447,7 +448,8 @@ class _DirectStatement:
     The SQL names every column of both tables (names from the schema, values as
     $n parameters); each parameter has the encoder its column's type asks for.
     Errors are psycopg's own: a unique-key clash becomes DuplicateKey, a lost
-    connection psycopg.OperationalError (the unit of work then drops it).
+    connection or no answer within RECORD_ANSWER_S_MAX psycopg.OperationalError
+    (the unit of work then drops the connection).
     """
 
     def __init__(self, table: Table) -> None:
@@ -475,8 +477,39 @@ class _DirectStatement:
             for name, encode, _format in columns:
                 value = values[name]  # every column named: a missing one is a bug, not a NULL
                 params.append(None if value is None else encode(value))
-        # libpq takes None for NULL; psycopg's annotations leave it out here (send_query_prepared has it).
-        _check(pgconn, pgconn.exec_prepared(self.name, params, self._formats))  # type: ignore[arg-type]
+        pgconn.send_query_prepared(self.name, params, self._formats)
+        _check(pgconn, _answer_within(pgconn, RECORD_ANSWER_S_MAX))
+
+
+def _answer_within(pgconn: PGconn, timeout_s: float) -> PGresult:
+    """The statement's result, read as libpq's own blocking exec would, but waiting at most `timeout_s`.
+
+    A database that does not answer in time (a stopped server, a lock held by a
+    stuck transaction) gets its connection closed and a psycopg.OperationalError:
+    the statement may still commit, which the caller finds out on a new
+    connection (DirectRepository.record).
+    """
+    first: PGresult | None = None
+    deadline = 0.0
+    while True:
+        while pgconn.is_busy():
+            if not deadline:
+                deadline = time.monotonic() + timeout_s
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            waiting = select.poll()
+            waiting.register(pgconn.socket, select.POLLIN)
+            if remaining_ms <= 0 or not waiting.poll(remaining_ms):
+                pgconn.finish()
+                raise psycopg.OperationalError(f"PostgreSQL did not answer the swipe's record within {timeout_s} s")
+            pgconn.consume_input()
+        result = pgconn.get_result()
+        if result is None:
+            break
+        if first is None:
+            first = result
+    if first is None:
+        raise psycopg.OperationalError(f"the connection to PostgreSQL was lost: {pgconn.get_error_message()}")
+    return first
 
 
 def _check(pgconn: PGconn, result: PGresult) -> None:

@@ -517,6 +517,48 @@ def test_a_swipe_whose_record_is_in_doubt_keeps_its_caps_and_the_retry_records_i
     assert state(backend)["ledger_entries"] == 1
 
 
+@pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)
+def test_a_record_postgresql_does_not_answer_in_time_is_a_503_and_the_retry_settles_it(
+    terminal: SignedClient, context: EngineContext, backend: Backend, monkeypatch: Any
+) -> None:
+    """A stuck transaction holds the swipe's idempotency key: the swipe gives up waiting, and its record commits later."""
+    import threading
+    import time
+
+    import psycopg
+
+    from pos_engine.service.counters import reconcile_counters
+    from pos_engine.store import db
+
+    monkeypatch.setattr(db, "RECORD_ANSWER_S_MAX", 0.3)
+    with psycopg.connect(backend.url.replace("postgresql+psycopg://", "postgresql://")) as stuck:  # a transaction, left open
+        stuck.execute(
+            "INSERT INTO idempotency_records (terminal_id, request_id, request_hash, status_code, response_body, created_at)"
+            " VALUES (%s, 'req-1', 'stuck', 200, '', now())",
+            (terminal.terminal_id,),
+        )
+        answers: list[Any] = []
+        swipe = threading.Thread(target=lambda: answers.append(terminal.authorise(CARD, 10_000, "req-1")), daemon=True)
+        swipe.start()
+        swipe.join(timeout=30)  # without a limit of its own the swipe waits as long as the stuck transaction
+        assert answers, "the swipe is still waiting for PostgreSQL"
+        response = answers[0]
+        # Its session still waits on the key: whether it will commit cannot be told, so the caps stay taken.
+        assert response.status_code == 503
+        assert response.get_json()["code"] == "unavailable"
+        stuck.rollback()
+    deadline = time.monotonic() + 10
+    while state(backend)["ledger_entries"] == 0 and time.monotonic() < deadline:  # it commits once the key is free
+        time.sleep(0.05)
+    assert state(backend)["ledger_entries"] == 1
+    assert reconcile_counters(context) == []
+    retried = terminal.authorise(CARD, 10_000, "req-1")  # a duplicate of the record that committed: replays it
+    assert retried.status_code == 200
+    assert retried.get_json()["status"] == "approved"
+    assert state(backend)["ledger_entries"] == 1
+    assert reconcile_counters(context) == []
+
+
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_an_sqlite_database_locked_past_its_timeout_is_a_503_and_records_nothing(
     terminal: SignedClient, backend: Backend, monkeypatch: Any
