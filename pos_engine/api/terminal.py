@@ -52,6 +52,7 @@ ERRORS = {
     409: "idempotency_conflict, request_in_progress, and state conflicts",
     413: "body_too_large",
     422: "validation_failed and business validation",
+    503: "unavailable: the database or the counter store did not answer in time; retry with the same request_id",
 }
 
 

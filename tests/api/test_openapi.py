@@ -28,6 +28,7 @@ AUTHORISATION_OPERATION = {
         "403": problem("terminal_inactive, merchant_mismatch"),
         "409": problem("idempotency_conflict, request_in_progress, and state conflicts"),
         "413": problem("body_too_large"),
+        "503": problem("unavailable: the database or the counter store did not answer in time; retry with the same request_id"),
         "415": problem("unsupported_media_type"),
         "200": {
             "description": "approved or declined (a business decline is 200)",

@@ -352,7 +352,7 @@ def test_the_openapi_document_describes_the_terminal_api(app: Any) -> None:
         "/v1/reversals",
     }
     post = spec["paths"]["/v1/authorisations"]["post"]
-    assert {"200", "401", "403", "409", "422"} <= set(post["responses"])
+    assert {"200", "401", "403", "409", "422", "503"} <= set(post["responses"])
     assert "AuthorisationRequest" in spec["components"]["schemas"]
 
 
