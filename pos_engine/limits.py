@@ -23,7 +23,9 @@ RECORD_ANSWER_S_MAX = 1.5
 # When the connection breaks under a swipe's record, a new connection waits this long for the old session
 # to end before reading whether the record committed (pos_engine.store.db.DirectRepository.record).
 LOST_ANSWER_WAIT_S_MAX = 0.5
-LOST_ANSWER_CONNECT_TIMEOUT_S = 2  # libpq takes whole seconds
+# The swipe path's own connections to PostgreSQL give up connecting after this (libpq takes whole
+# seconds); a connect_timeout in the database URL overrides it.
+POSTGRESQL_CONNECT_TIMEOUT_S = 2
 # A Redis call that takes longer fails (the swipe answers 503) instead of holding its worker: a
 # terminal gives up after 2-3 s in all. A `socket_timeout` or `socket_connect_timeout` in the Redis URL overrides.
 REDIS_SOCKET_TIMEOUT_S = 1.0

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -189,3 +193,50 @@ class SignedClient:
             "occurred_at": (at or self.clock.now()).isoformat(),
         }
         return self.post("/v1/authorisations" + ("?explain=true" if explain else ""), body)
+
+
+@contextmanager
+def silent_server() -> Iterator[int]:
+    """A loopback server that accepts connections and reads what it is sent, and never answers: a hung Redis or PostgreSQL.
+
+    Yields its port. On exit it closes every connection, which frees whoever still waits on one.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            accepted.append(connection)  # kept open, never answered; the kernel buffers what is sent
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        for connection in accepted:
+            connection.close()
+        listener.close()
+
+
+def finishes_within(seconds: float, call: Any) -> list[Any]:
+    """Run `call` on a thread; its outcome (["returned", value] or ["raised", exception]), or [] if it still runs after `seconds`."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.extend(["returned", call()])
+        except BaseException as error:  # reported to the test, whatever it is
+            outcome.extend(["raised", error])
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=seconds)
+    return outcome

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from pos_engine.domain.registry import CardHolder, Merchant, Terminal
-from pos_engine.limits import LOST_ANSWER_CONNECT_TIMEOUT_S, LOST_ANSWER_WAIT_S_MAX, RECORD_ANSWER_S_MAX, SQLITE_BUSY_TIMEOUT_MS
+from pos_engine.limits import LOST_ANSWER_WAIT_S_MAX, POSTGRESQL_CONNECT_TIMEOUT_S, RECORD_ANSWER_S_MAX, SQLITE_BUSY_TIMEOUT_MS
 from pos_engine.service.background import this_process
 from pos_engine.service.cards import CardChangesCursor, CardRowTuple
 from pos_engine.service.errors import DuplicateKey, OutcomeUnknown
@@ -254,7 +254,7 @@ def _after_lost_answer(conninfo: str, backend_pid: int, terminal_id: str, reques
 
     Read in that order: once the session is over, its statement has committed or never will.
     """
-    with psycopg.connect(conninfo, autocommit=True, connect_timeout=LOST_ANSWER_CONNECT_TIMEOUT_S) as connection:
+    with _connect(conninfo) as connection:
         deadline = time.monotonic() + LOST_ANSWER_WAIT_S_MAX
         while True:
             row = connection.execute("SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)", (backend_pid,)).fetchone()
@@ -523,9 +523,16 @@ def _check(pgconn: PGconn, result: PGresult) -> None:
     raise error
 
 
+def _connect(conninfo: str) -> psycopg.Connection[Any]:
+    """An autocommit connection that gives up connecting after POSTGRESQL_CONNECT_TIMEOUT_S, unless `conninfo` says otherwise."""
+    if "connect_timeout" in psycopg.conninfo.conninfo_to_dict(conninfo):
+        return psycopg.connect(conninfo, autocommit=True)
+    return psycopg.connect(conninfo, autocommit=True, connect_timeout=POSTGRESQL_CONNECT_TIMEOUT_S)
+
+
 def _connect_direct(conninfo: str) -> psycopg.Connection[Any]:
     """An autocommit connection for the swipe path, its record statements prepared."""
-    connection = psycopg.connect(conninfo, autocommit=True)
+    connection = _connect(conninfo)
     try:
         for statement in _DIRECT_RECORD.values():
             statement.prepare(connection.pgconn)

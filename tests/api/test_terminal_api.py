@@ -15,7 +15,7 @@ from pos_engine.service.context import EngineContext
 from pos_engine.store.models import DeclineRow, IdempotencyRow, LedgerEntryRow
 from tests.api.conftest import CARD
 from tests.conftest import Backend
-from tests.helpers import SignedClient, World
+from tests.helpers import SignedClient, World, finishes_within, silent_server
 
 
 def state(backend: Backend) -> dict[str, Any]:
@@ -378,51 +378,23 @@ def test_a_counter_store_outage_is_a_503_and_records_nothing(
 
 @pytest.fixture
 def stalled_redis_url() -> Any:
-    """A server that accepts connections and reads what it is sent, and never answers: a hung Redis."""
-    import socket
-    import threading
-
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                continue
-            accepted.append(connection)  # kept open, never answered; the kernel buffers what is sent
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
-    stop.set()
-    thread.join()
-    for connection in accepted:
-        connection.close()
-    listener.close()
+    with silent_server() as port:
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 @pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)
 def test_a_hung_redis_is_a_503_not_a_hung_worker_and_records_nothing(
     terminal: SignedClient, context: EngineContext, backend: Backend, stalled_redis_url: str, monkeypatch: Any
 ) -> None:
-    import threading
-
     from pos_engine.store.redis_counters import RedisCounterStore
 
     before = state(backend)
     monkeypatch.setattr(context, "counters", RedisCounterStore.from_url(stalled_redis_url, namespace=backend.counters.namespace))
-    answers: list[Any] = []
-    swipe = threading.Thread(target=lambda: answers.append(terminal.authorise(CARD, 10_000, "req-1")), daemon=True)
-    swipe.start()
     # The engine's socket timeouts answer in about 2 s (the script, then dropping the claim); without
     # them the swipe waits for the hung server for ever. The fixture's teardown then frees the thread.
-    swipe.join(timeout=30)
-    assert answers, "the swipe is still waiting for the hung Redis"
-    response = answers[0]
+    outcome = finishes_within(30, lambda: terminal.authorise(CARD, 10_000, "req-1"))
+    assert outcome[:1] == ["returned"], "the swipe is still waiting for the hung Redis"
+    response = outcome[1]
     assert response.status_code == 503
     assert response.get_json()["code"] == "unavailable"
     monkeypatch.undo()
@@ -522,7 +494,6 @@ def test_a_record_postgresql_does_not_answer_in_time_is_a_503_and_the_retry_sett
     terminal: SignedClient, context: EngineContext, backend: Backend, monkeypatch: Any
 ) -> None:
     """A stuck transaction holds the swipe's idempotency key: the swipe gives up waiting, and its record commits later."""
-    import threading
     import time
 
     import psycopg
@@ -537,12 +508,10 @@ def test_a_record_postgresql_does_not_answer_in_time_is_a_503_and_the_retry_sett
             " VALUES (%s, 'req-1', 'stuck', 200, '', now())",
             (terminal.terminal_id,),
         )
-        answers: list[Any] = []
-        swipe = threading.Thread(target=lambda: answers.append(terminal.authorise(CARD, 10_000, "req-1")), daemon=True)
-        swipe.start()
-        swipe.join(timeout=30)  # without a limit of its own the swipe waits as long as the stuck transaction
-        assert answers, "the swipe is still waiting for PostgreSQL"
-        response = answers[0]
+        # Without a limit of its own the swipe waits as long as the stuck transaction.
+        outcome = finishes_within(30, lambda: terminal.authorise(CARD, 10_000, "req-1"))
+        assert outcome[:1] == ["returned"], "the swipe is still waiting for PostgreSQL"
+        response = outcome[1]
         # Its session still waits on the key: whether it will commit cannot be told, so the caps stay taken.
         assert response.status_code == 503
         assert response.get_json()["code"] == "unavailable"

@@ -10,6 +10,7 @@ import pytest
 from pos_engine.service.errors import DuplicateKey
 from pos_engine.store.db import Database
 from tests.conftest import Backend
+from tests.helpers import finishes_within, silent_server
 
 SHANGHAI = timezone(timedelta(hours=8))
 
@@ -135,3 +136,22 @@ def test_a_text_value_libpq_would_cut_short_is_refused_and_nothing_is_written(pg
             assert uow.repo.idempotency("t-1", "req-nul") is None
     finally:
         database.dispose()
+
+
+def test_the_swipe_path_gives_up_connecting_to_a_database_that_never_answers() -> None:
+    """A server that takes the connection and never speaks: the swipe's unit of work fails in seconds, not never."""
+    import psycopg
+
+    with silent_server() as port:
+        database = Database(f"postgresql+psycopg://postgres@127.0.0.1:{port}/pos_engine")
+        try:
+
+            def open_unit_of_work() -> None:
+                with database.single_statement():
+                    pass
+
+            outcome = finishes_within(30, open_unit_of_work)  # connect_timeout is 2 s; without it, TCP's minutes
+            assert outcome[:1] == ["raised"], "still connecting"
+            assert isinstance(outcome[1], psycopg.OperationalError)
+        finally:
+            database.dispose()
