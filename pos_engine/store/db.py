@@ -489,15 +489,13 @@ def _answer_within(pgconn: PGconn, timeout_s: float) -> PGresult:
     the statement may still commit, which the caller finds out on a new
     connection (DirectRepository.record).
     """
+    deadline = time.monotonic() + timeout_s
+    waiting = select.poll()
+    waiting.register(pgconn.socket, select.POLLIN)
     first: PGresult | None = None
-    deadline = 0.0
     while True:
         while pgconn.is_busy():
-            if not deadline:
-                deadline = time.monotonic() + timeout_s
             remaining_ms = int((deadline - time.monotonic()) * 1000)
-            waiting = select.poll()
-            waiting.register(pgconn.socket, select.POLLIN)
             if remaining_ms <= 0 or not waiting.poll(remaining_ms):
                 pgconn.finish()
                 raise psycopg.OperationalError(f"PostgreSQL did not answer the swipe's record within {timeout_s} s")

@@ -342,6 +342,13 @@ def test_a_signature_over_another_body_or_path_is_refused(terminal: SignedClient
     assert state(backend) == before
 
 
+def authorise_in_time(terminal: SignedClient, request_id: str, waiting_for: str) -> Any:
+    """A swipe that must answer (here within 30 s, where the engine's own limits give a few) rather than wait for ever."""
+    outcome = finishes_within(30, lambda: terminal.authorise(CARD, 10_000, request_id))
+    assert outcome[:1] == ["returned"], f"the swipe is still waiting for {waiting_for}"
+    return outcome[1]
+
+
 def test_the_openapi_document_describes_the_terminal_api(app: Any) -> None:
     spec = app.test_client().get("/openapi.json").get_json()
     assert set(spec["paths"]) >= {
@@ -392,9 +399,7 @@ def test_a_hung_redis_is_a_503_not_a_hung_worker_and_records_nothing(
     monkeypatch.setattr(context, "counters", RedisCounterStore.from_url(stalled_redis_url, namespace=backend.counters.namespace))
     # The engine's socket timeouts answer in about 2 s (the script, then dropping the claim); without
     # them the swipe waits for the hung server for ever. The fixture's teardown then frees the thread.
-    outcome = finishes_within(30, lambda: terminal.authorise(CARD, 10_000, "req-1"))
-    assert outcome[:1] == ["returned"], "the swipe is still waiting for the hung Redis"
-    response = outcome[1]
+    response = authorise_in_time(terminal, "req-1", "the hung Redis")
     assert response.status_code == 503
     assert response.get_json()["code"] == "unavailable"
     monkeypatch.undo()
@@ -509,9 +514,7 @@ def test_a_record_postgresql_does_not_answer_in_time_is_a_503_and_the_retry_sett
             (terminal.terminal_id,),
         )
         # Without a limit of its own the swipe waits as long as the stuck transaction.
-        outcome = finishes_within(30, lambda: terminal.authorise(CARD, 10_000, "req-1"))
-        assert outcome[:1] == ["returned"], "the swipe is still waiting for PostgreSQL"
-        response = outcome[1]
+        response = authorise_in_time(terminal, "req-1", "PostgreSQL")
         # Its session still waits on the key: whether it will commit cannot be told, so the caps stay taken.
         assert response.status_code == 503
         assert response.get_json()["code"] == "unavailable"
