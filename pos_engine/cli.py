@@ -18,8 +18,8 @@ def _settings() -> Settings:
 
 
 def _admin_settings() -> Settings:
-    """Settings for commands that may run one long Redis script over a whole namespace: no socket timeout."""
-    return replace(Settings.from_env(), redis_socket_timeout_s=None)
+    """Settings for commands that may run one long Redis script or SQL statement over everything: no time limits."""
+    return replace(Settings.from_env(), redis_socket_timeout_s=None, statement_timeout_ms=None)
 
 
 def _fail(message: str) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pos_engine.domain.clock import Clock, SystemClock
-from pos_engine.limits import LOOKUP_CACHE_TTL_S, REDIS_SOCKET_TIMEOUT_S
+from pos_engine.limits import LOOKUP_CACHE_TTL_S, REDIS_SOCKET_TIMEOUT_S, TERMINAL_STATEMENT_TIMEOUT_MS
 
 DEFAULT_DATABASE_PATH = Path("var") / "pos-engine.sqlite3"
 # Only for the embedded demo: production sets POS_ENGINE_CARD_KEY to a secret of its own.
@@ -26,6 +26,8 @@ class Settings:
     redis_namespace: str = "pos"
     # Seconds a Redis call may take before it fails (None: no limit, for the CLI's whole-namespace rebuilds).
     redis_socket_timeout_s: float | None = REDIS_SOCKET_TIMEOUT_S
+    # Milliseconds PostgreSQL lets a statement of a terminal's request run (None: no limit, for the CLI).
+    statement_timeout_ms: int | None = TERMINAL_STATEMENT_TIMEOUT_MS
     clock: Clock = field(default_factory=SystemClock)
 
     @classmethod

@@ -17,14 +17,20 @@ CARD_CHANGES_RELOAD_MIN = 10_000  # this many changed cards at once (an import) 
 CARD_OVERLAY_MAX = 100_000  # changed cards held beside the directory's table before it is rebuilt
 CARD_CHANGES_KEEP_S = 24 * 3600  # the change feed keeps a day; readers are seconds behind
 IDEMPOTENCY_WAIT_S_MAX = 2.0  # how long a duplicate waits for the original to finish
+# PostgreSQL cancels any statement of a terminal's request that runs longer than this: one waiting on a
+# lock another transaction holds, or on a stalled disk. The request is a 503 that changed nothing, and the
+# worker is free again. Set on the server's own connections only (the CLI's long statements have none);
+# an `options=-c statement_timeout=…` in the database URL overrides it.
+TERMINAL_STATEMENT_TIMEOUT_MS = 1000
 # The swipe's record waits this long for PostgreSQL's answer, then gives up (a 503; the record may
-# still commit, which the next item settles).
+# still commit, which the next item settles). Longer than the statement timeout, which settles more:
+# this limit is for a server that cannot answer at all.
 RECORD_ANSWER_S_MAX = 1.5
 # When the connection breaks under a swipe's record, a new connection waits this long for the old session
 # to end before reading whether the record committed (pos_engine.store.db.DirectRepository.record).
 LOST_ANSWER_WAIT_S_MAX = 0.5
-# The swipe path's own connections to PostgreSQL give up connecting after this (libpq takes whole
-# seconds); a connect_timeout in the database URL overrides it.
+# The server's connections to PostgreSQL for terminals' requests give up connecting after this (libpq
+# takes whole seconds); a connect_timeout in the database URL overrides it.
 POSTGRESQL_CONNECT_TIMEOUT_S = 2
 # A Redis call that takes longer fails (the swipe answers 503) instead of holding its worker: a
 # terminal gives up after 2-3 s in all. A `socket_timeout` or `socket_connect_timeout` in the Redis URL overrides.

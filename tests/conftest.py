@@ -20,6 +20,7 @@ import redis
 from sqlalchemy import text
 
 from pos_engine.domain.clock import FixedClock
+from pos_engine.limits import TERMINAL_STATEMENT_TIMEOUT_MS
 from pos_engine.store.db import Database
 from pos_engine.store.migrate import upgrade
 from pos_engine.store.models import Base
@@ -85,7 +86,7 @@ def open_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Any) -> It
         database.dispose()
         return
     url = request.getfixturevalue("pg_url")
-    database = Database(url)
+    database = Database(url, statement_timeout_ms=TERMINAL_STATEMENT_TIMEOUT_MS)  # as the server opens it
     _truncate(database)
     if kind == "pg_sql":
         yield Backend("pg_sql", database, SqlCounterStore(database), url)

@@ -31,7 +31,7 @@ def build_context(settings: Settings) -> EngineContext:
     from pos_engine.store.counters import counter_store_from_url
     from pos_engine.store.db import Database, SqlRegistry
 
-    database = Database(settings.database_url)
+    database = Database(settings.database_url, statement_timeout_ms=settings.statement_timeout_ms)
     return EngineContext(
         unit_of_work=database.unit_of_work,
         single_statement=database.single_statement,

@@ -220,7 +220,8 @@ class DirectRepository:
 
         Raises:
             DuplicateKey: the idempotency key is taken; nothing was written.
-            psycopg.OperationalError: nothing was written (the connection was lost).
+            psycopg.OperationalError: nothing was written (the connection was lost, or the server
+                cancelled the statement: TERMINAL_STATEMENT_TIMEOUT_MS).
             OutcomeUnknown: the statement was sent and it cannot be told whether it committed.
         """
         pgconn = self.connection.pgconn
@@ -228,6 +229,10 @@ class DirectRepository:
         try:
             _DIRECT_RECORD[table_name].execute(pgconn, fields, idempotency)
         except psycopg.OperationalError as error:
+            if error.sqlstate is not None and pgconn.status == pq.ConnStatus.OK:
+                # The server's own answer on a live connection (its statement timeout cancelled the
+                # record): the statement's transaction rolled back, nothing was written.
+                raise
             try:
                 session_over, stored = _after_lost_answer(
                     self._conninfo, backend_pid, idempotency["terminal_id"], idempotency["request_id"]
@@ -521,11 +526,23 @@ def _check(pgconn: PGconn, result: PGresult) -> None:
     raise error
 
 
+def limited_conninfo(conninfo: str, statement_timeout_ms: int | None) -> str:
+    """`conninfo` that gives up connecting after POSTGRESQL_CONNECT_TIMEOUT_S and, if given, has the server cancel
+    any statement that runs longer than `statement_timeout_ms`.
+
+    What `conninfo` says itself wins: its own connect_timeout, and its own options, which come after ours.
+    """
+    params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(conninfo)
+    params.setdefault("connect_timeout", str(POSTGRESQL_CONNECT_TIMEOUT_S))
+    if statement_timeout_ms is not None:
+        ours = f"-c statement_timeout={int(statement_timeout_ms)}"
+        params["options"] = f"{ours} {params['options']}" if params.get("options") else ours
+    return psycopg.conninfo.make_conninfo("", **params)
+
+
 def _connect(conninfo: str) -> psycopg.Connection[Any]:
-    """An autocommit connection that gives up connecting after POSTGRESQL_CONNECT_TIMEOUT_S, unless `conninfo` says otherwise."""
-    if "connect_timeout" in psycopg.conninfo.conninfo_to_dict(conninfo):
-        return psycopg.connect(conninfo, autocommit=True)
-    return psycopg.connect(conninfo, autocommit=True, connect_timeout=POSTGRESQL_CONNECT_TIMEOUT_S)
+    """An autocommit connection, with the limits `conninfo` carries (`limited_conninfo`)."""
+    return psycopg.connect(conninfo, autocommit=True)
 
 
 def _connect_direct(conninfo: str) -> psycopg.Connection[Any]:
@@ -547,7 +564,15 @@ _DIRECT_IDEMPOTENCY_SQL = _idempotency_select("%s")
 class Database:
     """The engine and its session factory."""
 
-    def __init__(self, url: str, **kwargs: Any) -> None:
+    def __init__(self, url: str, *, statement_timeout_ms: int | None = None, **kwargs: Any) -> None:
+        """Open `url`; with `statement_timeout_ms` (the server: pos_engine.config.Settings), PostgreSQL
+        cancels any statement of a terminal's request that runs longer, and its connections give up
+        connecting after POSTGRESQL_CONNECT_TIMEOUT_S.
+
+        Terminals' requests use `unit_of_work`, `single_statement`, `swipe_transaction` and
+        `terminal_read_engine`; `engine` and `read_engine` have no statement limit, for the background
+        loads of the card directory and the registry, and for the CLI.
+        """
         self.url = normalise_url(url)
         self.engine = make_engine(self.url, **kwargs)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -561,15 +586,32 @@ class Database:
         self.is_postgresql = self.engine.dialect.name == "postgresql"
         database_path = make_url(self.url).database
         self.write_lock = SqliteWriteLock(database_path) if self.is_sqlite and database_path and database_path != ":memory:" else None
-        conninfo = make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
-        self._conninfo = conninfo
+        self._conninfo = limited_conninfo(self._driver_conninfo(), statement_timeout_ms) if self.is_postgresql else ""
+        self.terminal_engine, self.terminal_read_engine = self.engine, self.read_engine
+        if self.is_postgresql and statement_timeout_ms is not None:
+            limits = psycopg.conninfo.conninfo_to_dict(self._conninfo)
+            connect_args = {name: limits[name] for name in ("connect_timeout", "options")}
+            self.terminal_engine = make_engine(self.url, connect_args=connect_args, **kwargs)
+            self.terminal_read_engine = self.terminal_engine.execution_options(isolation_level="AUTOCOMMIT")
+        direct_conninfo = self._conninfo
         self._direct = (
-            ThreadConnections(lambda: _connect_direct(conninfo), lambda connection: connection.closed) if self.is_postgresql else None
+            ThreadConnections(lambda: _connect_direct(direct_conninfo), lambda connection: connection.closed)
+            if self.is_postgresql
+            else None
         )
         self._sqlite_direct = ThreadConnections(self._connect_sqlite, _sqlite_is_closed) if self.write_lock is not None else None
 
+    def _driver_conninfo(self) -> str:
+        """libpq's connection string for the URL, as SQLAlchemy's own psycopg connections read it.
+
+        (A URL rendered back as text would not do: it encodes a space in `options` as `+`, which libpq
+        reads as a `+`.)
+        """
+        _args, params = self.engine.dialect.create_connect_args(make_url(self.url))
+        return psycopg.conninfo.make_conninfo(**{name: value for name, value in params.items() if name != "context"})
+
     def unit_of_work(self) -> UnitOfWork:
-        return UnitOfWork(self.engine, write_lock=self.write_lock)
+        return UnitOfWork(self.terminal_engine, write_lock=self.write_lock)
 
     def swipe_transaction(self) -> SqliteSwipeTransaction | UnitOfWork:
         """A swipe's transaction with the SQL counter store: on an SQLite file, on the driver connection."""
@@ -596,6 +638,8 @@ class Database:
                 connections.close_all()
         self.engine.dispose()
         self.read_engine.dispose()
+        if self.terminal_engine is not self.engine:
+            self.terminal_engine.dispose()
 
 
 _CARD_CHANGES_CURSOR_SQL = """
@@ -617,21 +661,25 @@ REGISTRY_VERSION_SQL = "SELECT version FROM registry_version WHERE id = 1"  # ra
 
 
 class SqlRegistry:
-    """Registry lookups for the swipe path, each in a short read transaction."""
+    """Registry lookups for the swipe path, each in a short read transaction.
+
+    One terminal, merchant or card at a time is a terminal's request waiting (with the database's
+    statement limit); the whole registry and batches of cards are the background loads (without).
+    """
 
     def __init__(self, database: Database) -> None:
         self.database = database
 
     def terminal(self, terminal_id: str) -> Terminal | None:
-        with self.database.read_engine.connect() as connection:
+        with self.database.terminal_read_engine.connect() as connection:
             return Repository(connection).terminal(terminal_id)
 
     def merchant(self, merchant_id: str) -> Merchant | None:
-        with self.database.read_engine.connect() as connection:
+        with self.database.terminal_read_engine.connect() as connection:
             return Repository(connection).merchant(merchant_id)
 
     def card_holder(self, card_hash: str) -> CardHolder | None:
-        with self.database.read_engine.connect() as connection:
+        with self.database.terminal_read_engine.connect() as connection:
             return Repository(connection).card_holder(card_hash)
 
     def card_holders(self, card_hashes: list[str]) -> dict[str, CardHolder]:

@@ -507,6 +507,9 @@ def test_a_record_postgresql_does_not_answer_in_time_is_a_503_and_the_retry_sett
     from pos_engine.store import db
 
     monkeypatch.setattr(db, "RECORD_ANSWER_S_MAX", 0.3)
+    # A server that has not cancelled the record itself (its statement limit longer than the engine's wait).
+    patient = db.Database(backend.url, statement_timeout_ms=30_000)
+    monkeypatch.setattr(context, "single_statement", patient.single_statement)
     with psycopg.connect(backend.url.replace("postgresql+psycopg://", "postgresql://")) as stuck:  # a transaction, left open
         stuck.execute(
             "INSERT INTO idempotency_records (terminal_id, request_id, request_hash, status_code, response_body, created_at)"
@@ -525,9 +528,103 @@ def test_a_record_postgresql_does_not_answer_in_time_is_a_503_and_the_retry_sett
     assert state(backend)["ledger_entries"] == 1
     assert reconcile_counters(context) == []
     retried = terminal.authorise(CARD, 10_000, "req-1")  # a duplicate of the record that committed: replays it
+    patient.dispose()
     assert retried.status_code == 200
     assert retried.get_json()["status"] == "approved"
     assert state(backend)["ledger_entries"] == 1
+    assert reconcile_counters(context) == []
+
+
+@pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)
+def test_a_record_stuck_behind_a_lock_is_cancelled_by_postgresql_a_503_that_gives_its_caps_back(
+    terminal: SignedClient, context: EngineContext, backend: Backend
+) -> None:
+    """A stuck transaction holds the swipe's idempotency key: PostgreSQL's statement limit cancels the record, which
+    therefore wrote nothing, so the caps go back and the retry is a swipe of its own."""
+    import psycopg
+
+    from pos_engine.service.counters import reconcile_counters
+
+    before = state(backend)
+    with psycopg.connect(backend.url.replace("postgresql+psycopg://", "postgresql://")) as stuck:  # a transaction, left open
+        stuck.execute(
+            "INSERT INTO idempotency_records (terminal_id, request_id, request_hash, status_code, response_body, created_at)"
+            " VALUES (%s, 'req-1', 'stuck', 200, '', now())",
+            (terminal.terminal_id,),
+        )
+        response = authorise_in_time(terminal, "req-1", "PostgreSQL")
+        assert response.status_code == 503
+        assert response.get_json()["code"] == "unavailable"
+        assert state(backend) == before  # nothing recorded, every cap given back, the claim dropped
+        stuck.rollback()
+    retried = terminal.authorise(CARD, 10_000, "req-1")
+    assert retried.status_code == 200
+    assert retried.get_json()["status"] == "approved"
+    assert state(backend)["ledger_entries"] == 1
+    assert reconcile_counters(context) == []
+
+
+def _adjustment_requests(terminal: SignedClient, authorisation_id: str) -> dict[str, Any]:
+    return {
+        "reversal": lambda: terminal.post(f"/v1/authorisations/{authorisation_id}/reversal", {"request_id": "adj-1"}),
+        "refund": lambda: terminal.post(f"/v1/authorisations/{authorisation_id}/refunds", {"request_id": "adj-1", "amount_fen": 1_000}),
+        "void by request id": lambda: terminal.post("/v1/reversals", {"request_id": "adj-1", "original_request_id": "req-1"}),
+        "lookup": lambda: terminal.get(f"/v1/authorisations/{authorisation_id}"),
+    }
+
+
+@pytest.mark.parametrize("backend", ["pg_redis", "pg_sql"], indirect=True)
+@pytest.mark.parametrize("operation", ["reversal", "refund", "void by request id", "lookup"])
+def test_a_terminal_request_stuck_behind_a_lock_is_a_503_in_about_a_second_and_changes_nothing(
+    terminal: SignedClient, context: EngineContext, backend: Backend, operation: str
+) -> None:
+    """Another session holds the authorisation (a row lock: an operator's psql, a job) or the whole ledger (a table
+    lock, which even reads wait for): PostgreSQL cancels the request's statement, and the terminal may retry."""
+    import psycopg
+
+    from pos_engine.service.counters import reconcile_counters
+
+    authorisation_id = terminal.authorise(CARD, 10_000, "req-1").get_json()["id"]
+    request = _adjustment_requests(terminal, authorisation_id)[operation]
+    before = state(backend)
+    with psycopg.connect(backend.url.replace("postgresql+psycopg://", "postgresql://")) as holder:
+        if operation == "lookup":
+            holder.execute("LOCK TABLE ledger_entries IN ACCESS EXCLUSIVE MODE")
+        else:
+            holder.execute("SELECT 1 FROM ledger_entries WHERE entry_id = %s FOR UPDATE", (authorisation_id,))
+        # Without the statement limit the request waits as long as the lock is held.
+        outcome = finishes_within(30, request)
+        assert outcome[:1] == ["returned"], "the request is still waiting for the lock"
+        assert outcome[1].status_code == 503
+        assert outcome[1].get_json()["code"] == "unavailable"
+        holder.rollback()
+    assert state(backend) == before
+    retried = request()
+    assert retried.status_code == 200
+    assert state(backend)["ledger_entries"] == before["ledger_entries"] + (operation != "lookup")
+    assert reconcile_counters(context) == []
+
+
+@pytest.mark.parametrize("backend", ["pg_sql"], indirect=True)
+def test_a_swipe_on_the_sql_counter_store_stuck_behind_a_counter_lock_is_a_503_and_changes_nothing(
+    terminal: SignedClient, context: EngineContext, backend: Backend
+) -> None:
+    """PostgreSQL with the SQL counter store reserves caps in the swipe's transaction: a session holding the
+    counters' rows holds the swipe, until PostgreSQL cancels it."""
+    import psycopg
+
+    from pos_engine.service.counters import reconcile_counters
+
+    terminal.authorise(CARD, 10_000, "req-0")  # the counters' rows exist
+    before = state(backend)
+    with psycopg.connect(backend.url.replace("postgresql+psycopg://", "postgresql://")) as holder:
+        holder.execute("SELECT 1 FROM counters FOR UPDATE")
+        response = authorise_in_time(terminal, "req-1", "the counters' locks")
+        assert response.status_code == 503
+        assert response.get_json()["code"] == "unavailable"
+        holder.rollback()
+    assert state(backend) == before
+    assert terminal.authorise(CARD, 10_000, "req-1").get_json()["status"] == "approved"
     assert reconcile_counters(context) == []
 
 

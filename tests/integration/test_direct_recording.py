@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from pos_engine.limits import TERMINAL_STATEMENT_TIMEOUT_MS
 from pos_engine.service.errors import DuplicateKey
 from pos_engine.store.db import Database
 from tests.conftest import Backend
@@ -138,20 +139,72 @@ def test_a_text_value_libpq_would_cut_short_is_refused_and_nothing_is_written(pg
         database.dispose()
 
 
-def test_the_swipe_path_gives_up_connecting_to_a_database_that_never_answers() -> None:
-    """A server that takes the connection and never speaks: the swipe's unit of work fails in seconds, not never."""
+@pytest.mark.parametrize("opening", ["the swipe's record", "a terminal's transaction", "a registry lookup"])
+def test_a_terminal_request_gives_up_connecting_to_a_database_that_never_answers(opening: str) -> None:
+    """A server that takes the connection and never speaks: the request fails in seconds, not never."""
     import psycopg
+    import sqlalchemy.exc
+
+    from pos_engine.store.db import SqlRegistry
 
     with silent_server() as port:
-        database = Database(f"postgresql+psycopg://postgres@127.0.0.1:{port}/pos_engine")
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/pos_engine"
+        database = Database(url, statement_timeout_ms=TERMINAL_STATEMENT_TIMEOUT_MS)
         try:
 
-            def open_unit_of_work() -> None:
+            def open_single_statement() -> None:
                 with database.single_statement():
                     pass
 
-            outcome = finishes_within(30, open_unit_of_work)  # connect_timeout is 2 s; without it, TCP's minutes
+            def open_unit_of_work() -> None:
+                with database.unit_of_work():
+                    pass
+
+            calls = {
+                "the swipe's record": open_single_statement,
+                "a terminal's transaction": open_unit_of_work,
+                "a registry lookup": lambda: SqlRegistry(database).terminal("t-1"),
+            }
+            outcome = finishes_within(30, calls[opening])  # connect_timeout is 2 s; without it, TCP's minutes
             assert outcome[:1] == ["raised"], "still connecting"
-            assert isinstance(outcome[1], psycopg.OperationalError)
+            assert isinstance(outcome[1], psycopg.OperationalError | sqlalchemy.exc.OperationalError)
         finally:
             database.dispose()
+
+
+def _statement_timeout(run: Any) -> str:
+    return str(run("SHOW statement_timeout"))
+
+
+def test_the_server_s_connections_have_the_statement_limit_and_the_cli_s_and_background_loads_do_not(pg_url: str) -> None:
+    server = Database(pg_url, statement_timeout_ms=1000)
+    cli = Database(pg_url)
+    try:
+        with server.unit_of_work() as uow:
+            assert _statement_timeout(lambda sql: uow.connection.exec_driver_sql(sql).scalar()) == "1s"
+        with server.terminal_read_engine.connect() as connection:
+            assert _statement_timeout(lambda sql: connection.exec_driver_sql(sql).scalar()) == "1s"
+        with server.single_statement() as uow:
+            assert _statement_timeout(lambda sql: uow.repo.connection.execute(sql).fetchone()[0]) == "1s"
+        with server.read_engine.connect() as connection:  # the card directory and registry loads
+            assert _statement_timeout(lambda sql: connection.exec_driver_sql(sql).scalar()) == "0"
+        with cli.unit_of_work() as uow:
+            assert _statement_timeout(lambda sql: uow.connection.exec_driver_sql(sql).scalar()) == "0"
+        with cli.single_statement() as uow:
+            assert _statement_timeout(lambda sql: uow.repo.connection.execute(sql).fetchone()[0]) == "0"
+    finally:
+        server.dispose()
+        cli.dispose()
+
+
+def test_the_database_url_s_own_statement_timeout_and_options_win(pg_url: str) -> None:
+    """An operator sets options in the URL: they come after the engine's own, so theirs apply."""
+    server = Database(f"{pg_url}?options=-c%20statement_timeout%3D5s%20-c%20application_name%3Dtill", statement_timeout_ms=1000)
+    try:
+        with server.unit_of_work() as uow:
+            assert _statement_timeout(lambda sql: uow.connection.exec_driver_sql(sql).scalar()) == "5s"
+            assert uow.connection.exec_driver_sql("SHOW application_name").scalar() == "till"
+        with server.single_statement() as uow:
+            assert _statement_timeout(lambda sql: uow.repo.connection.execute(sql).fetchone()[0]) == "5s"
+    finally:
+        server.dispose()
