@@ -32,6 +32,12 @@ LOST_ANSWER_WAIT_S_MAX = 0.5
 # The server's connections to PostgreSQL for terminals' requests give up connecting after this (libpq
 # takes whole seconds); a connect_timeout in the database URL overrides it.
 POSTGRESQL_CONNECT_TIMEOUT_S = 2
+# Every connection to PostgreSQL is closed about this long after the database's host stops acknowledging
+# (gone, unplugged, failed over), instead of TCP's 15 minutes: TCP keepalives on a connection that waits,
+# TCP_USER_TIMEOUT on one that sent. A background poll stuck on such a connection would otherwise keep a
+# worker's card directory stale (a lost card still usable) that long. The URL's own keepalives* and
+# tcp_user_timeout override.
+POSTGRESQL_DEAD_HOST_S = 10
 # A Redis call that takes longer fails (the swipe answers 503) instead of holding its worker: a
 # terminal gives up after 2-3 s in all. A `socket_timeout` or `socket_connect_timeout` in the Redis URL overrides.
 REDIS_SOCKET_TIMEOUT_S = 1.0

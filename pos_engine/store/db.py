@@ -26,7 +26,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from pos_engine.domain.registry import CardHolder, Merchant, Terminal
-from pos_engine.limits import LOST_ANSWER_WAIT_S_MAX, POSTGRESQL_CONNECT_TIMEOUT_S, RECORD_ANSWER_S_MAX, SQLITE_BUSY_TIMEOUT_MS
+from pos_engine.limits import (
+    LOST_ANSWER_WAIT_S_MAX,
+    POSTGRESQL_CONNECT_TIMEOUT_S,
+    POSTGRESQL_DEAD_HOST_S,
+    RECORD_ANSWER_S_MAX,
+    SQLITE_BUSY_TIMEOUT_MS,
+)
 from pos_engine.service.background import this_process
 from pos_engine.service.cards import CardChangesCursor, CardRowTuple
 from pos_engine.service.errors import DuplicateKey, OutcomeUnknown
@@ -53,6 +59,17 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode("utf-8")
 
 
+# libpq's parameters that close a connection to a host that stopped acknowledging (POSTGRESQL_DEAD_HOST_S):
+# keepalive probes after a third of it idle, then two more a third apart; sent data unacknowledged for all of it.
+DEAD_HOST_PARAMS = {
+    "keepalives": "1",
+    "keepalives_idle": str(max(1, POSTGRESQL_DEAD_HOST_S // 3)),
+    "keepalives_interval": str(max(1, POSTGRESQL_DEAD_HOST_S // 3)),
+    "keepalives_count": "2",
+    "tcp_user_timeout": str(POSTGRESQL_DEAD_HOST_S * 1000),
+}
+
+
 def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
     """Create an engine; SQLite gets WAL, a busy timeout and write transactions that lock at BEGIN.
 
@@ -70,6 +87,9 @@ def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)
         kwargs.setdefault("pool_recycle", 3600)
+        in_url = make_url(url).query
+        dead_host = {name: value for name, value in DEAD_HOST_PARAMS.items() if name not in in_url}
+        kwargs["connect_args"] = {**dead_host, **kwargs.get("connect_args", {})}
         return create_engine(url, **kwargs)
     database = make_url(url).database
     if database and database != ":memory:":
@@ -527,13 +547,17 @@ def _check(pgconn: PGconn, result: PGresult) -> None:
 
 
 def limited_conninfo(conninfo: str, statement_timeout_ms: int | None) -> str:
-    """`conninfo` that gives up connecting after POSTGRESQL_CONNECT_TIMEOUT_S and, if given, has the server cancel
-    any statement that runs longer than `statement_timeout_ms`.
+    """`conninfo` that gives up connecting after POSTGRESQL_CONNECT_TIMEOUT_S, closes when the host stops
+    acknowledging (DEAD_HOST_PARAMS) and, if given, has the server cancel any statement that runs longer
+    than `statement_timeout_ms`.
 
-    What `conninfo` says itself wins: its own connect_timeout, and its own options, which come after ours.
+    What `conninfo` says itself wins: its own connect_timeout, keepalives* and tcp_user_timeout, and its
+    own options, which come after ours.
     """
     params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(conninfo)
     params.setdefault("connect_timeout", str(POSTGRESQL_CONNECT_TIMEOUT_S))
+    for name, value in DEAD_HOST_PARAMS.items():
+        params.setdefault(name, value)
     if statement_timeout_ms is not None:
         ours = f"-c statement_timeout={int(statement_timeout_ms)}"
         params["options"] = f"{ours} {params['options']}" if params.get("options") else ours

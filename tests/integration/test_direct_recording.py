@@ -208,3 +208,44 @@ def test_the_database_url_s_own_statement_timeout_and_options_win(pg_url: str) -
             assert _statement_timeout(lambda sql: uow.repo.connection.execute(sql).fetchone()[0]) == "5s"
     finally:
         server.dispose()
+
+
+def _tcp_options(fd: int) -> tuple[int, int, int]:
+    import os
+    import socket
+
+    sock = socket.socket(fileno=os.dup(fd))  # a duplicate: closing it leaves the connection open
+    try:
+        return (
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+        )
+    finally:
+        sock.close()
+
+
+def test_every_connection_to_postgresql_closes_soon_after_its_host_stops_acknowledging(pg_url: str) -> None:
+    """Keepalives and TCP_USER_TIMEOUT on the server's connections, the background loads' and the CLI's alike;
+    the URL's own settings win."""
+    from pos_engine.limits import POSTGRESQL_DEAD_HOST_S
+    from pos_engine.store.db import DEAD_HOST_PARAMS
+
+    expected = (1, int(DEAD_HOST_PARAMS["keepalives_idle"]), POSTGRESQL_DEAD_HOST_S * 1000)
+    server = Database(pg_url, statement_timeout_ms=TERMINAL_STATEMENT_TIMEOUT_MS)
+    cli = Database(pg_url)
+    tuned = Database(f"{pg_url}?keepalives_idle=42&tcp_user_timeout=4321", statement_timeout_ms=TERMINAL_STATEMENT_TIMEOUT_MS)
+    try:
+        for database in (server, cli):
+            for engine in (database.engine, database.read_engine, database.terminal_engine, database.terminal_read_engine):
+                with engine.connect() as connection:
+                    assert _tcp_options(connection.connection.dbapi_connection.pgconn.socket) == expected
+            with database.single_statement() as uow:
+                assert _tcp_options(uow.repo.connection.pgconn.socket) == expected
+        with tuned.unit_of_work() as uow:
+            assert _tcp_options(uow.connection.connection.dbapi_connection.pgconn.socket) == (1, 42, 4321)
+        with tuned.single_statement() as uow:
+            assert _tcp_options(uow.repo.connection.pgconn.socket) == (1, 42, 4321)
+    finally:
+        for database in (server, cli, tuned):
+            database.dispose()
