@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -494,14 +496,26 @@ def test_a_swipe_whose_record_is_in_doubt_keeps_its_caps_and_the_retry_records_i
     assert state(backend)["ledger_entries"] == 1
 
 
+@contextmanager
+def key_held_by_another_session(backend: Backend, terminal_id: str, request_id: str) -> Iterator[Any]:
+    """A transaction, left open, that has taken the request's idempotency key: a record of that request waits for it."""
+    import psycopg
+
+    with psycopg.connect(backend.url.replace("postgresql+psycopg://", "postgresql://")) as stuck:
+        stuck.execute(
+            "INSERT INTO idempotency_records (terminal_id, request_id, request_hash, status_code, response_body, created_at)"
+            " VALUES (%s, %s, 'stuck', 200, '', now())",
+            (terminal_id, request_id),
+        )
+        yield stuck
+
+
 @pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)
 def test_a_record_postgresql_does_not_answer_in_time_is_a_503_and_the_retry_settles_it(
-    terminal: SignedClient, context: EngineContext, backend: Backend, monkeypatch: Any
+    terminal: SignedClient, context: EngineContext, backend: Backend, monkeypatch: Any, request: pytest.FixtureRequest
 ) -> None:
     """A stuck transaction holds the swipe's idempotency key: the swipe gives up waiting, and its record commits later."""
     import time
-
-    import psycopg
 
     from pos_engine.service.counters import reconcile_counters
     from pos_engine.store import db
@@ -509,13 +523,9 @@ def test_a_record_postgresql_does_not_answer_in_time_is_a_503_and_the_retry_sett
     monkeypatch.setattr(db, "RECORD_ANSWER_S_MAX", 0.3)
     # A server that has not cancelled the record itself (its statement limit longer than the engine's wait).
     patient = db.Database(backend.url, statement_timeout_ms=30_000)
+    request.addfinalizer(patient.dispose)
     monkeypatch.setattr(context, "single_statement", patient.single_statement)
-    with psycopg.connect(backend.url.replace("postgresql+psycopg://", "postgresql://")) as stuck:  # a transaction, left open
-        stuck.execute(
-            "INSERT INTO idempotency_records (terminal_id, request_id, request_hash, status_code, response_body, created_at)"
-            " VALUES (%s, 'req-1', 'stuck', 200, '', now())",
-            (terminal.terminal_id,),
-        )
+    with key_held_by_another_session(backend, terminal.terminal_id, "req-1") as stuck:
         # Without a limit of its own the swipe waits as long as the stuck transaction.
         response = authorise_in_time(terminal, "req-1", "PostgreSQL")
         # Its session still waits on the key: whether it will commit cannot be told, so the caps stay taken.
@@ -528,7 +538,6 @@ def test_a_record_postgresql_does_not_answer_in_time_is_a_503_and_the_retry_sett
     assert state(backend)["ledger_entries"] == 1
     assert reconcile_counters(context) == []
     retried = terminal.authorise(CARD, 10_000, "req-1")  # a duplicate of the record that committed: replays it
-    patient.dispose()
     assert retried.status_code == 200
     assert retried.get_json()["status"] == "approved"
     assert state(backend)["ledger_entries"] == 1
@@ -541,17 +550,11 @@ def test_a_record_stuck_behind_a_lock_is_cancelled_by_postgresql_a_503_that_give
 ) -> None:
     """A stuck transaction holds the swipe's idempotency key: PostgreSQL's statement limit cancels the record, which
     therefore wrote nothing, so the caps go back and the retry is a swipe of its own."""
-    import psycopg
 
     from pos_engine.service.counters import reconcile_counters
 
     before = state(backend)
-    with psycopg.connect(backend.url.replace("postgresql+psycopg://", "postgresql://")) as stuck:  # a transaction, left open
-        stuck.execute(
-            "INSERT INTO idempotency_records (terminal_id, request_id, request_hash, status_code, response_body, created_at)"
-            " VALUES (%s, 'req-1', 'stuck', 200, '', now())",
-            (terminal.terminal_id,),
-        )
+    with key_held_by_another_session(backend, terminal.terminal_id, "req-1") as stuck:
         response = authorise_in_time(terminal, "req-1", "PostgreSQL")
         assert response.status_code == 503
         assert response.get_json()["code"] == "unavailable"
