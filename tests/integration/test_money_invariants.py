@@ -265,3 +265,81 @@ def test_read_gives_stored_values_and_zero_for_keys_never_written(backend: Backe
     swipe(ctx, terminal, "req-1")
     snapshot = backend.counters.snapshot()
     assert backend.counters.read([*snapshot, "never:written:fen"]) == {**snapshot, "never:written:fen": 0}
+
+
+@pytest.mark.parametrize("any_backend", ["pg_redis", "pg_sql"], indirect=True)
+def test_swipes_and_refunds_cancelled_by_the_statement_limit_and_retried_never_break_a_cap(any_backend: Backend, clock: FixedClock) -> None:
+    """Another session keeps taking the lock every record needs for longer than a (short) statement limit:
+    PostgreSQL cancels records in every state (counters reserved, rows half inserted) and the tills retry
+    until they get an answer. Caps hold, each request is recorded once, and the counters agree with the ledger."""
+    import threading
+    import time
+
+    import psycopg
+
+    from pos_engine.api.errors import DEPENDENCY_ERRORS
+    from pos_engine.store.db import Database
+    from pos_engine.store.sql_counters import SqlCounterStore
+
+    hurried = Database(any_backend.url, statement_timeout_ms=50)
+    counters = SqlCounterStore(hurried) if any_backend.name == "pg_sql" else any_backend.counters
+    ctx, terminal = setup(any_backend, capped_subsidy_rulebook(uses_max=7), clock)
+    ctx = make_context(hurried, counters, ctx.rulebook, clock)
+    cancelled = {"swipe": 0, "refund": 0}
+    locked, done = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with psycopg.connect(any_backend.url.replace("postgresql+psycopg://", "postgresql://")) as holder:
+            while not done.is_set():
+                holder.execute("LOCK TABLE idempotency_records IN EXCLUSIVE MODE")  # every record's insert waits
+                locked.set()
+                time.sleep(0.12)
+                holder.rollback()
+                time.sleep(0.03)
+
+    def until_answered(kind: str, call: Callable[[], Any]) -> Any:
+        for _attempt in range(500):
+            try:
+                return call()
+            except DEPENDENCY_ERRORS:
+                cancelled[kind] += 1
+                time.sleep(0.01)
+        raise AssertionError("never answered")
+
+    holder = threading.Thread(target=hold_the_lock, daemon=True)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        answers = in_parallel(THREADS, lambda index: until_answered("swipe", lambda: swipe(ctx, terminal, f"req-{index}")))
+        approved = [answer for answer in answers if answer["status"] == "approved"]
+        auth = approved[0]
+
+        def refund(index: int) -> int:
+            adjust = lambda: swipes.adjust(ctx, terminal, auth["id"], "refund", f"rf-{index}", f"hash-{index}", 1_500)  # noqa: E731
+            try:
+                until_answered("refund", adjust)
+            except swipes.Unprocessable:
+                return 0
+            return 1
+
+        locked.clear()
+        assert locked.wait(10)
+        refunded = sum(in_parallel(10, refund))
+    finally:
+        done.set()
+        holder.join()
+        hurried.dispose()
+    # Else the test proved nothing.
+    assert cancelled["swipe"] > 0, "no swipe was cancelled"
+    assert cancelled["refund"] > 0, "no refund was cancelled"
+    assert len(approved) == 7
+    assert {answer["decline_code"] for answer in answers if answer["status"] == "declined"} == {"no_benefit"}
+    assert refunded == 6  # 6 × 1,500 fen fits in the swipe's 10,000; a seventh would not
+    entries = ledger(any_backend)
+    assert len([entry for entry in entries if entry.kind == "authorisation"]) == 7
+    assert sum(entry.amount_fen for entry in entries if entry.authorisation_id == auth["id"]) == 10_000 - 1_500 * 6
+    uses = {key: value for key, value in any_backend.counters.snapshot().items() if key.endswith(":uses")}
+    assert list(uses.values()) == [7]
+    assert reconcile_counters(make_context(any_backend.database, any_backend.counters, ctx.rulebook, clock)) == []
+    for index, answer in enumerate(answers):  # each request was recorded once: a repeat replays its answer
+        assert swipe(ctx, terminal, f"req-{index}") == answer
