@@ -268,7 +268,9 @@ def test_read_gives_stored_values_and_zero_for_keys_never_written(backend: Backe
 
 
 @pytest.mark.parametrize("any_backend", ["pg_redis", "pg_sql"], indirect=True)
-def test_swipes_and_refunds_cancelled_by_the_statement_limit_and_retried_never_break_a_cap(any_backend: Backend, clock: FixedClock) -> None:
+def test_swipes_and_refunds_cancelled_by_the_statement_limit_and_retried_never_break_a_cap(
+    any_backend: Backend, clock: FixedClock, request: pytest.FixtureRequest
+) -> None:
     """Another session keeps taking the lock every record needs for longer than a (short) statement limit:
     PostgreSQL cancels records in every state (counters reserved, rows half inserted) and the tills retry
     until they get an answer. Caps hold, each request is recorded once, and the counters agree with the ledger."""
@@ -282,6 +284,7 @@ def test_swipes_and_refunds_cancelled_by_the_statement_limit_and_retried_never_b
     from pos_engine.store.sql_counters import SqlCounterStore
 
     hurried = Database(any_backend.url, statement_timeout_ms=50)
+    request.addfinalizer(hurried.dispose)  # after the replays at the end
     counters = SqlCounterStore(hurried) if any_backend.name == "pg_sql" else any_backend.counters
     ctx, terminal = setup(any_backend, capped_subsidy_rulebook(uses_max=7), clock)
     ctx = make_context(hurried, counters, ctx.rulebook, clock)
@@ -328,7 +331,6 @@ def test_swipes_and_refunds_cancelled_by_the_statement_limit_and_retried_never_b
     finally:
         done.set()
         holder.join()
-        hurried.dispose()
     # Else the test proved nothing.
     assert cancelled["swipe"] > 0, "no swipe was cancelled"
     assert cancelled["refund"] > 0, "no refund was cancelled"
