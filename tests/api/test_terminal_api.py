@@ -567,7 +567,7 @@ def test_a_record_stuck_behind_a_lock_is_cancelled_by_postgresql_a_503_that_give
     assert reconcile_counters(context) == []
 
 
-def _adjustment_requests(terminal: SignedClient, authorisation_id: str) -> dict[str, Any]:
+def _requests_after_a_swipe(terminal: SignedClient, authorisation_id: str) -> dict[str, Any]:
     return {
         "reversal": lambda: terminal.post(f"/v1/authorisations/{authorisation_id}/reversal", {"request_id": "adj-1"}),
         "refund": lambda: terminal.post(f"/v1/authorisations/{authorisation_id}/refunds", {"request_id": "adj-1", "amount_fen": 1_000}),
@@ -588,7 +588,7 @@ def test_a_terminal_request_stuck_behind_a_lock_is_a_503_in_about_a_second_and_c
     from pos_engine.service.counters import reconcile_counters
 
     authorisation_id = terminal.authorise(CARD, 10_000, "req-1").get_json()["id"]
-    request = _adjustment_requests(terminal, authorisation_id)[operation]
+    request = _requests_after_a_swipe(terminal, authorisation_id)[operation]
     before = state(backend)
     with psycopg.connect(backend.url.replace("postgresql+psycopg://", "postgresql://")) as holder:
         if operation == "lookup":
