@@ -226,6 +226,11 @@ def silent_server() -> Iterator[int]:
         listener.close()
 
 
+def psycopg_url(url: str) -> str:
+    """A backend's SQLAlchemy URL as psycopg.connect takes it: a session of another client (a lock holder, an admin)."""
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
 def finishes_within(seconds: float, call: Any) -> list[Any]:
     """Run `call` on a thread; its outcome (["returned", value] or ["raised", exception]), or [] if it still runs after `seconds`."""
     outcome: list[Any] = []

@@ -9,7 +9,7 @@ import select
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace, TracebackType
@@ -546,26 +546,23 @@ def _check(pgconn: PGconn, result: PGresult) -> None:
     raise error
 
 
-def limited_conninfo(conninfo: str, statement_timeout_ms: int | None) -> str:
-    """`conninfo` that gives up connecting after POSTGRESQL_CONNECT_TIMEOUT_S, closes when the host stops
-    acknowledging (DEAD_HOST_PARAMS) and, if given, has the server cancel any statement that runs longer
-    than `statement_timeout_ms`.
+def limited_params(params: Mapping[str, Any], statement_timeout_ms: int | None) -> dict[str, Any]:
+    """libpq parameters `params` with limits: give up connecting after POSTGRESQL_CONNECT_TIMEOUT_S, close when
+    the host stops acknowledging (DEAD_HOST_PARAMS) and, if given, have the server cancel any statement that
+    runs longer than `statement_timeout_ms`.
 
-    What `conninfo` says itself wins: its own connect_timeout, keepalives* and tcp_user_timeout, and its
-    own options, which come after ours.
+    What `params` says itself wins: its own connect_timeout, keepalives* and tcp_user_timeout, and its own
+    options, which come after ours.
     """
-    params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(conninfo)
-    params.setdefault("connect_timeout", str(POSTGRESQL_CONNECT_TIMEOUT_S))
-    for name, value in DEAD_HOST_PARAMS.items():
-        params.setdefault(name, value)
+    limited = {"connect_timeout": str(POSTGRESQL_CONNECT_TIMEOUT_S), **DEAD_HOST_PARAMS, **params}
     if statement_timeout_ms is not None:
         ours = f"-c statement_timeout={int(statement_timeout_ms)}"
-        params["options"] = f"{ours} {params['options']}" if params.get("options") else ours
-    return psycopg.conninfo.make_conninfo("", **params)
+        limited["options"] = f"{ours} {params['options']}" if params.get("options") else ours
+    return limited
 
 
 def _connect(conninfo: str) -> psycopg.Connection[Any]:
-    """An autocommit connection, with the limits `conninfo` carries (`limited_conninfo`)."""
+    """An autocommit connection, with the limits `conninfo` carries (`limited_params`)."""
     return psycopg.connect(conninfo, autocommit=True)
 
 
@@ -610,13 +607,19 @@ class Database:
         self.is_postgresql = self.engine.dialect.name == "postgresql"
         database_path = make_url(self.url).database
         self.write_lock = SqliteWriteLock(database_path) if self.is_sqlite and database_path and database_path != ":memory:" else None
-        self._conninfo = limited_conninfo(self._driver_conninfo(), statement_timeout_ms) if self.is_postgresql else ""
+        self._conninfo = ""
         self.terminal_engine, self.terminal_read_engine = self.engine, self.read_engine
-        if self.is_postgresql and statement_timeout_ms is not None:
-            limits = psycopg.conninfo.conninfo_to_dict(self._conninfo)
-            connect_args = {name: limits[name] for name in ("connect_timeout", "options")}
-            self.terminal_engine = make_engine(self.url, connect_args=connect_args, **kwargs)
-            self.terminal_read_engine = self.terminal_engine.execution_options(isolation_level="AUTOCOMMIT")
+        if self.is_postgresql:
+            # The URL's parameters as SQLAlchemy's own psycopg connections read them. (Not the URL rendered
+            # back as text: that encodes a space in `options` as `+`, which libpq reads as a `+`.)
+            _args, url_params = self.engine.dialect.create_connect_args(make_url(self.url))
+            url_params.pop("context", None)
+            limits = limited_params(url_params, statement_timeout_ms)
+            self._conninfo = psycopg.conninfo.make_conninfo("", **limits)
+            if statement_timeout_ms is not None:
+                connect_args = {name: limits[name] for name in ("connect_timeout", "options")}
+                self.terminal_engine = make_engine(self.url, connect_args=connect_args, **kwargs)
+                self.terminal_read_engine = self.terminal_engine.execution_options(isolation_level="AUTOCOMMIT")
         direct_conninfo = self._conninfo
         self._direct = (
             ThreadConnections(lambda: _connect_direct(direct_conninfo), lambda connection: connection.closed)
@@ -624,15 +627,6 @@ class Database:
             else None
         )
         self._sqlite_direct = ThreadConnections(self._connect_sqlite, _sqlite_is_closed) if self.write_lock is not None else None
-
-    def _driver_conninfo(self) -> str:
-        """libpq's connection string for the URL, as SQLAlchemy's own psycopg connections read it.
-
-        (A URL rendered back as text would not do: it encodes a space in `options` as `+`, which libpq
-        reads as a `+`.)
-        """
-        _args, params = self.engine.dialect.create_connect_args(make_url(self.url))
-        return psycopg.conninfo.make_conninfo(**{name: value for name, value in params.items() if name != "context"})
 
     def unit_of_work(self) -> UnitOfWork:
         return UnitOfWork(self.terminal_engine, write_lock=self.write_lock)

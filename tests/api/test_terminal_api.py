@@ -17,7 +17,7 @@ from pos_engine.service.context import EngineContext
 from pos_engine.store.models import DeclineRow, IdempotencyRow, LedgerEntryRow
 from tests.api.conftest import CARD
 from tests.conftest import Backend
-from tests.helpers import SignedClient, World, finishes_within, silent_server
+from tests.helpers import SignedClient, World, finishes_within, psycopg_url, silent_server
 
 
 def state(backend: Backend) -> dict[str, Any]:
@@ -421,7 +421,7 @@ def test_a_database_connection_lost_on_the_swipe_write_is_a_503_and_the_retry_re
     direct = backend.database._direct
     assert direct is not None
     victim = direct.get().info.backend_pid
-    with psycopg.connect(backend.url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as admin:
+    with psycopg.connect(psycopg_url(backend.url), autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (victim,))
     response = terminal.authorise(CARD, 10_000, "req-1")
     assert response.status_code == 503
@@ -501,7 +501,7 @@ def key_held_by_another_session(backend: Backend, terminal_id: str, request_id: 
     """A transaction, left open, that has taken the request's idempotency key: a record of that request waits for it."""
     import psycopg
 
-    with psycopg.connect(backend.url.replace("postgresql+psycopg://", "postgresql://")) as stuck:
+    with psycopg.connect(psycopg_url(backend.url)) as stuck:
         stuck.execute(
             "INSERT INTO idempotency_records (terminal_id, request_id, request_hash, status_code, response_body, created_at)"
             " VALUES (%s, %s, 'stuck', 200, '', now())",
@@ -590,7 +590,7 @@ def test_a_terminal_request_stuck_behind_a_lock_is_a_503_in_about_a_second_and_c
     authorisation_id = terminal.authorise(CARD, 10_000, "req-1").get_json()["id"]
     request = _requests_after_a_swipe(terminal, authorisation_id)[operation]
     before = state(backend)
-    with psycopg.connect(backend.url.replace("postgresql+psycopg://", "postgresql://")) as holder:
+    with psycopg.connect(psycopg_url(backend.url)) as holder:
         if operation == "lookup":
             holder.execute("LOCK TABLE ledger_entries IN ACCESS EXCLUSIVE MODE")
         else:
@@ -620,7 +620,7 @@ def test_a_swipe_on_the_sql_counter_store_stuck_behind_a_counter_lock_is_a_503_a
 
     terminal.authorise(CARD, 10_000, "req-0")  # the counters' rows exist
     before = state(backend)
-    with psycopg.connect(backend.url.replace("postgresql+psycopg://", "postgresql://")) as holder:
+    with psycopg.connect(psycopg_url(backend.url)) as holder:
         holder.execute("SELECT 1 FROM counters FOR UPDATE")
         response = authorise_in_time(terminal, "req-1", "the counters' locks")
         assert response.status_code == 503

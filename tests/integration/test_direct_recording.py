@@ -172,8 +172,11 @@ def test_a_terminal_request_gives_up_connecting_to_a_database_that_never_answers
             database.dispose()
 
 
-def _statement_timeout(run: Any) -> str:
-    return str(run("SHOW statement_timeout"))
+def _setting(connection: Any, name: str) -> str:
+    """A server setting as the session on `connection` (SQLAlchemy's or psycopg's own) sees it."""
+    if hasattr(connection, "exec_driver_sql"):
+        return str(connection.exec_driver_sql(f"SHOW {name}").scalar())
+    return str(connection.execute(f"SHOW {name}").fetchone()[0])
 
 
 def test_the_server_s_connections_have_the_statement_limit_and_the_cli_s_and_background_loads_do_not(pg_url: str) -> None:
@@ -181,17 +184,17 @@ def test_the_server_s_connections_have_the_statement_limit_and_the_cli_s_and_bac
     cli = Database(pg_url)
     try:
         with server.unit_of_work() as uow:
-            assert _statement_timeout(lambda sql: uow.connection.exec_driver_sql(sql).scalar()) == "1s"
+            assert _setting(uow.connection, "statement_timeout") == "1s"
         with server.terminal_read_engine.connect() as connection:
-            assert _statement_timeout(lambda sql: connection.exec_driver_sql(sql).scalar()) == "1s"
+            assert _setting(connection, "statement_timeout") == "1s"
         with server.single_statement() as uow:
-            assert _statement_timeout(lambda sql: uow.repo.connection.execute(sql).fetchone()[0]) == "1s"
+            assert _setting(uow.repo.connection, "statement_timeout") == "1s"
         with server.read_engine.connect() as connection:  # the card directory and registry loads
-            assert _statement_timeout(lambda sql: connection.exec_driver_sql(sql).scalar()) == "0"
+            assert _setting(connection, "statement_timeout") == "0"
         with cli.unit_of_work() as uow:
-            assert _statement_timeout(lambda sql: uow.connection.exec_driver_sql(sql).scalar()) == "0"
+            assert _setting(uow.connection, "statement_timeout") == "0"
         with cli.single_statement() as uow:
-            assert _statement_timeout(lambda sql: uow.repo.connection.execute(sql).fetchone()[0]) == "0"
+            assert _setting(uow.repo.connection, "statement_timeout") == "0"
     finally:
         server.dispose()
         cli.dispose()
@@ -202,10 +205,10 @@ def test_the_database_url_s_own_statement_timeout_and_options_win(pg_url: str) -
     server = Database(f"{pg_url}?options=-c%20statement_timeout%3D5s%20-c%20application_name%3Dtill", statement_timeout_ms=1000)
     try:
         with server.unit_of_work() as uow:
-            assert _statement_timeout(lambda sql: uow.connection.exec_driver_sql(sql).scalar()) == "5s"
-            assert uow.connection.exec_driver_sql("SHOW application_name").scalar() == "till"
+            assert _setting(uow.connection, "statement_timeout") == "5s"
+            assert _setting(uow.connection, "application_name") == "till"
         with server.single_statement() as uow:
-            assert _statement_timeout(lambda sql: uow.repo.connection.execute(sql).fetchone()[0]) == "5s"
+            assert _setting(uow.repo.connection, "statement_timeout") == "5s"
     finally:
         server.dispose()
 

@@ -25,7 +25,7 @@ from pos_engine.service.context import EngineContext
 from pos_engine.service.counters import rebuild_counters, reconcile_counters
 from pos_engine.store.models import LedgerEntryRow
 from tests.conftest import Backend
-from tests.helpers import World, capped_subsidy_rulebook, make_context
+from tests.helpers import World, capped_subsidy_rulebook, make_context, psycopg_url
 
 CARD = "6217000000000001"
 THREADS = 50
@@ -292,7 +292,7 @@ def test_swipes_and_refunds_cancelled_by_the_statement_limit_and_retried_never_b
     locked, done = threading.Event(), threading.Event()
 
     def hold_the_lock() -> None:
-        with psycopg.connect(any_backend.url.replace("postgresql+psycopg://", "postgresql://")) as holder:
+        with psycopg.connect(psycopg_url(any_backend.url)) as holder:
             while not done.is_set():
                 holder.execute("LOCK TABLE idempotency_records IN EXCLUSIVE MODE")  # every record's insert waits
                 locked.set()
