@@ -235,13 +235,8 @@ CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 SERVER_PROCESSES = {"postgres": "PostgreSQL", "redis-server": "Redis"}
 
 
-def process_cpu_s(server_pid: int) -> dict[str, float]:
-    """CPU seconds so far of a gunicorn (its master `server_pid` and the workers it forked) and of every PostgreSQL and Redis process.
-
-    From /proc, so other processes on the machine are not counted, but every
-    PostgreSQL and Redis process is (run the bench on an otherwise quiet machine).
-    """
-    totals = dict.fromkeys(["workers", *SERVER_PROCESSES.values()], 0.0)
+def _processes() -> Iterator[tuple[int, int, str, float]]:
+    """Every process's pid, parent's pid, name and CPU seconds so far (utime + stime), from /proc."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -251,10 +246,39 @@ def process_cpu_s(server_pid: int) -> dict[str, float]:
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()  # fields[1] is the parent's pid
-        group = "workers" if server_pid in (int(entry.name), int(fields[1])) else SERVER_PROCESSES.get(name)
+        yield int(entry.name), int(fields[1]), name, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+
+
+def process_cpu_s(server_pid: int) -> dict[str, float]:
+    """CPU seconds so far of a gunicorn (its master `server_pid` and the workers it forked) and of every PostgreSQL and Redis process.
+
+    From /proc, so other processes on the machine are not counted, but every
+    PostgreSQL and Redis process is (run the bench on an otherwise quiet machine).
+    """
+    totals = dict.fromkeys(["workers", *SERVER_PROCESSES.values()], 0.0)
+    for pid, parent, name, cpu_s in _processes():
+        group = "workers" if server_pid in (pid, parent) else SERVER_PROCESSES.get(name)
         if group is not None:
-            totals[group] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S  # utime + stime
+            totals[group] += cpu_s
     return totals
+
+
+def worker_cpu_s(server_pid: int) -> dict[int, float]:
+    """CPU seconds so far of each worker of the gunicorn whose master is `server_pid`."""
+    return {pid: cpu_s for pid, parent, _name, cpu_s in _processes() if parent == server_pid}
+
+
+def idle_workers(before: dict[int, float], after: dict[int, float]) -> int:
+    """How many workers spent under a tenth of the busiest one's CPU between two `worker_cpu_s` readings.
+
+    At saturation every worker should be busy. A worker that was not took none of
+    the load generator's kept-alive connections (gunicorn's gthread worker
+    accepts every connection it is offered, so a few workers can take all of
+    them): the run then measured fewer workers than it says.
+    """
+    spent = [cpu_s - before.get(pid, 0.0) for pid, cpu_s in after.items()]
+    busiest = max(spent, default=0.0)
+    return sum(1 for cpu_s in spent if cpu_s < busiest / 10)
 
 
 def _children_cpu_s() -> float:
@@ -276,9 +300,15 @@ def measure_saturation(result: Result, seconds: int, scratch: Path, seed: int) -
     assert result.credentials is not None
     requests_file = scratch / f"{result.label}-saturation.tsv"
     write_requests(requests_file, result.credentials, REQUESTS_PER_SECOND_GUESS_MAX * seconds, seed=seed)
-    before, wrk_before = process_cpu_s(result.server_pid), _children_cpu_s()
+    before, wrk_before, workers_before = process_cpu_s(result.server_pid), _children_cpu_s(), worker_cpu_s(result.server_pid)
     data = run_wrk(result.url + "/v1/authorisations", requests_file, seconds, SATURATION_CONNECTIONS)
-    after, wrk_after = process_cpu_s(result.server_pid), _children_cpu_s()
+    after, wrk_after, workers_after = process_cpu_s(result.server_pid), _children_cpu_s(), worker_cpu_s(result.server_pid)
+    idle = idle_workers(workers_before, workers_after)
+    if idle:
+        result.notes.append(
+            f"saturation: {idle} of {len(workers_after)} workers took no connections in a run (gthread accepts unevenly); "
+            "that run measured fewer workers than configured"
+        )
     for group in after:
         result.cpu_s[group] = result.cpu_s.get(group, 0.0) + after[group] - before[group]
     result.cpu_s["wrk"] = result.cpu_s.get("wrk", 0.0) + wrk_after - wrk_before
