@@ -306,8 +306,8 @@ def measure_saturation(result: Result, seconds: int, scratch: Path, seed: int) -
     idle = idle_workers(workers_before, workers_after)
     if idle:
         result.notes.append(
-            f"saturation: {idle} of {len(workers_after)} workers took no connections in a run (gthread accepts unevenly); "
-            "that run measured fewer workers than configured"
+            f"saturation: {idle} of {len(workers_after)} workers took no connections in a run, "
+            "so that run measured fewer workers than configured (docs/performance.md, seventh round)"
         )
     for group in after:
         result.cpu_s[group] = result.cpu_s.get(group, 0.0) + after[group] - before[group]
