@@ -23,7 +23,8 @@ ratios are medians of each round's ratios). Then, once each, the moderate rate.
 For each it prints throughput at saturation, and p50/p95/p99 at a fixed
 moderate rate (half the PostgreSQL + Redis engine's saturation), and errors;
 the CPU per request at saturation of the gunicorn workers, PostgreSQL, Redis
-and wrk (from /proc: run it on an otherwise quiet machine); then the ratios
+and wrk (from /proc: run it on an otherwise quiet machine), with a note when
+a worker took no connections in a saturation run; then the ratios
 engine/ceiling and to the baseline. The last line is machine-readable.
 
 The load generator is wrk (C, epoll; `apt-get install wrk`) replaying
@@ -249,23 +250,26 @@ def _processes() -> Iterator[tuple[int, int, str, float]]:
         yield int(entry.name), int(fields[1]), name, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
 
 
-def process_cpu_s(server_pid: int) -> dict[str, float]:
+Processes = list[tuple[int, int, str, float]]
+
+
+def process_cpu_s(server_pid: int, processes: Processes | None = None) -> dict[str, float]:
     """CPU seconds so far of a gunicorn (its master `server_pid` and the workers it forked) and of every PostgreSQL and Redis process.
 
-    From /proc, so other processes on the machine are not counted, but every
-    PostgreSQL and Redis process is (run the bench on an otherwise quiet machine).
+    From /proc (or a reading of it, `processes`), so other processes on the machine are not counted, but
+    every PostgreSQL and Redis process is (run the bench on an otherwise quiet machine).
     """
     totals = dict.fromkeys(["workers", *SERVER_PROCESSES.values()], 0.0)
-    for pid, parent, name, cpu_s in _processes():
+    for pid, parent, name, cpu_s in _processes() if processes is None else processes:
         group = "workers" if server_pid in (pid, parent) else SERVER_PROCESSES.get(name)
         if group is not None:
             totals[group] += cpu_s
     return totals
 
 
-def worker_cpu_s(server_pid: int) -> dict[int, float]:
-    """CPU seconds so far of each worker of the gunicorn whose master is `server_pid`."""
-    return {pid: cpu_s for pid, parent, _name, cpu_s in _processes() if parent == server_pid}
+def worker_cpu_s(server_pid: int, processes: Processes | None = None) -> dict[int, float]:
+    """CPU seconds so far of each worker of the gunicorn whose master is `server_pid`, from /proc or `processes`."""
+    return {pid: cpu_s for pid, parent, _name, cpu_s in (_processes() if processes is None else processes) if parent == server_pid}
 
 
 def idle_workers(before: dict[int, float], after: dict[int, float]) -> int:
@@ -300,10 +304,12 @@ def measure_saturation(result: Result, seconds: int, scratch: Path, seed: int) -
     assert result.credentials is not None
     requests_file = scratch / f"{result.label}-saturation.tsv"
     write_requests(requests_file, result.credentials, REQUESTS_PER_SECOND_GUESS_MAX * seconds, seed=seed)
-    before, wrk_before, workers_before = process_cpu_s(result.server_pid), _children_cpu_s(), worker_cpu_s(result.server_pid)
+    reading_before, wrk_before = list(_processes()), _children_cpu_s()
     data = run_wrk(result.url + "/v1/authorisations", requests_file, seconds, SATURATION_CONNECTIONS)
-    after, wrk_after, workers_after = process_cpu_s(result.server_pid), _children_cpu_s(), worker_cpu_s(result.server_pid)
-    idle = idle_workers(workers_before, workers_after)
+    reading_after, wrk_after = list(_processes()), _children_cpu_s()
+    before, after = process_cpu_s(result.server_pid, reading_before), process_cpu_s(result.server_pid, reading_after)
+    workers_after = worker_cpu_s(result.server_pid, reading_after)
+    idle = idle_workers(worker_cpu_s(result.server_pid, reading_before), workers_after)
     if idle:
         result.notes.append(
             f"saturation: {idle} of {len(workers_after)} workers took no connections in a run, "
