@@ -4,7 +4,7 @@
                               [--pg-url postgresql://postgres@127.0.0.1:5432/pos_engine_load]
                               [--redis-url redis://127.0.0.1:6379/0] [--world var/world/world.json]
 
-Four targets, each served by gunicorn with the same configuration:
+Five targets, each served by gunicorn with the same configuration:
 1. the ceiling: `loadtests/ceiling_app.py`, a bare Flask app whose one endpoint
    parses and answers JSON of a swipe's size;
 2. the engine on PostgreSQL + Redis (the large world if `--world` names one,
@@ -13,9 +13,15 @@ Four targets, each served by gunicorn with the same configuration:
 4. the baseline: `loadtests/baseline_app.py`, the straightforward design (one
    Redis script and one SQLAlchemy insert per request) on the same PostgreSQL
    and Redis, saturation only: a second reference, for hardware where the
-   ceiling moves and the engine's work does not move with it.
+   ceiling moves and the engine's work does not move with it;
+5. the two round trips: the baseline with the issue's one-round-trip insert
+   (psycopg, autocommit, prepared) instead of SQLAlchemy's transaction,
+   saturation only: the least that any design reserving in Redis and
+   recording durably in PostgreSQL does per swipe, so the engine's distance
+   from it is what its own work costs, and its distance from the ceiling is
+   what the two round trips alone cost on this machine.
 
-All four serve at once. `--rounds N` measures every target at saturation N
+All five serve at once. `--rounds N` measures every target at saturation N
 times, in an order that turns round by round, so that a drift of a shared
 machine's speed falls on all of them alike; the medians are printed (the
 ratios are medians of each round's ratios). Then, once each, the moderate rate.
@@ -398,18 +404,23 @@ def main() -> None:
     baseline = Result("baseline: Flask + one Redis script + one SQLAlchemy insert", "baseline", embedded_credentials)
     baseline_env = {**base_env, "BASELINE_DATABASE_URL": args.pg_url, "BASELINE_REDIS_URL": args.redis_url}
 
+    # 5. The same with one round trip to PostgreSQL per swipe: the two round trips' own cost.
+    round_trips = Result("two round trips: Flask + one Redis script + one prepared autocommit insert", "round-trips", embedded_credentials)
+    round_trips_env = {**baseline_env, "BASELINE_INSERT": "prepared"}
+
     # 1. The ceiling, with the same requests as the embedded engine.
     ceiling = Result("ceiling: bare Flask JSON endpoint", "ceiling", embedded_credentials)
 
-    targets = [pg, embedded, baseline, ceiling]
+    targets = [pg, embedded, baseline, round_trips, ceiling]
     baseline_app.prepare(args.pg_url)
     try:
         with ExitStack() as servers:
-            # All four serve at once (each idle while another is measured), so that rounds can alternate.
+            # All five serve at once (each idle while another is measured), so that rounds can alternate.
             for result, app, env in (
                 (pg, "pos_engine.wsgi:app", pg_env),
                 (embedded, "pos_engine.wsgi:app", embedded_env),
                 (baseline, "loadtests.baseline_app:app", baseline_env),
+                (round_trips, "loadtests.baseline_app:app", round_trips_env),
                 (ceiling, "loadtests.ceiling_app:app", base_env),
             ):
                 result.url, result.server_pid = servers.enter_context(gunicorn(app, env, *serve, scratch / f"{result.label}.log"))
@@ -437,9 +448,15 @@ def main() -> None:
     ratio_embedded = statistics.median(e / c for e, c in zip(embedded.saturation_rps_runs, ceiling.saturation_rps_runs, strict=True))
     ratio_baseline = statistics.median(b / c for b, c in zip(baseline.saturation_rps_runs, ceiling.saturation_rps_runs, strict=True))
     ratio_pg_baseline = statistics.median(p / b for p, b in zip(pg.saturation_rps_runs, baseline.saturation_rps_runs, strict=True))
+    ratio_round_trips = statistics.median(r / c for r, c in zip(round_trips.saturation_rps_runs, ceiling.saturation_rps_runs, strict=True))
+    ratio_pg_round_trips = statistics.median(p / r for p, r in zip(pg.saturation_rps_runs, round_trips.saturation_rps_runs, strict=True))
     errors = sum(result.errors for result in targets)
     print(f"ratios at saturation: PostgreSQL + Redis / ceiling = {ratio_pg:.2f}; embedded / ceiling = {ratio_embedded:.2f}")
     print(f"ratios to the baseline: baseline / ceiling = {ratio_baseline:.2f}; PostgreSQL + Redis / baseline = {ratio_pg_baseline:.2f}")
+    print(
+        f"ratios to the two round trips: round trips / ceiling = {ratio_round_trips:.2f}; "
+        f"PostgreSQL + Redis / round trips = {ratio_pg_round_trips:.2f}"
+    )
     for result in targets:
         for note in result.notes:
             print(f"note: {result.name}: {note}")

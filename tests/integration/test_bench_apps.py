@@ -1,4 +1,8 @@
-"""The bench's reference apps do what the bench says they do: the baseline really makes its Redis call and its insert."""
+"""The bench's reference apps do what the bench says they do: the baseline really makes its Redis call and its insert.
+
+Both of its inserts: SQLAlchemy's transaction, and the one-round-trip prepared
+statement of the bench's "two round trips" reference.
+"""
 
 from __future__ import annotations
 
@@ -22,10 +26,11 @@ def swipe(request_id: str, card_number: str, amount_fen: int) -> dict[str, objec
     }
 
 
-def test_the_baseline_records_each_swipe_and_adds_to_its_card_counter(pg_url: str, redis_client: redis.Redis) -> None:
+@pytest.mark.parametrize("insert", baseline_app.INSERTS)
+def test_the_baseline_records_each_swipe_and_adds_to_its_card_counter(pg_url: str, redis_client: redis.Redis, insert: str) -> None:
     baseline_app.prepare(pg_url)
     try:
-        app = baseline_app.create_app(pg_url, REDIS_URL)
+        app = baseline_app.create_app(pg_url, REDIS_URL, insert=insert)
         client = app.test_client()
         answers = [client.post("/v1/authorisations", json=swipe(f"r-{index}", "6200000000000001", 1_000 + index)) for index in range(3)]
         with psycopg.connect(pg_url) as connection:
@@ -36,6 +41,12 @@ def test_the_baseline_records_each_swipe_and_adds_to_its_card_counter(pg_url: st
         engine, app_redis = app.extensions["baseline"]
         engine.dispose()
         app_redis.close()
+        own_connections = app.extensions.get("baseline_connections", [])
+        for connection in own_connections:
+            # one round trip a swipe: no transaction to open or commit, a statement parsed once
+            assert connection.autocommit
+            assert connection.execute("select count(*) from pg_prepared_statements").fetchone() == (1,)
+            connection.close()
     finally:
         baseline_app.drop(pg_url, REDIS_URL)
     assert [answer.status_code for answer in answers] == [200, 200, 200]
@@ -45,6 +56,7 @@ def test_the_baseline_records_each_swipe_and_adds_to_its_card_counter(pg_url: st
         assert answer.data == ceiling.post("/v1/authorisations", json=swipe(f"r-{index}", "6200000000000001", 1_000 + index)).data
     assert rows == [("r-0", 1_000, 1_000), ("r-1", 1_001, 2_001), ("r-2", 1_002, 3_003)]
     assert int(counter) == 3_003
+    assert len(own_connections) == (1 if insert == "prepared" else 0)
     # dropped: the table and the counters are gone
     assert redis_client.get(baseline_app.KEY_PREFIX + "6200000000000001") is None
     with psycopg.connect(pg_url) as connection:
