@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from loadtests import bench
 
@@ -25,3 +30,63 @@ def test_worker_cpu_reads_the_children_of_the_given_master_from_proc() -> None:
     assert os.getpid() in workers
     assert workers[os.getpid()] > 0
     assert bench.process_cpu_s(os.getppid())["workers"] >= workers[os.getpid()]
+
+
+def test_a_saturation_run_that_left_a_worker_idle_is_run_again_and_only_the_full_run_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    master = 900
+    # /proc readings around each attempt: in the first, worker 902 spent nothing; in the second, all three worked
+    readings = iter(
+        [
+            [(901, master, "gunicorn", 1.0), (902, master, "gunicorn", 1.0), (903, master, "gunicorn", 1.0), (50, 1, "postgres", 0.0)],
+            [(901, master, "gunicorn", 5.0), (902, master, "gunicorn", 1.0), (903, master, "gunicorn", 5.0), (50, 1, "postgres", 2.0)],
+            [(901, master, "gunicorn", 5.0), (902, master, "gunicorn", 1.0), (903, master, "gunicorn", 5.0), (50, 1, "postgres", 2.0)],
+            [(901, master, "gunicorn", 8.0), (902, master, "gunicorn", 4.0), (903, master, "gunicorn", 8.0), (50, 1, "postgres", 3.0)],
+        ]
+    )
+    runs = iter([{"rps": 700.0, "requests": 7_000, "errors": 2}, {"rps": 1_000.0, "requests": 10_000, "errors": 0}])
+    request_files: list[str] = []
+
+    def run_wrk(url: str, requests_file: Path, seconds: int, connections: int, delay_ms: float = 0) -> dict[str, Any]:
+        request_files.append(requests_file.read_text())
+        return {**next(runs), "p99_us": 9_000, "wrapped": False}
+
+    monkeypatch.setattr(bench, "_processes", lambda: iter(next(readings)))
+    monkeypatch.setattr(bench, "run_wrk", run_wrk)
+    monkeypatch.setattr(bench, "REQUESTS_PER_SECOND_GUESS_MAX", 5)
+    result = bench.Result("target", "target", bench.Credentials([("t-1", "secret", "m-1")], ["6200000000000001"]), server_pid=master)
+    bench.measure_saturation(result, seconds=2, scratch=tmp_path, seed=1)
+
+    assert result.saturation_rps_runs == [1_000.0]
+    assert result.cpu_requests == 10_000
+    assert result.cpu_s["workers"] == pytest.approx(3.0 + 3.0 + 3.0)
+    assert result.cpu_s["PostgreSQL"] == pytest.approx(1.0)
+    assert result.errors == 2  # the set-aside run's errors still count
+    assert len(result.notes) == 1
+    assert "1 of 3 workers took no connections" in result.notes[0]
+    assert "ran it again" in result.notes[0]
+    # the second run sent requests of its own (a repeated request id would be a replay, not a swipe)
+    first_ids = {json.loads(line.split("\t")[3])["request_id"] for line in request_files[0].splitlines()}
+    second_ids = {json.loads(line.split("\t")[3])["request_id"] for line in request_files[1].splitlines()}
+    assert first_ids and second_ids and not first_ids & second_ids
+
+
+def test_a_saturation_run_is_kept_after_the_last_attempt_with_a_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    master = 900
+    idle_pair = [
+        [(901, master, "gunicorn", 1.0), (902, master, "gunicorn", 1.0)],
+        [(901, master, "gunicorn", 5.0), (902, master, "gunicorn", 1.0)],
+    ]
+    readings = iter(idle_pair * bench.SATURATION_ATTEMPTS_MAX)
+    monkeypatch.setattr(bench, "_processes", lambda: iter(next(readings)))
+    monkeypatch.setattr(
+        bench, "run_wrk", lambda *args, **kwargs: {"rps": 500.0, "requests": 5_000, "errors": 0, "p99_us": 9_000, "wrapped": False}
+    )
+    monkeypatch.setattr(bench, "REQUESTS_PER_SECOND_GUESS_MAX", 5)
+    result = bench.Result("target", "target", bench.Credentials([("t-1", "secret", "m-1")], ["6200000000000001"]), server_pid=master)
+    bench.measure_saturation(result, seconds=2, scratch=tmp_path, seed=1)
+
+    assert result.saturation_rps_runs == [500.0]
+    assert len(result.notes) == bench.SATURATION_ATTEMPTS_MAX
+    assert f"kept it, after {bench.SATURATION_ATTEMPTS_MAX} attempts" in result.notes[-1]
