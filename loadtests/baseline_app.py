@@ -118,11 +118,11 @@ def create_app(database_url: str, redis_url: str, insert: str = "sqlalchemy") ->
             with engine.begin() as connection:
                 connection.execute(swipes.insert().values(**values))
             return
-        connection = getattr(local, "connection", None)
-        if connection is None:
-            connection = local.connection = psycopg.connect(database_url, autocommit=True)
-            app.extensions.setdefault("baseline_connections", []).append(connection)
-        connection.execute(PREPARED_INSERT, values, prepare=True)
+        own: psycopg.Connection[Any] | None = getattr(local, "connection", None)
+        if own is None:
+            own = local.connection = psycopg.connect(database_url, autocommit=True)
+            app.extensions.setdefault("baseline_connections", []).append(own)
+        own.execute(PREPARED_INSERT, values, prepare=True)
 
     @app.post("/v1/authorisations")
     def authorise() -> Response:

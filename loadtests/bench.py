@@ -31,9 +31,9 @@ moderate rate (half the PostgreSQL + Redis engine's saturation), and errors;
 the CPU per request at saturation of the gunicorn workers, PostgreSQL, Redis
 and wrk (from /proc: run it on an otherwise quiet machine); then the ratios
 engine/ceiling, to the baseline and to the two round trips. The last line is
-machine-readable. A saturation run in which a gunicorn worker took none of
-wrk's connections measured fewer workers than configured: it is run again
-(up to three runs in all), with a note.
+machine-readable. A run in which a gunicorn worker took none of wrk's
+connections measured fewer workers than configured: it is run again (up to
+three runs in all), with a note.
 
 The load generator is wrk (C, epoll; `apt-get install wrk`) replaying
 pre-signed requests from a file through `loadtests/wrk_requests.lua`: signing
@@ -60,7 +60,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -81,7 +81,7 @@ REQUESTS_PER_SECOND_GUESS_MAX = 6_000  # pre-signed requests per second of a pha
 MODERATE_CONNECTIONS = 8
 SATURATION_CONNECTIONS = 32
 WRK_THREADS = 2
-SATURATION_ATTEMPTS_MAX = 3  # runs of one saturation measurement, while a worker takes no connections
+RUN_ATTEMPTS_MAX = 3  # runs of one measurement, while a worker takes none of wrk's connections
 
 
 @dataclass
@@ -308,53 +308,79 @@ def warm_up(result: Result, scratch: Path) -> None:
     run_wrk(result.url + "/v1/authorisations", warmup_file, WARMUP_S, SATURATION_CONNECTIONS)
 
 
-def measure_saturation(result: Result, seconds: int, scratch: Path, seed: int) -> None:
-    """One saturation run: its throughput, and the CPU every process group spent on it.
+@dataclass
+class Reading:
+    """What /proc and wrk's rusage say at one moment: every process's CPU, and wrk's so far."""
+
+    processes: Processes
+    wrk_cpu_s: float
+
+    @classmethod
+    def now(cls) -> Reading:
+        return cls(list(_processes()), _children_cpu_s())
+
+
+def run_on_every_worker(result: Result, phase: str, run: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], Reading, Reading]:
+    """`run` (one wrk run with requests of its own), and the readings around it, once every worker took part.
 
     A run in which a worker took none of wrk's connections measured fewer workers
-    than configured (see `idle_workers`); it is run again, with requests of its
-    own, up to SATURATION_ATTEMPTS_MAX times in all, and the bench says so.
+    than configured (see `idle_workers`): it is run again, up to RUN_ATTEMPTS_MAX
+    runs in all, and the bench says so. Every run's errors count.
     """
-    assert result.credentials is not None
-    for attempt in range(1, SATURATION_ATTEMPTS_MAX + 1):
-        requests_file = scratch / f"{result.label}-saturation.tsv"
-        write_requests(requests_file, result.credentials, REQUESTS_PER_SECOND_GUESS_MAX * seconds, seed=seed)
-        reading_before, wrk_before = list(_processes()), _children_cpu_s()
-        data = run_wrk(result.url + "/v1/authorisations", requests_file, seconds, SATURATION_CONNECTIONS)
-        reading_after, wrk_after = list(_processes()), _children_cpu_s()
-        result.errors += data["errors"]  # every attempt's: a run set aside still counts its errors
-        workers_after = worker_cpu_s(result.server_pid, reading_after)
-        idle = idle_workers(worker_cpu_s(result.server_pid, reading_before), workers_after)
+    for attempt in range(1, RUN_ATTEMPTS_MAX + 1):
+        before = Reading.now()
+        data = run()
+        after = Reading.now()
+        result.errors += data["errors"]
+        workers_after = worker_cpu_s(result.server_pid, after.processes)
+        idle = idle_workers(worker_cpu_s(result.server_pid, before.processes), workers_after)
         if not idle:
             break
-        outcome = "ran it again" if attempt < SATURATION_ATTEMPTS_MAX else f"kept it, after {attempt} attempts"
+        outcome = "ran it again" if attempt < RUN_ATTEMPTS_MAX else f"kept it, after {attempt} runs"
         result.notes.append(
-            f"saturation: {idle} of {len(workers_after)} workers took no connections in a run, so that run "
+            f"{phase}: {idle} of {len(workers_after)} workers took no connections in a run, so that run "
             f"measured fewer workers than configured (docs/performance.md, seventh round); {outcome}"
         )
-    before, after = process_cpu_s(result.server_pid, reading_before), process_cpu_s(result.server_pid, reading_after)
-    for group in after:
-        result.cpu_s[group] = result.cpu_s.get(group, 0.0) + after[group] - before[group]
-    result.cpu_s["wrk"] = result.cpu_s.get("wrk", 0.0) + wrk_after - wrk_before
+    if data["wrapped"]:
+        result.notes.append(f"{phase}: ran out of pre-signed requests and replayed some")
+    return data, before, after
+
+
+def measure_saturation(result: Result, seconds: int, scratch: Path, seed: int) -> None:
+    """One saturation run on every worker: its throughput, and the CPU every process group spent on it."""
+    credentials = result.credentials
+    assert credentials is not None
+    requests_file = scratch / f"{result.label}-saturation.tsv"
+
+    def run() -> dict[str, Any]:
+        write_requests(requests_file, credentials, REQUESTS_PER_SECOND_GUESS_MAX * seconds, seed=seed)
+        return run_wrk(result.url + "/v1/authorisations", requests_file, seconds, SATURATION_CONNECTIONS)
+
+    data, before, after = run_on_every_worker(result, "saturation", run)
+    cpu_before, cpu_after = process_cpu_s(result.server_pid, before.processes), process_cpu_s(result.server_pid, after.processes)
+    for group in cpu_after:
+        result.cpu_s[group] = result.cpu_s.get(group, 0.0) + cpu_after[group] - cpu_before[group]
+    result.cpu_s["wrk"] = result.cpu_s.get("wrk", 0.0) + after.wrk_cpu_s - before.wrk_cpu_s
     result.cpu_requests += data["requests"]
     result.saturation_rps_runs.append(data["rps"])
     result.saturation_p99_ms = max(result.saturation_p99_ms, data["p99_us"] / 1000)
-    if data["wrapped"]:
-        result.notes.append("saturation: ran out of pre-signed requests and replayed some")
 
 
 def measure_moderate(result: Result, seconds: int, rate_rps: float, scratch: Path) -> None:
-    assert result.credentials is not None
+    """The latency at `rate_rps`, on every worker."""
+    credentials = result.credentials
+    assert credentials is not None
     requests_file = scratch / f"{result.label}-moderate.tsv"
-    write_requests(requests_file, result.credentials, int(rate_rps * (seconds + 5) * 1.2) + 1000, seed=2)
     delay_ms = MODERATE_CONNECTIONS * 1000 / rate_rps
-    data = run_wrk(result.url + "/v1/authorisations", requests_file, seconds, MODERATE_CONNECTIONS, delay_ms=delay_ms)
+
+    def run() -> dict[str, Any]:
+        write_requests(requests_file, credentials, int(rate_rps * (seconds + 5) * 1.2) + 1000, seed=2)
+        return run_wrk(result.url + "/v1/authorisations", requests_file, seconds, MODERATE_CONNECTIONS, delay_ms=delay_ms)
+
+    data, _before, _after = run_on_every_worker(result, "moderate", run)
     result.moderate_target_rps = rate_rps
     result.moderate_rps = data["rps"]
     result.p50_ms, result.p95_ms, result.p99_ms = (data[key] / 1000 for key in ("p50_us", "p95_us", "p99_us"))
-    result.errors += data["errors"]
-    if data["wrapped"]:
-        result.notes.append("moderate: ran out of pre-signed requests and replayed some")
 
 
 def main() -> None:

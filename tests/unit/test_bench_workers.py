@@ -78,7 +78,7 @@ def test_a_saturation_run_is_kept_after_the_last_attempt_with_a_note(tmp_path: P
         [(901, master, "gunicorn", 1.0), (902, master, "gunicorn", 1.0)],
         [(901, master, "gunicorn", 5.0), (902, master, "gunicorn", 1.0)],
     ]
-    readings = iter(idle_pair * bench.SATURATION_ATTEMPTS_MAX)
+    readings = iter(idle_pair * bench.RUN_ATTEMPTS_MAX)
     monkeypatch.setattr(bench, "_processes", lambda: iter(next(readings)))
     monkeypatch.setattr(
         bench, "run_wrk", lambda *args, **kwargs: {"rps": 500.0, "requests": 5_000, "errors": 0, "p99_us": 9_000, "wrapped": False}
@@ -88,5 +88,31 @@ def test_a_saturation_run_is_kept_after_the_last_attempt_with_a_note(tmp_path: P
     bench.measure_saturation(result, seconds=2, scratch=tmp_path, seed=1)
 
     assert result.saturation_rps_runs == [500.0]
-    assert len(result.notes) == bench.SATURATION_ATTEMPTS_MAX
-    assert f"kept it, after {bench.SATURATION_ATTEMPTS_MAX} attempts" in result.notes[-1]
+    assert len(result.notes) == bench.RUN_ATTEMPTS_MAX
+    assert f"kept it, after {bench.RUN_ATTEMPTS_MAX} runs" in result.notes[-1]
+
+
+def test_the_moderate_rate_is_measured_again_when_a_worker_took_no_connections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    master = 900
+    readings = iter(
+        [
+            [(901, master, "gunicorn", 1.0), (902, master, "gunicorn", 1.0)],
+            [(901, master, "gunicorn", 3.0), (902, master, "gunicorn", 1.0)],  # 902 idle
+            [(901, master, "gunicorn", 3.0), (902, master, "gunicorn", 1.0)],
+            [(901, master, "gunicorn", 4.0), (902, master, "gunicorn", 2.0)],
+        ]
+    )
+    runs = iter(
+        [
+            {"rps": 400.0, "requests": 4_000, "errors": 0, "p50_us": 3_000, "p95_us": 9_000, "p99_us": 15_000, "wrapped": False},
+            {"rps": 500.0, "requests": 5_000, "errors": 0, "p50_us": 2_000, "p95_us": 4_000, "p99_us": 6_000, "wrapped": False},
+        ]
+    )
+    monkeypatch.setattr(bench, "_processes", lambda: iter(next(readings)))
+    monkeypatch.setattr(bench, "run_wrk", lambda *args, **kwargs: next(runs))
+    result = bench.Result("target", "target", bench.Credentials([("t-1", "secret", "m-1")], ["6200000000000001"]), server_pid=master)
+    bench.measure_moderate(result, seconds=1, rate_rps=10.0, scratch=tmp_path)
+
+    assert (result.moderate_rps, result.p50_ms, result.p95_ms, result.p99_ms) == (500.0, 2.0, 4.0, 6.0)
+    assert len(result.notes) == 1
+    assert result.notes[0].startswith("moderate: 1 of 2 workers took no connections")
