@@ -18,9 +18,9 @@ With `BASELINE_INSERT=prepared` (`create_app(..., insert="prepared")`) the
 insert is the issue's "one-round-trip insert (psycopg, autocommit, prepared
 statement)" instead: one round trip to PostgreSQL per swipe, where SQLAlchemy's
 transaction takes three (BEGIN, INSERT, COMMIT). The bench serves that one as
-the **two round trips** reference: the least any design that reserves in Redis
-and records durably in PostgreSQL can do per swipe, so the engine's distance
-from it is what the engine's own work costs.
+the **two round trips** reference: a swipe that reserves in Redis and records
+durably in PostgreSQL and does nothing else, with plain client code, so the
+engine's distance from it is what the engine's own work costs.
 """
 
 from __future__ import annotations

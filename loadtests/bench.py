@@ -16,10 +16,10 @@ Five targets, each served by gunicorn with the same configuration:
    ceiling moves and the engine's work does not move with it;
 5. the two round trips: the baseline with the issue's one-round-trip insert
    (psycopg, autocommit, prepared) instead of SQLAlchemy's transaction,
-   saturation only: the least that any design reserving in Redis and
-   recording durably in PostgreSQL does per swipe, so the engine's distance
-   from it is what its own work costs, and its distance from the ceiling is
-   what the two round trips alone cost on this machine.
+   saturation only: a swipe that reserves in Redis and records durably in
+   PostgreSQL and does nothing else, so the engine's distance from it is what
+   its own work costs, and its distance from the ceiling is what the two
+   round trips alone cost on this machine.
 
 All five serve at once. `--rounds N` measures every target at saturation N
 times, in an order that turns round by round, so that a drift of a shared
