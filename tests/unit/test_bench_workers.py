@@ -1,4 +1,4 @@
-"""The bench says when a saturation run left some gunicorn workers without work."""
+"""The bench notices a run (at saturation or at the moderate rate) that left some gunicorn workers without work, and runs it again."""
 
 from __future__ import annotations
 
