@@ -245,7 +245,11 @@ CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 SERVER_PROCESSES = {"postgres": "PostgreSQL", "redis-server": "Redis"}
 
 
-def _processes() -> Iterator[tuple[int, int, str, float]]:
+ProcessStat = tuple[int, int, str, float]  # pid, parent's pid, name, CPU seconds so far
+Processes = list[ProcessStat]
+
+
+def _processes() -> Iterator[ProcessStat]:
     """Every process's pid, parent's pid, name and CPU seconds so far (utime + stime), from /proc."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -257,9 +261,6 @@ def _processes() -> Iterator[tuple[int, int, str, float]]:
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()  # fields[1] is the parent's pid
         yield int(entry.name), int(fields[1]), name, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
-
-
-Processes = list[tuple[int, int, str, float]]
 
 
 def process_cpu_s(server_pid: int, processes: Processes | None = None) -> dict[str, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,16 @@ def test_worker_cpu_reads_the_children_of_the_given_master_from_proc() -> None:
     assert bench.process_cpu_s(os.getppid())["workers"] >= workers[os.getpid()]
 
 
+def _target(master: int) -> bench.Result:
+    """A target served by the gunicorn whose master is `master`, with one terminal and one card to sign requests for."""
+    return bench.Result("target", "target", bench.Credentials([("t-1", "secret", "m-1")], ["6200000000000001"]), server_pid=master)
+
+
+def _replay_proc(monkeypatch: pytest.MonkeyPatch, readings: Iterator[bench.Processes]) -> None:
+    """Each reading of /proc the bench takes is the next of `readings`."""
+    monkeypatch.setattr(bench, "_processes", lambda: iter(next(readings)))
+
+
 def test_a_saturation_run_that_left_a_worker_idle_is_run_again_and_only_the_full_run_counts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -52,10 +63,10 @@ def test_a_saturation_run_that_left_a_worker_idle_is_run_again_and_only_the_full
         request_files.append(requests_file.read_text())
         return {**next(runs), "p99_us": 9_000, "wrapped": False}
 
-    monkeypatch.setattr(bench, "_processes", lambda: iter(next(readings)))
+    _replay_proc(monkeypatch, readings)
     monkeypatch.setattr(bench, "run_wrk", run_wrk)
     monkeypatch.setattr(bench, "REQUESTS_PER_SECOND_GUESS_MAX", 5)
-    result = bench.Result("target", "target", bench.Credentials([("t-1", "secret", "m-1")], ["6200000000000001"]), server_pid=master)
+    result = _target(master)
     bench.measure_saturation(result, seconds=2, scratch=tmp_path, seed=1)
 
     assert result.saturation_rps_runs == [1_000.0]
@@ -79,12 +90,12 @@ def test_a_saturation_run_is_kept_after_the_last_attempt_with_a_note(tmp_path: P
         [(901, master, "gunicorn", 5.0), (902, master, "gunicorn", 1.0)],
     ]
     readings = iter(idle_pair * bench.RUN_ATTEMPTS_MAX)
-    monkeypatch.setattr(bench, "_processes", lambda: iter(next(readings)))
+    _replay_proc(monkeypatch, readings)
     monkeypatch.setattr(
         bench, "run_wrk", lambda *args, **kwargs: {"rps": 500.0, "requests": 5_000, "errors": 0, "p99_us": 9_000, "wrapped": False}
     )
     monkeypatch.setattr(bench, "REQUESTS_PER_SECOND_GUESS_MAX", 5)
-    result = bench.Result("target", "target", bench.Credentials([("t-1", "secret", "m-1")], ["6200000000000001"]), server_pid=master)
+    result = _target(master)
     bench.measure_saturation(result, seconds=2, scratch=tmp_path, seed=1)
 
     assert result.saturation_rps_runs == [500.0]
@@ -108,9 +119,9 @@ def test_the_moderate_rate_is_measured_again_when_a_worker_took_no_connections(t
             {"rps": 500.0, "requests": 5_000, "errors": 0, "p50_us": 2_000, "p95_us": 4_000, "p99_us": 6_000, "wrapped": False},
         ]
     )
-    monkeypatch.setattr(bench, "_processes", lambda: iter(next(readings)))
+    _replay_proc(monkeypatch, readings)
     monkeypatch.setattr(bench, "run_wrk", lambda *args, **kwargs: next(runs))
-    result = bench.Result("target", "target", bench.Credentials([("t-1", "secret", "m-1")], ["6200000000000001"]), server_pid=master)
+    result = _target(master)
     bench.measure_moderate(result, seconds=1, rate_rps=10.0, scratch=tmp_path)
 
     assert (result.moderate_rps, result.p50_ms, result.p95_ms, result.p99_ms) == (500.0, 2.0, 4.0, 6.0)
