@@ -117,3 +117,19 @@ def test_a_reversal_finds_its_authorisations_adjustments_through_the_partial_ind
         arguments = ", ".join(f"'{value if value is not None else 'au_x'}'" for value in compiled.params.values())
         plan = "\n".join(row[0] for row in connection.execute(f"EXPLAIN EXECUTE adjustments({arguments})"))
     assert "ix_ledger_entries_adjustments" in plan, plan
+
+
+def test_migration_0004_builds_and_drops_every_postgresql_index_concurrently_outside_a_transaction() -> None:
+    """A plain CREATE INDEX on a live ledger would hold every swipe's insert for the whole build."""
+    import io
+
+    config = alembic_config("postgresql://postgres@127.0.0.1:5432/offline")  # offline: renders the SQL, connects to nothing
+    config.output_buffer = io.StringIO()
+    command.upgrade(config, "0003:0004", sql=True)
+    statements = [line for line in config.output_buffer.getvalue().splitlines() if line.strip() and not line.startswith("--")]
+    index_statements = [line for line in statements if " INDEX " in line]
+    assert len(index_statements) == 9
+    assert all(" INDEX CONCURRENTLY " in line for line in index_statements), index_statements
+    first, last = statements.index(index_statements[0]), statements.index(index_statements[-1])
+    assert statements[first - 1] == "COMMIT;" and statements[last + 1] == "BEGIN;"
+    assert index_statements[0].startswith("CREATE INDEX CONCURRENTLY ix_ledger_entries_adjustments")

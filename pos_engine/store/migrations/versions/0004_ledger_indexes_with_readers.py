@@ -1,4 +1,4 @@
-"""ledger indexes: only those a reader uses, so a swipe pays for no other
+r"""ledger indexes: only those a reader uses, so a swipe pays for no other
 
 Revision ID: 0004
 Revises: 0003
@@ -20,10 +20,24 @@ What stays or replaces them:
   (the entries recorded in it). BRIN on PostgreSQL: the tables are appended in
   recorded_at order, so a summary per 128 pages finds a week, and keeping it
   costs next to nothing. SQLite has no BRIN and keeps a B-tree.
+
+On PostgreSQL every index is built and dropped CONCURRENTLY, outside the
+migration's transaction, so swipes keep being recorded while a long ledger is
+read: a plain CREATE INDEX would hold their inserts for the whole build. The
+adjustments index is built before the old authorisation index goes, so a
+reversal always has one to read. The statements commit one by one, and the
+schema's version moves to 0004 only after the last. A run that stops part
+way (a lost connection, a cancelled build, which leaves an INVALID index)
+stays at 0003. Drop the new indexes it left (`ix_ledger_entries_adjustments`,
+and an `ix_ledger_entries_recorded_at` or `ix_declines_recorded_at` that
+`\d ledger_entries` or `\d declines` shows as brin or INVALID) with
+`DROP INDEX CONCURRENTLY`, and run it again: it drops the old indexes only
+where they are still there.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import sqlalchemy as sa
@@ -49,13 +63,23 @@ DROPPED = {
 
 
 def upgrade() -> None:
-    for table, indexes in DROPPED.items():
-        for name, _columns in indexes:
-            op.drop_index(name, table_name=table)
-    where = sa.text(NOT_AN_AUTHORISATION)
-    op.create_index("ix_ledger_entries_adjustments", "ledger_entries", ["authorisation_id"], postgresql_where=where, sqlite_where=where)
-    op.create_index("ix_ledger_entries_recorded_at", "ledger_entries", ["recorded_at"], **BRIN)
-    op.create_index("ix_declines_recorded_at", "declines", ["recorded_at"], **BRIN)
+    postgresql = op.get_context().dialect.name == "postgresql"
+    with op.get_context().autocommit_block() if postgresql else nullcontext():
+        concurrently: dict[str, Any] = {"postgresql_concurrently": True} if postgresql else {}
+        where = sa.text(NOT_AN_AUTHORISATION)
+        op.create_index(
+            "ix_ledger_entries_adjustments",
+            "ledger_entries",
+            ["authorisation_id"],
+            postgresql_where=where,
+            sqlite_where=where,
+            **concurrently,
+        )
+        for table, indexes in DROPPED.items():
+            for name, _columns in indexes:
+                op.drop_index(name, table_name=table, if_exists=True, **concurrently)
+        op.create_index("ix_ledger_entries_recorded_at", "ledger_entries", ["recorded_at"], **BRIN, **concurrently)
+        op.create_index("ix_declines_recorded_at", "declines", ["recorded_at"], **BRIN, **concurrently)
 
 
 def downgrade() -> None:
