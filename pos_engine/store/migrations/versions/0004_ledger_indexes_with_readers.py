@@ -63,8 +63,9 @@ DROPPED = {
 
 
 def upgrade() -> None:
-    postgresql = op.get_context().dialect.name == "postgresql"
-    with op.get_context().autocommit_block() if postgresql else nullcontext():
+    context = op.get_context()
+    postgresql = context.dialect.name == "postgresql"
+    with context.autocommit_block() if postgresql else nullcontext():
         concurrently: dict[str, Any] = {"postgresql_concurrently": True} if postgresql else {}
         where = sa.text(NOT_AN_AUTHORISATION)
         op.create_index(
