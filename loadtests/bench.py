@@ -29,7 +29,8 @@ ratios are medians of each round's ratios). Then, once each, the moderate rate.
 For each it prints throughput at saturation, and p50/p95/p99 at a fixed
 moderate rate (half the PostgreSQL + Redis engine's saturation), and errors;
 the CPU per request at saturation of the gunicorn workers, PostgreSQL, Redis
-and wrk (from /proc: run it on an otherwise quiet machine); then the ratios
+and wrk, and the share of the cores left idle (from /proc: run it on an
+otherwise quiet machine); then the ratios
 engine/ceiling, to the baseline and to the two round trips. The last line is
 machine-readable. A run in which a gunicorn worker took none of wrk's
 connections measured fewer workers than configured: it is run again (up to
@@ -110,6 +111,9 @@ class Result:
     # CPU seconds at saturation by process group, and the requests they served: where the cost goes.
     cpu_s: dict[str, float] = field(default_factory=dict)
     cpu_requests: int = 0
+    # The bench's cores at saturation: seconds idle, of seconds available (wall time × cores).
+    idle_s: float = 0.0
+    core_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -300,6 +304,24 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def cores_idle_s(proc_stat: str, cores: set[int]) -> float:
+    """Seconds `cores` spent idle so far (idle and waiting for I/O), from the text of /proc/stat.
+
+    A target that saturates the cores leaves them near 0 % idle; one that waits
+    (on a lock, a disk flush, a round trip every worker is in at once) leaves
+    some of them unused, and its throughput then falls short of its CPU per
+    request.
+    """
+    idle_ticks = 0
+    for line in proc_stat.splitlines():
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cores:
+            continue
+        fields = rest.split()  # user nice system idle iowait …, in USER_HZ ticks
+        idle_ticks += int(fields[3]) + int(fields[4])
+    return idle_ticks / CLOCK_TICKS_PER_S
+
+
 def warm_up(result: Result, scratch: Path) -> None:
     # The warm-up has its own requests: wrk starts each run at the top of its file, and a
     # request sent twice would be answered from the idempotency record, not authorised.
@@ -315,10 +337,18 @@ class Reading:
 
     processes: Processes
     wrk_cpu_s: float
+    idle_s: float  # seconds the bench's cores (the ones gunicorn and wrk may run on) spent idle so far
+    core_s: float  # time.monotonic() × those cores: the core seconds that passed, against which idle_s counts
 
     @classmethod
     def now(cls) -> Reading:
-        return cls(list(_processes()), _children_cpu_s())
+        return cls(list(_processes()), _children_cpu_s(), *_cores_now())
+
+
+def _cores_now() -> tuple[float, float]:
+    """(idle seconds so far, monotonic seconds × cores) of the cores gunicorn and wrk may run on."""
+    cores = os.sched_getaffinity(0)
+    return cores_idle_s(Path("/proc/stat").read_text(), cores), time.monotonic() * len(cores)
 
 
 def run_on_every_worker(result: Result, phase: str, run: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], Reading, Reading]:
@@ -363,6 +393,8 @@ def measure_saturation(result: Result, seconds: int, scratch: Path, seed: int) -
         result.cpu_s[group] = result.cpu_s.get(group, 0.0) + cpu_after[group] - cpu_before[group]
     result.cpu_s["wrk"] = result.cpu_s.get("wrk", 0.0) + after.wrk_cpu_s - before.wrk_cpu_s
     result.cpu_requests += data["requests"]
+    result.idle_s += after.idle_s - before.idle_s
+    result.core_s += after.core_s - before.core_s
     result.saturation_rps_runs.append(data["rps"])
     result.saturation_p99_ms = max(result.saturation_p99_ms, data["p99_us"] / 1000)
 
@@ -522,7 +554,8 @@ def _line(result: Result) -> str:
             f"p50 {result.p50_ms:.2f} ms, p95 {result.p95_ms:.2f} ms, p99 {result.p99_ms:.2f} ms; "
         )
     cpu = ", ".join(f"{group} {value:.0f}" for group, value in result.cpu_us.items() if value >= 0.5)
-    return f"{line}errors {result.errors}\n  CPU per request at saturation (µs): {cpu}; all {sum(result.cpu_us.values()):.0f}"
+    idle = f"; cores idle {100 * result.idle_s / result.core_s:.0f} %" if result.core_s else ""
+    return f"{line}errors {result.errors}\n  CPU per request at saturation (µs): {cpu}; all {sum(result.cpu_us.values()):.0f}{idle}"
 
 
 def _ensure_database(url: str) -> None:

@@ -38,9 +38,13 @@ def _target(master: int) -> bench.Result:
     return bench.Result("target", "target", bench.Credentials([("t-1", "secret", "m-1")], ["6200000000000001"]), server_pid=master)
 
 
-def _replay_proc(monkeypatch: pytest.MonkeyPatch, readings: Iterator[bench.Processes]) -> None:
-    """Each reading of /proc the bench takes is the next of `readings`."""
+def _replay_proc(
+    monkeypatch: pytest.MonkeyPatch, readings: Iterator[bench.Processes], cores: Iterator[tuple[float, float]] | None = None
+) -> None:
+    """Each reading of /proc the bench takes is the next of `readings` (and of `cores`, idle and core seconds, if given)."""
     monkeypatch.setattr(bench, "_processes", lambda: iter(next(readings)))
+    if cores is not None:
+        monkeypatch.setattr(bench, "_cores_now", lambda: next(cores))
 
 
 def test_a_saturation_run_that_left_a_worker_idle_is_run_again_and_only_the_full_run_counts(
@@ -63,7 +67,9 @@ def test_a_saturation_run_that_left_a_worker_idle_is_run_again_and_only_the_full
         request_files.append(requests_file.read_text())
         return {**next(runs), "p99_us": 9_000, "wrapped": False}
 
-    _replay_proc(monkeypatch, readings)
+    # idle and core seconds around each attempt: the set-aside run left its cores 50 % idle, the kept one 10 %
+    cores = iter([(100.0, 1_000.0), (110.0, 1_020.0), (110.0, 1_020.0), (114.0, 1_060.0)])
+    _replay_proc(monkeypatch, readings, cores)
     monkeypatch.setattr(bench, "run_wrk", run_wrk)
     monkeypatch.setattr(bench, "REQUESTS_PER_SECOND_GUESS_MAX", 5)
     result = _target(master)
@@ -73,6 +79,7 @@ def test_a_saturation_run_that_left_a_worker_idle_is_run_again_and_only_the_full
     assert result.cpu_requests == 10_000
     assert result.cpu_s["workers"] == pytest.approx(3.0 + 3.0 + 3.0)
     assert result.cpu_s["PostgreSQL"] == pytest.approx(1.0)
+    assert (result.idle_s, result.core_s) == (pytest.approx(4.0), pytest.approx(40.0))
     assert result.errors == 2  # the set-aside run's errors still count
     assert len(result.notes) == 1
     assert "1 of 3 workers took no connections" in result.notes[0]
@@ -127,3 +134,30 @@ def test_the_moderate_rate_is_measured_again_when_a_worker_took_no_connections(t
     assert (result.moderate_rps, result.p50_ms, result.p95_ms, result.p99_ms) == (500.0, 2.0, 4.0, 6.0)
     assert len(result.notes) == 1
     assert result.notes[0].startswith("moderate: 1 of 2 workers took no connections")
+
+
+PROC_STAT = """\
+cpu  900 10 300 5000 70 0 20 0 0 0
+cpu0 400 5 100 2000 30 0 10 0 0 0
+cpu1 300 5 100 1500 25 0 5 0 0 0
+cpu2 200 0 100 1500 15 0 5 0 0 0
+intr 123456 0 0
+ctxt 987654
+"""
+
+
+def test_idle_seconds_are_idle_and_iowait_ticks_of_the_benchs_own_cores() -> None:
+    # cpu0 and cpu1 only: not the machine-wide "cpu" line, not cpu2
+    assert bench.cores_idle_s(PROC_STAT, {0, 1}) == pytest.approx((2000 + 30 + 1500 + 25) / bench.CLOCK_TICKS_PER_S)
+    assert bench.cores_idle_s(PROC_STAT, {2}) == pytest.approx((1500 + 15) / bench.CLOCK_TICKS_PER_S)
+    # this machine's own /proc/stat reads, and its cores have been idle a while since boot
+    assert bench.cores_idle_s(Path("/proc/stat").read_text(), os.sched_getaffinity(0)) > 0
+
+
+def test_the_line_gives_the_share_of_the_cores_left_idle_at_saturation() -> None:
+    result = _target(900)
+    result.saturation_rps_runs = [1_000.0]
+    result.cpu_s, result.cpu_requests = {"workers": 8.0, "wrk": 1.0}, 10_000
+    assert "cores idle" not in bench._line(result)  # nothing measured: nothing said
+    result.idle_s, result.core_s = 6.0, 40.0
+    assert bench._line(result).endswith("CPU per request at saturation (µs): workers 800, wrk 100; all 900; cores idle 15 %")
