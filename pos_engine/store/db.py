@@ -509,6 +509,10 @@ class _DirectStatement:
 def _answer_within(pgconn: PGconn, timeout_s: float) -> PGresult:
     """The statement's result, read as libpq's own blocking exec would, but waiting at most `timeout_s`.
 
+    First the rest of the statement goes out: psycopg's connections are
+    non-blocking, so libpq keeps whatever the socket did not take at once (a
+    large record, a full send buffer) until it is flushed.
+
     A database that does not answer in time (a stopped server, a lock held by a
     stuck transaction) gets its connection closed and a psycopg.OperationalError:
     the statement may still commit, which the caller finds out on a new
@@ -516,14 +520,15 @@ def _answer_within(pgconn: PGconn, timeout_s: float) -> PGresult:
     """
     deadline = time.monotonic() + timeout_s
     waiting = select.poll()
-    waiting.register(pgconn.socket, select.POLLIN)
+    waiting.register(pgconn.socket, select.POLLIN | select.POLLOUT)
+    while pgconn.flush():  # 1: part of the statement is still in libpq's buffer
+        _wait_for_socket(pgconn, waiting, deadline, timeout_s)
+        pgconn.consume_input()  # what the server sent meanwhile (an error, a notice); it flushes too
+    waiting.modify(pgconn.socket, select.POLLIN)
     first: PGresult | None = None
     while True:
         while pgconn.is_busy():
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0 or not waiting.poll(remaining_ms):
-                pgconn.finish()
-                raise psycopg.OperationalError(f"PostgreSQL did not answer the swipe's record within {timeout_s} s")
+            _wait_for_socket(pgconn, waiting, deadline, timeout_s)
             pgconn.consume_input()
         result = pgconn.get_result()
         if result is None:
@@ -533,6 +538,14 @@ def _answer_within(pgconn: PGconn, timeout_s: float) -> PGresult:
     if first is None:
         raise psycopg.OperationalError(f"the connection to PostgreSQL was lost: {pgconn.get_error_message()}")
     return first
+
+
+def _wait_for_socket(pgconn: PGconn, waiting: select.poll, deadline: float, timeout_s: float) -> None:
+    """Wait until the connection's socket is ready as `waiting` asks; past `deadline`, close it and raise."""
+    remaining_ms = int((deadline - time.monotonic()) * 1000)
+    if remaining_ms <= 0 or not waiting.poll(remaining_ms):
+        pgconn.finish()
+        raise psycopg.OperationalError(f"PostgreSQL did not answer the swipe's record within {timeout_s} s")
 
 
 def _check(pgconn: PGconn, result: PGresult) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from psycopg import pq
 
 from pos_engine.limits import TERMINAL_STATEMENT_TIMEOUT_MS
 from pos_engine.service.errors import DuplicateKey
@@ -135,6 +138,35 @@ def test_a_text_value_libpq_would_cut_short_is_refused_and_nothing_is_written(pg
         with database.unit_of_work() as uow:
             assert uow.repo.authorisation("au_nul") is None
             assert uow.repo.idempotency("t-1", "req-nul") is None
+    finally:
+        database.dispose()
+
+
+def test_a_record_larger_than_the_socket_takes_at_once_is_sent_whole(pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """psycopg's connections are non-blocking: libpq keeps what the socket does not take until it is flushed.
+
+    A small send buffer stands in for a large `?explain=true` answer on a network link: the record
+    must reach the server whole and be answered, not wait out its timeout on a half-sent statement.
+    """
+    database = Database(pg_url, statement_timeout_ms=TERMINAL_STATEMENT_TIMEOUT_MS)
+    try:
+        fields, idempotency = _fields("au_large", "req-large")
+        idempotency["response_body"] = bytes(range(256)) * 1200  # 300 KiB, stored twice in a real explain
+        with database.single_statement() as uow:
+            pgconn = uow.repo.connection.pgconn
+            backend_pid = pgconn.backend_pid
+            sock = socket.socket(fileno=pgconn.socket)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            finally:
+                sock.detach()  # the descriptor stays libpq's
+            with caplog.at_level(logging.WARNING):
+                uow.repo.record("ledger_entries", fields, idempotency)
+            assert pgconn.status == pq.ConnStatus.OK and pgconn.backend_pid == backend_pid  # answered on its own connection
+        assert not [record for record in caplog.records if "lost" in record.getMessage()]
+        with database.unit_of_work() as uow:
+            stored = uow.repo.idempotency("t-1", "req-large")
+            assert bytes(stored.response_body) == idempotency["response_body"]
     finally:
         database.dispose()
 
