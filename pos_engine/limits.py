@@ -42,6 +42,12 @@ POSTGRESQL_DEAD_HOST_S = 10
 # terminal gives up after 2-3 s in all. A `socket_timeout` or `socket_connect_timeout` in the Redis URL overrides.
 REDIS_SOCKET_TIMEOUT_S = 1.0
 REDIS_CONNECT_TIMEOUT_S = 1.0
+# How long a swipe's claim on its request id lives in Redis: a repeat meanwhile reserves nothing and waits
+# for the first attempt's record. It must outlast a live attempt (the record, RECORD_ANSWER_S_MAX; the look-up
+# after a lost answer: a connection, LOST_ANSWER_WAIT_S_MAX, two statements on a host that may be dying,
+# POSTGRESQL_DEAD_HOST_S; dropping the claim, one Redis call); past it the ledger's key still refuses a
+# duplicate. It is also how long the request of a worker killed mid-swipe answers 409 request_in_progress.
+REQUEST_CLAIM_S = 30
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 IMPORT_ROWS_MAX = 2_000_000

@@ -79,7 +79,8 @@ class SwipeLane:
 
         Whatever the request, a body read here is put back for Flask to read.
         """
-        if not is_json(environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()):
+        # The media type as werkzeug reads it (Request.mimetype): only space and tab are stripped.
+        if not is_json(environ.get("CONTENT_TYPE", "").partition(";")[0].strip(" \t").lower()):
             return None
         explain = fastparse.explain_flag(environ.get("QUERY_STRING", "").encode("latin-1"))
         path = environ.get("RAW_URI") or environ.get("REQUEST_URI")

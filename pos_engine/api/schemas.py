@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from pos_engine.domain.evaluation import DECLINE_CODES
 from pos_engine.limits import (
@@ -79,7 +79,15 @@ class RefundRequestSchema(StrictSchema):
 
 class VoidRequestSchema(StrictSchema):
     request_id = request_id_field(required=True)
-    original_request_id = request_id_field(required=True)
+    original_request_id = request_id_field(
+        required=True, metadata={"description": "the request id of the authorisation to void; not this void's own request_id"}
+    )
+
+    @validates_schema
+    def _not_its_own_original(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        # A void is a request of its own: under its original's id it would be both the void and what it voids.
+        if data["request_id"] == data["original_request_id"]:
+            raise ValidationError("must differ from request_id", field_name="original_request_id")
 
 
 class ExplainQuerySchema(StrictSchema):

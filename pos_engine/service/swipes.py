@@ -63,8 +63,15 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{int(time.time() * 1000):011x}{secrets.token_hex(8)}"
 
 
-def _replay(record: Any, request_hash: str) -> StoredResponse:
-    if record.request_hash not in (request_hash, VOID_REQUEST_HASH):
+def _replay(record: Any, request_hash: str, *, authorisation: bool = False) -> StoredResponse:
+    """The stored answer to a repeated request; 409 idempotency_conflict if the request id answered another request.
+
+    A void recorded for a request id the engine never saw (VOID_REQUEST_HASH) answers a late
+    authorisation under that id, whatever its body, and nothing else: a reversal or a refund
+    under that id is another request.
+    """
+    accepted = (request_hash, VOID_REQUEST_HASH) if authorisation else (request_hash,)
+    if record.request_hash not in accepted:
         raise Conflict(
             "idempotency_conflict",
             f"request_id {record.request_id!r} was already used by this terminal for a different request",
@@ -112,7 +119,15 @@ def authorise(
     """
     if request.merchant_id != terminal.merchant_id:
         raise Forbidden("merchant_mismatch", "this terminal may only act for its own merchant", {"merchant_id": ["not this terminal's"]})
-    _check_occurred_at(ctx, request.occurred_at)
+    try:
+        _check_occurred_at(ctx, request.occurred_at)
+    except Unprocessable:
+        # The idempotency step comes first: a retry of a swipe recorded while it was inside the
+        # window (a till resending an offline swipe near the 24 h edge) gets the stored answer.
+        stored = _stored_answer(ctx, terminal.terminal_id, request.request_id)
+        if stored is None:
+            raise
+        return _replay(stored, request_hash, authorisation=True)
     rulebook = ctx.rulebook
     merchant = ctx.merchant(request.merchant_id)
     holder = ctx.card_holder(ctx.card_hash(request.card_number))
@@ -212,7 +227,7 @@ def authorise(
             return work(uow)
     except (DuplicateKey, AlreadyClaimed):
         give_back()  # this attempt's caps, if it reserved any; the claim stays with the first attempt
-        return _replay(_wait_for_record(ctx, terminal.terminal_id, request.request_id), request_hash)
+        return _replay(_wait_for_record(ctx, terminal.terminal_id, request.request_id), request_hash, authorisation=True)
     except OutcomeUnknown:
         # The record was sent, its answer lost, and the store could not tell whether it committed.
         # Keep its caps: counters may run ahead of the ledger, never behind it (`counters reconcile`
@@ -222,11 +237,30 @@ def authorise(
         if claim is not None:
             ctx.counters.unclaim(claim)
         raise
-    except BaseException:
-        give_back()
-        if claim is not None:
-            ctx.counters.unclaim(claim)  # let the terminal's retry reserve again
+    except Exception:
+        try:
+            give_back()
+        finally:  # even if the give-back failed (counters then run ahead of the ledger: the safe side)
+            if claim is not None:
+                ctx.counters.unclaim(claim)  # let the terminal's retry reserve again
         raise
+    except BaseException:
+        # The worker is being stopped (a sync worker's SystemExit on SIGQUIT or its timeout), perhaps with
+        # the record on its way to the database, where it may still commit: keep the caps, as when the
+        # record's outcome is unknown, and drop the claim if Redis can still be told.
+        reserved.clear()
+        if claim is not None:
+            try:
+                ctx.counters.unclaim(claim)
+            except Exception:
+                log.warning("could not drop the claim of request %s while stopping", claim, exc_info=True)
+        raise
+
+
+def _stored_answer(ctx: EngineContext, terminal_id: str, request_id: str) -> Any:
+    """The request's idempotency record, or None."""
+    with ctx.single_statement_work() as uow:
+        return uow.repo.idempotency(terminal_id, request_id)
 
 
 def _wait_for_record(ctx: EngineContext, terminal_id: str, request_id: str) -> Any:
@@ -234,8 +268,7 @@ def _wait_for_record(ctx: EngineContext, terminal_id: str, request_id: str) -> A
     deadline = time.monotonic() + IDEMPOTENCY_WAIT_S_MAX
     delay_s = 0.002
     while True:
-        with ctx.single_statement_work() as uow:
-            stored = uow.repo.idempotency(terminal_id, request_id)
+        stored = _stored_answer(ctx, terminal_id, request_id)
         if stored is not None:
             return stored
         if time.monotonic() >= deadline:

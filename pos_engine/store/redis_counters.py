@@ -41,7 +41,7 @@ from redis.exceptions import NoScriptError
 
 from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, Plan, StepOutcome
 from pos_engine.domain.money import BP_PER_WHOLE
-from pos_engine.limits import REDIS_CONNECT_TIMEOUT_S, REDIS_SOCKET_TIMEOUT_S
+from pos_engine.limits import REDIS_CONNECT_TIMEOUT_S, REDIS_SOCKET_TIMEOUT_S, REQUEST_CLAIM_S
 from pos_engine.service.errors import AlreadyClaimed
 from pos_engine.store.connections import ThreadConnections
 
@@ -55,9 +55,6 @@ MGET_BATCH_KEYS = 1_000  # keys per MGET in `snapshot`
 REPLACE_ATOMIC_KEYS_MAX = 50_000  # counters a rebuild writes in one atomic script
 REPLACE_BATCH_KEYS = 10_000  # counters per pipelined batch beyond that
 CLUSTER_SCHEME = "redis-cluster"
-# How long a request's claim lives: terminals retry within seconds; past this the
-# ledger's idempotency key still refuses a duplicate, at the cost of a round trip.
-CLAIM_TTL_S = 15 * 60
 _GLOB_SPECIALS = "\\*?[]"
 
 if TYPE_CHECKING:
@@ -193,13 +190,13 @@ class RedisCounterStore:
         """Run `execute_plan` atomically against the stored counters, in one EVALSHA.
 
         With `claim` (a request's identity), the same script first claims it for
-        CLAIM_TTL_S; a request claimed already reserves nothing and raises
+        REQUEST_CLAIM_S; a request claimed already reserves nothing and raises
         AlreadyClaimed, so a retry never holds caps twice, even for a moment.
         """
         assert len(plan.steps) <= PLAN_STEPS_MAX, len(plan.steps)
         key_indexes: dict[str, int] = {}
         kind_ids: dict[str, int] = {}
-        args = [_bounded(plan.amount_fen), str(len(plan.steps)), str(CLAIM_TTL_S if claim else 0)]
+        args = [_bounded(plan.amount_fen), str(len(plan.steps)), str(REQUEST_CLAIM_S if claim else 0)]
         for step in plan.steps:
             benefit = step.benefit
             args.append(str(kind_ids.setdefault(benefit.kind, len(kind_ids))))

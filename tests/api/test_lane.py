@@ -85,7 +85,17 @@ requests = st.fixed_dictionaries(
         "not_json": st.booleans(),
         "terminal_id": st.sampled_from(["t-m-1", "t-m-1", "t-m-2", "t-unknown"]),
         "signature": st.sampled_from(["good", "good", "good", "bad", "missing", "stale"]),
-        "content_type": st.sampled_from(["application/json", "application/json", "application/json; charset=utf-8", "text/plain", None]),
+        "content_type": st.sampled_from(
+            [
+                "application/json",
+                "application/json",
+                "application/json; charset=utf-8",
+                " application/json\t",
+                "application/json\x0c",
+                "text/plain",
+                None,
+            ]
+        ),
         "query": st.sampled_from(["", "", "explain=true", "explain=yes", "explain=1&x=2"]),
         "x_request_id": st.sampled_from([None, "trace-7"]),
         "lane_first": st.booleans(),
@@ -149,6 +159,10 @@ def test_a_well_formed_swipe_never_reaches_flask_and_its_answer_is_flasks(
         ({"content_type": "text/plain"}, 415, None),
         ({"content_type": "application/x-www-form-urlencoded"}, 415, None),
         ({"content_type": ""}, 415, None),
+        # Space and tab around the media type are allowed (werkzeug strips those two only); other white space is not.
+        ({"content_type": "application/json\x0b"}, 415, None),
+        ({"content_type": "application/json\xa0"}, 415, None),
+        ({"content_type": "\x1capplication/json"}, 415, None),
         ({"query": "explain=yes"}, 422, "explain"),
         ({"body": {"amount_fen": "10000"}}, 422, "amount_fen"),
         ({"body": {"occurred_at": "2026-11-25T12:00:00"}}, 422, "occurred_at"),

@@ -261,6 +261,31 @@ def test_a_void_of_a_request_never_seen_is_harmless_and_declines_the_late_origin
     assert state(backend)["counters"] == {}
 
 
+def test_a_void_under_its_own_original_s_request_id_is_refused_and_changes_nothing(terminal: SignedClient, backend: Backend) -> None:
+    terminal.authorise(CARD, 10_000, "req-1")
+    before = state(backend)
+    for request_id in ("req-1", "req-never-seen"):
+        response = terminal.post("/v1/reversals", {"request_id": request_id, "original_request_id": request_id})
+        assert response.status_code == 422, response.get_json()
+        problem = response.get_json()
+        assert problem["errors"] == [{"field": "original_request_id", "message": "must differ from request_id"}]
+    assert state(backend) == before
+
+
+def test_a_request_id_voided_before_it_arrived_answers_only_its_late_authorisation(terminal: SignedClient, backend: Backend) -> None:
+    auth = terminal.authorise(CARD, 10_000, "req-1").get_json()
+    terminal.post("/v1/reversals", {"request_id": "void-1", "original_request_id": "req-lost"})
+    before = state(backend)
+    for path, body in (
+        (f"/v1/authorisations/{auth['id']}/refunds", {"request_id": "req-lost", "amount_fen": 100}),
+        (f"/v1/authorisations/{auth['id']}/reversal", {"request_id": "req-lost"}),
+        ("/v1/reversals", {"request_id": "req-lost", "original_request_id": "req-1"}),
+    ):
+        response = terminal.post(path, body)
+        assert (response.status_code, response.get_json()["code"]) == (409, "idempotency_conflict"), path
+    assert state(backend) == before
+
+
 def test_get_shows_an_authorisation_only_to_its_own_merchant(terminal: SignedClient, app: Any, world: World, clock: FixedClock) -> None:
     auth = terminal.authorise(CARD, 10_000, "req-1").get_json()
     got = terminal.get(f"/v1/authorisations/{auth['id']}")
@@ -296,6 +321,24 @@ def test_an_occurred_at_outside_the_window_is_refused(
     problem = response.get_json()
     assert problem["code"] == "occurred_at_out_of_window"
     assert problem["errors"][0]["field"] == "occurred_at"
+    assert state(backend) == before
+
+
+def test_a_retry_of_a_recorded_swipe_gets_its_answer_even_once_occurred_at_has_left_the_window(
+    terminal: SignedClient, clock: FixedClock, backend: Backend
+) -> None:
+    """Idempotency comes before the window: an offline swipe sent near the 24 h edge, approved, its answer lost, retried."""
+    swiped_at = clock.now() - timedelta(hours=24, seconds=-10)
+    first = terminal.authorise(CARD, 10_000, "req-1", at=swiped_at)
+    assert first.get_json()["status"] == "approved"
+    before = state(backend)
+    clock.set(clock.now() + timedelta(seconds=20))  # the retry comes 20 s later: occurred_at is now 24 h 10 s behind
+    again = terminal.authorise(CARD, 10_000, "req-1", at=swiped_at)
+    assert (again.status_code, again.data) == (200, first.data)
+    other = terminal.authorise(CARD, 20_000, "req-1", at=swiped_at)  # the id reused for another swipe: still a conflict
+    assert (other.status_code, other.get_json()["code"]) == (409, "idempotency_conflict")
+    never_seen = terminal.authorise(CARD, 10_000, "req-2", at=swiped_at)  # and a new request is refused as before
+    assert (never_seen.status_code, never_seen.get_json()["code"]) == (422, "occurred_at_out_of_window")
     assert state(backend) == before
 
 
@@ -458,6 +501,58 @@ def test_a_swipe_recorded_but_whose_answer_was_lost_keeps_its_caps_and_answers_2
     assert reconcile_counters(context) == []  # the caps it took stay taken: counters agree with the ledger
     retried = terminal.authorise(CARD, 10_000, "req-1")
     assert retried.data == response.data
+    assert state(backend)["ledger_entries"] == 1
+    assert reconcile_counters(context) == []
+
+
+@pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)  # only Redis gives caps back and holds claims
+def test_a_failed_swipe_whose_caps_cannot_be_given_back_still_leaves_its_request_retryable(
+    terminal: SignedClient, context: EngineContext, backend: Backend, monkeypatch: Any
+) -> None:
+    """PostgreSQL cancels the record (nothing written), then Redis fails the give-back: the claim must still go."""
+    import psycopg
+    import redis
+
+    from pos_engine.store import db
+
+    def cancelled(self: Any, *args: Any) -> None:
+        raise psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+
+    def down(*_args: Any, **_kwargs: Any) -> None:
+        raise redis.exceptions.ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(db._DirectStatement, "execute", cancelled)
+    monkeypatch.setattr(context.counters, "apply", down)
+    response = terminal.authorise(CARD, 10_000, "req-1")
+    assert (response.status_code, response.get_json()["code"]) == (503, "unavailable")
+    monkeypatch.undo()
+    assert state(backend)["ledger_entries"] == 0
+    retried = terminal.authorise(CARD, 10_000, "req-1")  # not 409 request_in_progress behind a claim left for nothing
+    assert (retried.status_code, retried.get_json()["status"]) == (200, "approved")
+
+
+@pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)
+def test_a_worker_stopped_while_its_record_is_on_the_way_keeps_the_caps_of_what_may_commit(
+    terminal: SignedClient, context: EngineContext, backend: Backend, monkeypatch: Any
+) -> None:
+    """A sync worker's SIGQUIT or timeout raises SystemExit wherever it waits, here once the record was sent (and committed)."""
+    from pos_engine.service.counters import reconcile_counters
+    from pos_engine.store import db
+
+    execute = db._DirectStatement.execute
+
+    def sent_then_stopped(self: Any, *args: Any) -> None:
+        execute(self, *args)
+        raise SystemExit(1)
+
+    monkeypatch.setattr(db._DirectStatement, "execute", sent_then_stopped)
+    with pytest.raises(SystemExit):
+        terminal.authorise(CARD, 10_000, "req-1")
+    monkeypatch.undo()
+    assert state(backend)["ledger_entries"] == 1
+    assert reconcile_counters(context) == []  # the committed swipe's caps are still taken: no cap can be exceeded
+    retried = terminal.authorise(CARD, 10_000, "req-1")  # the claim was dropped; the retry finds the record
+    assert retried.get_json()["status"] == "approved"
     assert state(backend)["ledger_entries"] == 1
     assert reconcile_counters(context) == []
 

@@ -626,6 +626,28 @@ def test_a_claimed_request_reserves_nothing_until_it_is_unclaimed(store: RedisCo
     assert store.reserve(plan, claim="t-1:req-1")[0].given_fen == 300
 
 
+def test_a_claim_outlasts_a_live_attempt_but_frees_a_killed_worker_s_request_within_a_minute(store: RedisCounterStore) -> None:
+    from pos_engine.limits import (
+        LOST_ANSWER_WAIT_S_MAX,
+        POSTGRESQL_CONNECT_TIMEOUT_S,
+        POSTGRESQL_DEAD_HOST_S,
+        RECORD_ANSWER_S_MAX,
+        REDIS_CONNECT_TIMEOUT_S,
+        REDIS_SOCKET_TIMEOUT_S,
+    )
+
+    budget = fen_cap("campaign:c1:budget:fen", 1_000)
+    plan = Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), (budget,)),), ())
+    store.reserve(plan, claim="t-1:req-1")
+    # The longest a live attempt holds its claim: the record's wait, the look-up after a lost answer on a
+    # new connection to a host that may be dying, and dropping the claim.
+    live_attempt_s = (RECORD_ANSWER_S_MAX + POSTGRESQL_CONNECT_TIMEOUT_S + LOST_ANSWER_WAIT_S_MAX + POSTGRESQL_DEAD_HOST_S) + (
+        REDIS_CONNECT_TIMEOUT_S + REDIS_SOCKET_TIMEOUT_S
+    )
+    ttl_ms = store.client.pttl(store._claim_key("t-1:req-1"))
+    assert live_attempt_s * 1000 < ttl_ms <= 60_000  # a worker killed mid-swipe leaves its request 409 for under a minute
+
+
 def test_a_rebuild_larger_than_one_script_is_written_in_batches(store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch) -> None:
     from pos_engine.store import redis_counters
 
