@@ -81,7 +81,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -149,6 +149,8 @@ _RULE_REF_HINT = "a rule id of this campaign, or campaign-id/rule-id"
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _CLOCK = re.compile(r"(\d{1,2}):(\d{2})")
 _DECIMAL_INT = re.compile(r"[-+]?(?:0|[1-9][0-9_]*)")
+MOMENT_YEARS = (2000, 9998)  # a worked example's swipe
+NUMBER_DIGITS_MAX = 30  # digits a YAML number may have before or after its point; the largest amount has 13
 
 _T = TypeVar("_T")
 PathPart = str | int
@@ -258,13 +260,24 @@ def _scalar(value: str, tag: str) -> Any:
     if kind == "int":
         # Only decimal integers are numbers; '11:00' (YAML 1.1 base 60), '0x1f'
         # and '010' stay text, so a time of day can be written unquoted.
-        return int(value.replace("_", "")) if _DECIMAL_INT.fullmatch(value) else value
+        # Past NUMBER_DIGITS_MAX digits it stays text (and is refused as not a number): no amount is that
+        # long, and Python refuses to read an integer of over 4,300 digits.
+        digits = value.replace("_", "")
+        return int(digits) if _DECIMAL_INT.fullmatch(value) and len(digits.lstrip("+-")) <= NUMBER_DIGITS_MAX else value
     if kind == "float":
         try:
             number = Decimal(value.replace("_", ""))
         except InvalidOperation:
             return value
-        return number if number.is_finite() else value
+        # Likewise a decimal beyond NUMBER_DIGITS_MAX digits either side of the point (1e999999 would overflow
+        # the arithmetic that checks it).
+        if not number.is_finite():
+            return value
+        exponent = number.as_tuple().exponent
+        assert isinstance(exponent, int)  # a finite decimal's
+        if abs(number.adjusted()) > NUMBER_DIGITS_MAX or -exponent > NUMBER_DIGITS_MAX:
+            return value
+        return number
     if kind == "timestamp":
         try:
             return date.fromisoformat(value) if _DATE.fullmatch(value) else datetime.fromisoformat(value)
@@ -431,7 +444,9 @@ def percent_to_bp(value: object) -> int | None:
     """Turn a YAML percentage (int or exact decimal, 2 decimals at most) into basis points; None if it is not one."""
     if isinstance(value, bool) or not isinstance(value, int | Decimal):
         return None
-    basis_points = Decimal(value) * (BP_PER_WHOLE // 100)
+    with localcontext() as exact:  # enough digits for any YAML number _scalar lets through: no rounding
+        exact.prec = 4 * NUMBER_DIGITS_MAX
+        basis_points = Decimal(value) * (BP_PER_WHOLE // 100)
     if basis_points != basis_points.to_integral_value():
         return None
     return int(basis_points)
@@ -515,6 +530,8 @@ class _Instant(_Field[datetime]):
             raise ValidationError(f"{_describe(value)} is not a date and time (2026-11-25T12:00:00+08:00)")
         if moment.tzinfo is None or moment.utcoffset() is None:
             raise ValidationError(f"{_describe(str(value))} needs a UTC offset, such as +08:00")
+        if not MOMENT_YEARS[0] <= moment.year <= MOMENT_YEARS[1]:  # its day, week and month in Asia/Shanghai must exist
+            raise ValidationError(f"{_describe(str(value))} is not between the years {MOMENT_YEARS[0]} and {MOMENT_YEARS[1]}")
         return moment
 
 

@@ -374,10 +374,13 @@ def adjust(
     done: dict[str, dict[str, int]] = {}
 
     def work(uow: UnitOfWork) -> StoredResponse:
+        # The lock first, then the stored answer: a retry that waited on the lock behind its first attempt
+        # (PostgreSQL; SQLite runs one write transaction at a time) must find that attempt's answer, not
+        # be refused by what the attempt changed (already reversed, refund over what is left).
+        auth = uow.repo.authorisation(authorisation_id, lock=True)
         stored = uow.repo.idempotency(terminal.terminal_id, request_id)
         if stored is not None:
             return _replay(stored, request_hash)
-        auth = uow.repo.authorisation(authorisation_id, lock=True)
         if auth is None:
             decline = uow.repo.decline(authorisation_id)
             if decline is not None and decline.merchant_id == terminal.merchant_id:

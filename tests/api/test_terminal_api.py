@@ -703,6 +703,49 @@ def test_a_terminal_request_stuck_behind_a_lock_is_a_503_in_about_a_second_and_c
     assert reconcile_counters(context) == []
 
 
+@pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)  # SQLite runs one write transaction at a time
+@pytest.mark.parametrize("operation", ["reversal", "refund"])
+def test_a_retry_queued_behind_its_own_first_attempt_gets_the_first_attempt_s_answer(
+    terminal: SignedClient, context: EngineContext, backend: Backend, operation: str
+) -> None:
+    """A till resends a reversal (or a full refund) it has no answer to yet: both wait on the authorisation's lock."""
+    import threading
+    import time
+
+    import psycopg
+
+    from pos_engine.service.counters import reconcile_counters
+
+    authorisation_id = terminal.authorise(CARD, 10_000, "req-1").get_json()["id"]
+    path, body = {
+        "reversal": (f"/v1/authorisations/{authorisation_id}/reversal", {"request_id": "adj-1"}),
+        "refund": (f"/v1/authorisations/{authorisation_id}/refunds", {"request_id": "adj-1", "amount_fen": 10_000}),
+    }[operation]
+    answers: list[Any] = []
+    with psycopg.connect(psycopg_url(backend.url)) as holder, psycopg.connect(psycopg_url(backend.url), autocommit=True) as watcher:
+        holder.execute("SELECT 1 FROM ledger_entries WHERE entry_id = %s FOR UPDATE", (authorisation_id,))
+        attempts = [threading.Thread(target=lambda: answers.append(terminal.post(path, body))) for _ in range(2)]
+        for attempt in attempts:
+            attempt.start()
+        deadline = time.monotonic() + 0.8  # inside the requests' 1 s statement limit
+        while time.monotonic() < deadline:
+            waiting = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ).fetchone()
+            if waiting is not None and waiting[0] == 2:
+                break
+            time.sleep(0.005)
+        else:
+            pytest.fail("the two attempts did not both wait on the lock")
+        holder.rollback()
+        for attempt in attempts:
+            attempt.join(10)
+    assert [answer.status_code for answer in answers] == [200, 200], [answer.get_json() for answer in answers]
+    assert answers[0].data == answers[1].data
+    assert state(backend)["ledger_entries"] == 2  # the authorisation and one reversal or refund
+    assert reconcile_counters(context) == []
+
+
 @pytest.mark.parametrize("backend", ["pg_sql"], indirect=True)
 def test_a_swipe_on_the_sql_counter_store_stuck_behind_a_counter_lock_is_a_503_and_changes_nothing(
     terminal: SignedClient, context: EngineContext, backend: Backend

@@ -316,6 +316,16 @@ REFUSALS = [
      "duplicate key (first given on line 3)"),
     ("a null value", "budget_fen: 1000000", "budget_fen:", "budget_fen", "campaign.budget_fen",
      "has no value; give one or leave the field out"),
+    ("a number too long to be an amount", "budget_fen: 1000000", "budget_fen: " + "1" * 5000, "budget_fen", "campaign.budget_fen",
+     "must be a whole number of fen, got '" + "1" * 37 + "...'"),
+    ("a percent beyond any arithmetic", "{percent: 10, fen_max: 2000}", "{percent: 1.0e+999999, fen_max: 2000}", "percent: 1.0e",
+     "campaign.rules[0].benefit.subsidy.percent", "must be a number of percent, got '1.0e+999999'"),
+    ("a percent with a far decimal", "{percent: 10, fen_max: 2000}", "{percent: 10.0000000000000000000000000001, fen_max: 2000}",
+     "percent: 10.0", "campaign.rules[0].benefit.subsidy.percent", "10.0000000000000000000000000001 has more than 2 decimals"),
+    ("a share beyond any arithmetic", "share_percent: 40}", "share_percent: 4.0e+999999}", "share_percent: 4.0e",
+     "campaign.funders[1].share_percent", "must be a number of percent, got '4.0e+999999'"),
+    ("an example swipe in the year 9999", '"2026-11-25T12:00:00+08:00"', '"9999-12-31T23:00:00-08:00"', "occurred_at",
+     "campaign.examples[0].swipe.occurred_at", "'9999-12-31T23:00:00-08:00' is not between the years 2000 and 9998"),
 ]
 # fmt: on
 
