@@ -6,23 +6,26 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from pos_engine.config import Settings
+from pos_engine.config import ConfigError, Settings
 
 
 def _settings() -> Settings:
-    return Settings.from_env()
+    try:
+        return Settings.from_env()
+    except ConfigError as error:
+        _fail(str(error))
 
 
 def _admin_settings() -> Settings:
     """Settings for commands that may run one long Redis script or SQL statement over everything: no time limits."""
-    return replace(Settings.from_env(), redis_socket_timeout_s=None, statement_timeout_ms=None)
+    return replace(_settings(), redis_socket_timeout_s=None, statement_timeout_ms=None)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(message, err=True)
     sys.exit(1)
 

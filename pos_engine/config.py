@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,26 @@ from pos_engine.limits import LOOKUP_CACHE_TTL_S, REDIS_SOCKET_TIMEOUT_S, TERMIN
 DEFAULT_DATABASE_PATH = Path("var") / "pos-engine.sqlite3"
 # Only for the embedded demo: production sets POS_ENGINE_CARD_KEY to a secret of its own.
 DEMO_CARD_KEY = "pos-engine-demo-card-key-not-for-production"
+
+
+LOOKUP_CACHE_TTL_S_RANGE = (0.0, 3600.0)  # 0 turns the caches off; an hour is longer than any operator would wait
+
+
+class ConfigError(ValueError):
+    """An environment variable the engine cannot use; the message names it and says why."""
+
+
+def _seconds(env: os._Environ[str] | dict[str, str], name: str, default: float, bounds: tuple[float, float]) -> float:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not bounds[0] <= value <= bounds[1]:  # NaN and infinities too
+        raise ConfigError(f"{name} must be a number of seconds from {bounds[0]:g} to {bounds[1]:g}, got {text!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -32,15 +53,18 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
-        """Read POS_ENGINE_* variables; unset ones take the embedded defaults."""
+        """Read POS_ENGINE_* variables; unset ones take the embedded defaults.
+
+        Raises:
+            ConfigError: a variable's value cannot be used (named in the message).
+        """
         env = os.environ if environ is None else environ
         defaults = cls()
-        ttl_text = env.get("POS_ENGINE_LOOKUP_CACHE_TTL_S")
         return cls(
             database_url=env.get("POS_ENGINE_DATABASE_URL") or defaults.database_url,
             redis_url=env.get("POS_ENGINE_REDIS_URL") or None,
             rules_dir=env.get("POS_ENGINE_RULES_DIR") or defaults.rules_dir,
             card_key=env.get("POS_ENGINE_CARD_KEY") or defaults.card_key,
-            lookup_cache_ttl_s=float(ttl_text) if ttl_text else defaults.lookup_cache_ttl_s,
+            lookup_cache_ttl_s=_seconds(env, "POS_ENGINE_LOOKUP_CACHE_TTL_S", defaults.lookup_cache_ttl_s, LOOKUP_CACHE_TTL_S_RANGE),
             redis_namespace=env.get("POS_ENGINE_REDIS_NAMESPACE") or defaults.redis_namespace,
         )

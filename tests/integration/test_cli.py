@@ -89,6 +89,45 @@ def test_the_engine_refuses_to_start_on_a_broken_rulebook(env: dict[str, str], t
     assert "funders.yaml" in result.output
 
 
+@pytest.mark.parametrize("value", ["5s", "inf", "nan", "-1", "3601"])
+def test_a_setting_the_engine_cannot_use_is_named_with_a_non_zero_exit(env: dict[str, str], value: str) -> None:
+    result = CliRunner().invoke(main, ["counters", "reconcile"], env={**env, "POS_ENGINE_LOOKUP_CACHE_TTL_S": value})
+    assert result.exit_code == 1, result.output
+    assert f"POS_ENGINE_LOOKUP_CACHE_TTL_S must be a number of seconds from 0 to 3600, got {value!r}" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("POS_ENGINE_LOOKUP_CACHE_TTL_S", "5s", "POS_ENGINE_LOOKUP_CACHE_TTL_S must be a number of seconds from 0 to 3600, got '5s'"),
+        ("POS_ENGINE_RULES_DIR", "broken", "the rulebook is invalid"),
+    ],
+)
+def test_gunicorn_stops_with_a_plain_message_when_the_engine_cannot_start(
+    env: dict[str, str], tmp_path: Path, setting: str, value: str, message: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "funders.yaml").write_text("funders: [\n")
+    assert run(env, "init-db").exit_code == 0
+    served = {**os.environ, **env, setting: str(tmp_path / value) if setting == "POS_ENGINE_RULES_DIR" else value}
+    finished = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:0", "pos_engine.wsgi:app"],
+        env=served,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert finished.returncode != 0  # the arbiter stops, rather than restarting workers that cannot start
+    assert message in finished.stderr, finished.stderr
+    assert "Traceback" not in finished.stderr, finished.stderr
+
+
 def test_counters_reconcile_exits_non_zero_and_lists_a_difference(env: dict[str, str], tmp_path: Path) -> None:
     assert run(env, "demo", "--out", str(tmp_path / "demo.json")).exit_code == 0
     assert "agree" in run(env, "counters", "reconcile").output
