@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ from pos_engine.domain.evaluation import (
 )
 from pos_engine.domain.ledger import benefit_lines, claw_back
 from pos_engine.domain.registry import Terminal, card_decline, merchant_decline
-from pos_engine.limits import IDEMPOTENCY_WAIT_S_MAX, OCCURRED_AT_AHEAD_S_MAX, OCCURRED_AT_BEHIND_S_MAX
+from pos_engine.limits import ID_CHARS_MAX, IDEMPOTENCY_WAIT_S_MAX, OCCURRED_AT_AHEAD_S_MAX, OCCURRED_AT_BEHIND_S_MAX
 from pos_engine.service import responses
 from pos_engine.service.context import EngineContext
 from pos_engine.service.errors import AlreadyClaimed, Conflict, DuplicateKey, Forbidden, NotFound, OutcomeUnknown, Unprocessable
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 # a late original finds it and gets the voided answer, whatever its body.
 VOID_REQUEST_HASH = "void"
 DUPLICATE_ATTEMPTS_MAX = 3
+_ID_SHAPE = re.compile(rf"[A-Za-z0-9_]{{1,{ID_CHARS_MAX}}}")
 
 T = TypeVar("T")
 
@@ -61,6 +63,15 @@ class StoredResponse:
 def new_id(prefix: str) -> str:
     """A time-ordered, unguessable id: prefix, milliseconds in hex, 64 random bits."""
     return f"{prefix}_{int(time.time() * 1000):011x}{secrets.token_hex(8)}"
+
+
+def _check_id_shape(authorisation_id: str) -> None:
+    """An id the engine cannot have given (new_id's letters, digits and '_') is not found, before any database sees it.
+
+    PostgreSQL refuses a NUL in a text parameter outright; any other stranger is simply not there.
+    """
+    if _ID_SHAPE.fullmatch(authorisation_id) is None:
+        raise NotFound("not_found", f"no authorisation {authorisation_id!r}")
 
 
 def _replay(record: Any, request_hash: str, *, authorisation: bool = False) -> StoredResponse:
@@ -371,6 +382,7 @@ def adjust(
         Conflict: already reversed, fully refunded, a decline, or the request id was reused.
         Unprocessable: a refund larger than what is not yet refunded.
     """
+    _check_id_shape(authorisation_id)
     done: dict[str, dict[str, int]] = {}
 
     def work(uow: UnitOfWork) -> StoredResponse:
@@ -462,6 +474,7 @@ def reverse_request(ctx: EngineContext, terminal: Terminal, request_id: str, ori
 
 def get_authorisation(ctx: EngineContext, terminal: Terminal, authorisation_id: str) -> dict[str, Any]:
     """An authorisation as it stands now, with its reversals and refunds."""
+    _check_id_shape(authorisation_id)
     with ctx.unit_of_work() as uow:
         auth = uow.repo.authorisation(authorisation_id)
         if auth is None:

@@ -301,6 +301,21 @@ def test_get_shows_an_authorisation_only_to_its_own_merchant(terminal: SignedCli
     assert (missing.status_code, missing.get_json()["code"]) == (404, "not_found")
 
 
+@pytest.mark.parametrize("authorisation_id", ["x%00", "au_%00abc", "%C3%A9t%C3%A9", "a" * 65])
+def test_an_authorisation_id_no_authorisation_can_have_is_not_found(
+    terminal: SignedClient, backend: Backend, authorisation_id: str
+) -> None:
+    """PostgreSQL refuses a NUL in a text parameter: such an id must be a 404 before it reaches the database."""
+    before = state(backend)
+    for response in (
+        terminal.get(f"/v1/authorisations/{authorisation_id}"),
+        terminal.post(f"/v1/authorisations/{authorisation_id}/reversal", {"request_id": "adj-1"}),
+        terminal.post(f"/v1/authorisations/{authorisation_id}/refunds", {"request_id": "adj-2", "amount_fen": 100}),
+    ):
+        assert (response.status_code, response.get_json()["code"]) == (404, "not_found")
+    assert state(backend) == before
+
+
 def test_a_terminal_may_not_swipe_for_another_merchant(terminal: SignedClient, world: World, backend: Backend) -> None:
     world.add_merchant("m-2")
     before = state(backend)
