@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -179,19 +180,37 @@ def import_members_command(file: Path) -> None:
 
 @import_.command("merchants")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--secrets-out", type=click.Path(dir_okay=False, path_type=Path), help="write new terminals' secrets here (JSON)")
+@click.option(
+    "--secrets-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="a new file for the new terminals' secrets (JSON, readable by its owner only); needed when the import creates terminals",
+)
 def import_merchants_command(file: Path, secrets_out: Path | None) -> None:
-    """Import merchants: merchant_id,name,category,district,status[,terminal_id]."""
+    """Import merchants: merchant_id,name,category,district,status[,terminal_id].
+
+    A new terminal's secret is shown once, in the --secrets-out file, written before the import commits:
+    if it cannot be written, nothing is imported.
+    """
     from pos_engine.jobs.imports import ImportError_, import_merchants
+
+    def deliver(new_secrets: dict[str, str]) -> None:
+        if secrets_out is None:
+            raise ImportError_([f"{len(new_secrets)} new terminals: give --secrets-out FILE to receive their secrets (shown once)"])
+        try:
+            # A new file only: overwriting one would lose the secrets of an earlier import.
+            descriptor = os.open(secrets_out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise ImportError_([f"{secrets_out}: already exists; secrets go to a new file (move the old one away first)"]) from None
+        except OSError as error:
+            raise ImportError_([f"{secrets_out}: cannot write: {error.strerror}"]) from error
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            out.write(json.dumps(new_secrets, indent=2))
 
     settings = _settings()
     try:
-        result = import_merchants(_database(settings), file)
+        result = import_merchants(_database(settings), file, deliver_secrets=deliver)
     except ImportError_ as error:
         _fail(f"{file} refused, nothing imported:\n{error}")
-        return
-    if secrets_out is not None:
-        secrets_out.write_text(json.dumps(result.new_terminal_secrets, indent=2))
     click.echo(f"imported {result.rows} merchants, {len(result.new_terminal_secrets)} new terminals")
 
 

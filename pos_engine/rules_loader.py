@@ -95,7 +95,11 @@ from pos_engine.domain.money import BP_PER_WHOLE
 from pos_engine.domain.rulebook import (
     CATEGORIES,
     DISTRICTS,
+    ID_HINT,
+    ID_PATTERN,
     LIMIT_SUBJECTS,
+    MERCHANT_ID_HINT,
+    MERCHANT_ID_PATTERN,
     WEEKDAYS,
     Benefit,
     Campaign,
@@ -140,10 +144,8 @@ RULE_FILE_SUFFIXES = (".yaml", ".yml")
 FUNDER_KINDS = ("city_federation", "district_federation", "industry_union", "partner_bank", "employer")
 EXAMPLE_CARD_REF = "example-card"
 
-_ID = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?")
-_ID_HINT = "lower-case letters, digits, '-' and '_', at most 64 characters"
-_MERCHANT_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")
-_MERCHANT_ID_HINT = "letters, digits, '.', '-' and '_', at most 64 characters"
+_ID, _ID_HINT = ID_PATTERN, ID_HINT
+_MERCHANT_ID, _MERCHANT_ID_HINT = MERCHANT_ID_PATTERN, MERCHANT_ID_HINT
 _RULE_REF = re.compile(rf"(?:{_ID.pattern}/)?{_ID.pattern}")
 _RULE_REF_HINT = "a rule id of this campaign, or campaign-id/rule-id"
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")

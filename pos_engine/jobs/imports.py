@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from pos_engine.domain.registry import CARD_STATUSES, MERCHANT_STATUSES, card_hash
-from pos_engine.domain.rulebook import CATEGORIES, DISTRICTS
+from pos_engine.domain.rulebook import CATEGORIES, DISTRICTS, ID_HINT, ID_PATTERN, MERCHANT_ID_HINT, MERCHANT_ID_PATTERN
 from pos_engine.limits import CARD_NUMBER_DIGITS_MAX, CARD_NUMBER_DIGITS_MIN, ID_CHARS_MAX, IMPORT_ROWS_MAX
 from pos_engine.store.db import Database
 from pos_engine.store.models import CardRow, MemberRow, MerchantRow, TerminalRow
@@ -37,6 +37,8 @@ MEMBER_COLUMNS = (
 )
 MERCHANT_COLUMNS = ("merchant_id", "name", "category", "district", "status", "terminal_id")
 IMPORT_BATCH_ROWS = 1_000
+NAME_CHARS_MAX = 200
+GROUPS_CHARS_MAX = 500  # members.groups, the names joined by ','
 ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -95,12 +97,18 @@ def _is_id(value: str) -> bool:
     return 0 < len(value) <= ID_CHARS_MAX and set(value) <= ID_CHARS
 
 
-def _upsert(database: Database, model: Any, rows: list[dict[str, Any]], keys: list[str], session: Any) -> None:
+def _is_name(value: str) -> bool:
+    # Printable only: a NUL would be refused by PostgreSQL mid-import, a control character garbles statements.
+    return 0 < len(value) <= NAME_CHARS_MAX and value.isprintable()
+
+
+def _upsert(database: Database, model: Any, rows: list[dict[str, Any]], keys: list[str], session: Any, kept: tuple[str, ...] = ()) -> None:
+    """Insert `rows`, or update the row with the same `keys`: every column but the keys and `kept`."""
     insert = pg_insert if database.is_postgresql else sqlite_insert
     for start in range(0, len(rows), IMPORT_BATCH_ROWS):
         batch = rows[start : start + IMPORT_BATCH_ROWS]
         statement = insert(model).values(batch)
-        updates = {column: statement.excluded[column] for column in batch[0] if column not in keys}
+        updates = {column: statement.excluded[column] for column in batch[0] if column not in keys and column not in kept}
         session.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates))
 
 
@@ -122,7 +130,7 @@ def import_members(database: Database, card_key: bytes, path: Path) -> ImportRes
     for line, row in rows:
         where, problems_before = f"{path}:{line}", len(problems)
         _check(problems, where, "member_id", _is_id(row["member_id"]), "1-64 letters, digits, '-', '_' or '.'")
-        _check(problems, where, "name", 0 < len(row["name"]) <= 200, "required, at most 200 characters")
+        _check(problems, where, "name", _is_name(row["name"]), f"required, at most {NAME_CHARS_MAX} printable characters")
         _check(problems, where, "unit_id", _is_id(row["unit_id"]), "1-64 letters, digits, '-', '_' or '.'")
         _check(problems, where, "union_id", _is_id(row["union_id"]), "1-64 letters, digits, '-', '_' or '.'")
         _check(problems, where, "district", row["district"] in DISTRICTS, f"one of {', '.join(DISTRICTS)}")
@@ -140,7 +148,14 @@ def import_members(database: Database, card_key: bytes, path: Path) -> ImportRes
         )
         _check(problems, where, "card_status", row["card_status"] in CARD_STATUSES, f"one of {', '.join(CARD_STATUSES)}")
         groups = [group.strip() for group in row.get("groups", "").split(";") if group.strip()]
-        _check(problems, where, "groups", all(_is_id(group) for group in groups), "names separated by ';'")
+        _check(
+            problems,
+            where,
+            "groups",
+            all(ID_PATTERN.fullmatch(group) for group in groups),
+            f"names separated by ';', each of {ID_HINT} (as rules name them)",
+        )
+        _check(problems, where, "groups", len(",".join(groups)) <= GROUPS_CHARS_MAX, f"at most {GROUPS_CHARS_MAX} characters in all")
         if len(problems) > problems_before:
             continue
         hashed = card_hash(card_key, number)
@@ -171,18 +186,28 @@ def import_members(database: Database, card_key: bytes, path: Path) -> ImportRes
         raise ImportError_(problems)
     with database.sessions() as session, session.begin():
         _upsert(database, MemberRow, members, ["member_id"], session)
-        _upsert(database, CardRow, cards, ["card_id"], session)
+        # A card is its number: one loaded otherwise (the demo's, an earlier import's) keeps its id, which the ledger uses.
+        _upsert(database, CardRow, cards, ["card_hash"], session, kept=("card_id",))
     return ImportResult(rows=len(members))
 
 
-def import_merchants(database: Database, path: Path, make_secret: Callable[[], str] = lambda: secrets.token_hex(24)) -> ImportResult:
-    """Insert or update merchants (and create their terminals) from a CSV file; all lines or none."""
+def import_merchants(
+    database: Database,
+    path: Path,
+    make_secret: Callable[[], str] = lambda: secrets.token_hex(24),
+    deliver_secrets: Callable[[dict[str, str]], None] | None = None,
+) -> ImportResult:
+    """Insert or update merchants (and create their terminals) from a CSV file; all lines or none.
+
+    New terminals' secrets exist only in this import's answer: `deliver_secrets`, if given, gets them
+    before anything is committed, and if it raises (ImportError_ or OSError), nothing is imported.
+    """
     rows, problems = _read(path, MERCHANT_COLUMNS, optional={"terminal_id"})
     merchants, terminal_rows = [], []
     for line, row in rows:
         where, problems_before = f"{path}:{line}", len(problems)
-        _check(problems, where, "merchant_id", _is_id(row["merchant_id"]), "1-64 letters, digits, '-', '_' or '.'")
-        _check(problems, where, "name", 0 < len(row["name"]) <= 200, "required, at most 200 characters")
+        _check(problems, where, "merchant_id", MERCHANT_ID_PATTERN.fullmatch(row["merchant_id"]) is not None, MERCHANT_ID_HINT)
+        _check(problems, where, "name", _is_name(row["name"]), f"required, at most {NAME_CHARS_MAX} printable characters")
         _check(problems, where, "category", row["category"] in CATEGORIES, f"one of {', '.join(CATEGORIES)}")
         _check(problems, where, "district", row["district"] in DISTRICTS, f"one of {', '.join(DISTRICTS)}")
         _check(problems, where, "status", row["status"] in MERCHANT_STATUSES, f"one of {', '.join(MERCHANT_STATUSES)}")
@@ -192,7 +217,7 @@ def import_merchants(database: Database, path: Path, make_secret: Callable[[], s
             continue
         merchants.append({key: row[key] for key in ("merchant_id", "name", "category", "district", "status")})
         if terminal_id:
-            terminal_rows.append((terminal_id, row["merchant_id"]))
+            terminal_rows.append((line, terminal_id, row["merchant_id"]))
     problems += _duplicates(((line, row["merchant_id"]) for line, row in rows), path, "merchant_id")
     problems += _duplicates(((line, row["terminal_id"]) for line, row in rows if row.get("terminal_id")), path, "terminal_id")
     if problems:
@@ -200,12 +225,18 @@ def import_merchants(database: Database, path: Path, make_secret: Callable[[], s
     result = ImportResult(rows=len(merchants))
     with database.sessions() as session, session.begin():
         _upsert(database, MerchantRow, merchants, ["merchant_id"], session)
-        for terminal_id, merchant_id in terminal_rows:
+        bound_elsewhere = []
+        for line, terminal_id, merchant_id in terminal_rows:
             existing = session.get(TerminalRow, terminal_id)
             if existing is None:
                 secret = make_secret()
                 session.add(TerminalRow(terminal_id=terminal_id, merchant_id=merchant_id, secret=secret, status="active"))
                 result.new_terminal_secrets[terminal_id] = secret
             elif existing.merchant_id != merchant_id:
-                raise ImportError_([f"{path}: terminal_id: {terminal_id!r} is bound to merchant {existing.merchant_id!r}"])
+                bound_elsewhere.append(f"{path}:{line}: terminal_id: {terminal_id!r} is bound to merchant {existing.merchant_id!r}")
+        if bound_elsewhere:
+            raise ImportError_(bound_elsewhere)
+        if result.new_terminal_secrets and deliver_secrets is not None:
+            session.flush()  # the rows are sound before their secrets go anywhere
+            deliver_secrets(result.new_terminal_secrets)
     return result

@@ -187,6 +187,44 @@ def test_import_members_refuses_the_whole_file_naming_each_bad_line(env: dict[st
     assert count(env, MemberRow) == 0  # nothing half-written
 
 
+def test_import_members_refuses_what_the_database_or_the_rules_could_not_take(env: dict[str, str], tmp_path: Path) -> None:
+    run(env, "init-db")
+    path = tmp_path / "members.csv"
+    path.write_text(
+        MEMBERS_HEADER
+        + "mem-a,Li\x00Lei,unit-1,union-wujin,wujin,,true,2026,6217000000001111,active\n"  # PostgreSQL refuses a NUL
+        + "mem-b,Han,unit-1,union-wujin,wujin,Model_Worker,true,2026,6217000000002222,active\n"  # no rule can name it
+        + "mem-c,Wang,unit-1,union-wujin,wujin,"
+        + ";".join(f"group-{index:02d}-" + "x" * 50 for index in range(10))  # 589 characters: over the column
+        + ",true,2026,6217000000003333,active\n"
+    )
+    result = CliRunner().invoke(main, ["import", "members", str(path)], env=env)
+    assert result.exit_code == 1, result.output
+    assert ":2: name: required, at most 200 printable characters" in result.output
+    assert ":3: groups: names separated by ';', each of lower-case letters" in result.output
+    assert ":4: groups: at most 500 characters in all" in result.output
+    assert count(env, MemberRow) == 0
+
+
+def test_import_members_updates_a_card_loaded_otherwise_and_keeps_its_id(env: dict[str, str], tmp_path: Path) -> None:
+    """The demo's cards have ids of their own: importing one of their numbers (to report it lost) updates that card."""
+    assert run(env, "demo", "--out", str(tmp_path / "demo.json")).exit_code == 0
+    number = json.loads((tmp_path / "demo.json").read_text())["cards"]["usable"][0]
+    database = Database(env["POS_ENGINE_DATABASE_URL"])
+    with database.sessions() as session:
+        card_id = session.execute(select(CardRow.card_id).where(CardRow.last4 == number[-4:])).scalars().all()
+    path = tmp_path / "members.csv"
+    path.write_text(MEMBERS_HEADER + f"mem-lost,Li Lei,unit-1,union-wujin,wujin,,true,2026,{number},lost\n")
+    cards_before = count(env, CardRow)
+    result = run(env, "import", "members", str(path))
+    assert result.exit_code == 0, result.output
+    assert count(env, CardRow) == cards_before
+    with database.sessions() as session:
+        lost = session.execute(select(CardRow.card_id).where(CardRow.status == "lost", CardRow.member_id == "mem-lost")).all()
+    database.dispose()
+    assert len(lost) == 1 and lost[0].card_id in card_id  # the same card, under its own id
+
+
 def test_import_refuses_a_file_with_missing_columns(env: dict[str, str], tmp_path: Path) -> None:
     run(env, "init-db")
     path = tmp_path / "merchants.csv"
@@ -205,6 +243,45 @@ def test_import_merchants_creates_terminals_and_writes_their_secrets(env: dict[s
     secrets = json.loads((tmp_path / "secrets.json").read_text())
     assert list(secrets) == ["t-new"]
     assert count(env, TerminalRow) == 1
+
+
+def test_import_merchants_refuses_new_terminals_whose_secrets_would_be_lost(env: dict[str, str], tmp_path: Path) -> None:
+    run(env, "init-db")
+    path = tmp_path / "merchants.csv"
+    path.write_text("merchant_id,name,category,district,status,terminal_id\nm-new,New Noodles,dining,jintan,active,t-new\n")
+    for args, reason in (
+        ((), "1 new terminals: give --secrets-out FILE to receive their secrets (shown once)"),
+        (("--secrets-out", str(tmp_path / "no-such-dir" / "secrets.json")), "cannot write: No such file or directory"),
+    ):
+        result = CliRunner().invoke(main, ["import", "merchants", str(path), *args], env=env)
+        assert result.exit_code == 1, result.output
+        assert reason in result.output
+        assert (count(env, MerchantRow), count(env, TerminalRow)) == (0, 0)  # nothing imported, so a re-run creates them
+    (tmp_path / "old.json").write_text("{}")
+    result = CliRunner().invoke(main, ["import", "merchants", str(path), "--secrets-out", str(tmp_path / "old.json")], env=env)
+    assert result.exit_code == 1 and "already exists" in result.output
+    assert (tmp_path / "old.json").read_text() == "{}"
+    assert run(env, "import", "merchants", str(path), "--secrets-out", str(tmp_path / "secrets.json")).exit_code == 0
+    assert (tmp_path / "secrets.json").stat().st_mode & 0o777 == 0o600
+    again = run(env, "import", "merchants", str(path))  # nothing new: no secrets to deliver
+    assert again.exit_code == 0, again.output
+
+
+def test_import_merchants_names_every_line_whose_terminal_is_bound_elsewhere(env: dict[str, str], tmp_path: Path) -> None:
+    run(env, "init-db")
+    first = tmp_path / "first.csv"
+    first.write_text(
+        "merchant_id,name,category,district,status,terminal_id\nm-1,One,dining,jintan,active,t-1\nm-2,Two,dining,jintan,active,t-2\n"
+    )
+    assert run(env, "import", "merchants", str(first), "--secrets-out", str(tmp_path / "s.json")).exit_code == 0
+    swapped = tmp_path / "swapped.csv"
+    swapped.write_text(
+        "merchant_id,name,category,district,status,terminal_id\nm-1,One,dining,jintan,active,t-2\nm-2,Two,dining,jintan,active,t-1\n"
+    )
+    result = CliRunner().invoke(main, ["import", "merchants", str(swapped)], env=env)
+    assert result.exit_code == 1
+    assert f"{swapped}:2: terminal_id: 't-2' is bound to merchant 'm-2'" in result.output
+    assert f"{swapped}:3: terminal_id: 't-1' is bound to merchant 'm-1'" in result.output
 
 
 def test_a_missing_argument_is_a_usage_error_not_a_traceback(env: dict[str, str]) -> None:
