@@ -350,6 +350,7 @@ def test_a_void_that_arrives_before_its_request_declines_the_request(make_client
 
     assert (voided.outcome, voided.authorisation_id) == ("nothing_to_reverse", None)
     assert (late.status, late.decline_code) == ("declined", "voided_by_terminal")
+    assert late.charge_fen == 10000  # the engine's stored void says 0 fen: the till still charges the full price
 
 
 def test_the_async_client_authorises_and_reverses(live_engine, terminal, card):

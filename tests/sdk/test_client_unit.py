@@ -89,10 +89,19 @@ class FakeClock:
         self.sleep(seconds)
 
 
-def problem(status: int, code: str, *, errors: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+def problem(
+    status: int,
+    code: str,
+    *,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+    request_id: str | None = None,
+) -> httpx.Response:
     body: dict[str, Any] = {"type": f"https://errors.test/{code}", "title": code.replace("_", " "), "status": status, "code": code}
     if errors is not None:
         body["errors"] = errors
+    if request_id is not None:  # the engine echoes the X-Request-Id trace header here
+        body["request_id"] = request_id
     return httpx.Response(
         status, headers={"Content-Type": "application/problem+json", **(headers or {})}, content=json.dumps(body).encode()
     )
@@ -217,6 +226,10 @@ class FakeEngine:
             decline_code = "card_inactive"
         elif card != USABLE_CARD:
             decline_code = "card_unknown"
+        if decline_code == "voided_by_terminal":
+            # As the engine does: the void stored its own decline before the request came, 0 fen, and
+            # answers it whatever the request's body (pos_engine.service.swipes.reverse_request).
+            amount_fen = 0
         discount_fen = subsidy_fen = 0
         benefits = []
         if decline_code is None:
@@ -781,6 +794,59 @@ def test_a_timeout_before_the_engine_saw_the_request_voids_it_against_a_late_arr
     assert raised.value.reversal is not None
     assert raised.value.reversal.outcome == "nothing_to_reverse"
     assert (late.status, late.decline_code) == ("declined", "voided_by_terminal")
+    # The engine's stored answer is the void's, 0 fen; a new client (a restarted till) must still charge the full price.
+    assert (late.amount_fen, late.payable_fen, late.charge_fen) == (10000, 10000, 10000)
+
+
+def test_an_error_keeps_the_call_s_request_id_whatever_trace_id_a_proxy_added(client, engine):
+    engine.fail("POST", "/v1/authorisations/au_0001/refunds", *[problem(503, "unavailable", request_id="envoy-7f3a")] * 3)
+    swipe(client)
+
+    with pytest.raises(ServerError) as raised:
+        client.refund("au_0001", 100, request_id="till-42-refund-1")
+
+    assert raised.value.request_id == "till-42-refund-1"  # what to repeat the refund with
+    assert "[trace envoy-7f3a]" in str(raised.value)
+
+
+def test_a_reversal_answered_unreadably_stays_queued_until_the_engine_acknowledges_it(make_client, engine):
+    def proxy_page_for_reversals(request: httpx.Request) -> httpx.Response:
+        answer = engine(request)
+        if request.url.path == "/v1/reversals" and len(engine.bodies("POST", "/v1/reversals")) == 1:
+            return httpx.Response(200, headers={"Content-Type": "text/html"}, content=b"<html>gateway</html>")
+        return answer
+
+    client = make_client(proxy_page_for_reversals, max_retries=0)
+    engine.fail("POST", "/v1/authorisations", "timeout")
+    with pytest.raises(AuthorisationUnknown) as raised:
+        swipe(client, request_id="till-42-0020")
+
+    assert raised.value.reversal_pending is True
+    assert client.pending_reversals == ("till-42-0020",)
+    assert client.flush_pending_reversals() == ()  # sent again, and this time acknowledged
+    assert engine.authorisations[engine.by_request_id["till-42-0020"]]["reversed"] is True
+
+
+def test_an_async_authorisation_cancelled_in_flight_queues_its_reversal(engine, clock):
+    async def answered_too_late(request: httpx.Request) -> httpx.Response:
+        answer = engine(request)
+        if request.url.path == "/v1/authorisations":
+            await asyncio.Event().wait()  # processed, and the answer never comes back
+        return answer
+
+    async def scenario() -> tuple[str, ...]:
+        async with AsyncPosClient(BASE_URL, TERMINAL_ID, SECRET, transport=httpx.MockTransport(answered_too_late)) as client:
+            client._clock = clock.time
+            client._sleep = clock.async_sleep
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.authorise(USABLE_CARD, MERCHANT_ID, 10000, request_id="till-42-0021"), 0.05)
+            pending = client.pending_reversals
+            await client.flush_pending_reversals()
+            assert client.pending_reversals == ()
+            return pending
+
+    assert asyncio.run(scenario()) == ("till-42-0021",)
+    assert engine.authorisations[engine.by_request_id["till-42-0021"]]["reversed"] is True
 
 
 def test_a_server_error_on_every_attempt_after_processing_raises_authorisation_unknown(client, engine):

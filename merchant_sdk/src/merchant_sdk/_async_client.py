@@ -75,11 +75,17 @@ class AsyncPosClient(_BaseClient):
         await self._flush_pending_reversals()
         attempts = _Attempts()
         try:
-            return await self._send(call, attempts)
+            return self._as_sent(await self._send(call, attempts), amount_fen)
         except PosError as error:
             if not attempts.may_have_been_processed:
                 raise
             raise await self._void_unanswered(call, error) from error
+        except BaseException:
+            # Cancelled (asyncio.wait_for, a task group) with the request perhaps on its way: queue its
+            # reversal for the next call (sending it now would block the cancellation), then let it go on.
+            assert call.request_id is not None
+            self._queue_reversal(call.request_id)
+            raise
 
     async def reverse(self, authorisation_id: str, *, request_id: str | None = None) -> Adjustment:
         """Void an authorisation in full (see `PosClient.reverse`)."""

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -29,6 +29,7 @@ from ._constants import (
 )
 from ._exceptions import (
     APIConnectionError,
+    APIStatusError,
     APITimeoutError,
     AuthenticationError,
     AuthorisationUnknown,
@@ -288,14 +289,29 @@ class _BaseClient:
 
     def _reversal_failed(self, original_request_id: str, error: PosError) -> bool:
         """Keep or drop a queued reversal after a failed attempt; return whether to stop flushing."""
-        # Credentials and clocks can be fixed, so keep trying after 401/403.
-        if should_retry(error) or isinstance(error, (AuthenticationError, PermissionDeniedError)):
+        # A void is idempotent, so it is only dropped when the engine refuses it outright (a 4xx other than
+        # 401/403: credentials and clocks can be fixed). An answer that cannot be read (a proxy's page
+        # with a 200, a body cut short) says nothing: it is sent again.
+        refused = isinstance(error, APIStatusError) and 400 <= error.status < 500
+        if should_retry(error) or isinstance(error, (AuthenticationError, PermissionDeniedError)) or not refused:
             logger.warning("reversal of request %s not acknowledged yet, kept queued: %s", original_request_id, error)
             return True
         with self._pending_lock:
             self._pending.pop(original_request_id, None)
         logger.error("reversal of request %s refused, dropped from the queue: %s", original_request_id, error)
         return False
+
+    @staticmethod
+    def _as_sent(result: Authorisation, amount_fen: int) -> Authorisation:
+        """The answer to an authorisation, with the amount the till sent if the engine never saw it.
+
+        A request id voided before its request arrived (by `reverse_request`, or by another client's
+        timeout void) is declined `voided_by_terminal` with the void's own amounts, 0 fen: the till
+        charges the full price it asked for, not 0.
+        """
+        if result.decline_code == "voided_by_terminal" and result.amount_fen != amount_fen:
+            return replace(result, amount_fen=amount_fen, payable_fen=amount_fen, discount_fen=0, subsidy_fen=0)
+        return result
 
     def _authorisation_unknown(self, call: _Call[Authorisation], cause: PosError, reversal: RequestReversal | None) -> AuthorisationUnknown:
         assert call.request_id is not None
@@ -408,11 +424,17 @@ class PosClient(_BaseClient):
         self._flush_pending_reversals()
         attempts = _Attempts()
         try:
-            return self._send(call, attempts)
+            return self._as_sent(self._send(call, attempts), amount_fen)
         except PosError as error:
             if not attempts.may_have_been_processed:
                 raise
             raise self._void_unanswered(call, error) from error
+        except BaseException:
+            # Interrupted (a watchdog, KeyboardInterrupt) with the request perhaps on its way: the engine
+            # may approve it, so its reversal is queued for the next call, and the interruption goes on.
+            assert call.request_id is not None
+            self._queue_reversal(call.request_id)
+            raise
 
     def reverse(self, authorisation_id: str, *, request_id: str | None = None) -> Adjustment:
         """Void an authorisation in full, giving back its discount and subsidy.

@@ -190,7 +190,9 @@ def make_status_error(status: int, problem: Mapping[str, Any], *, request_id: st
     code = _optional_str(problem.get("code"))
     title = _optional_str(problem.get("title"))
     detail = _optional_str(problem.get("detail"))
-    request_id = _optional_str(problem.get("request_id")) or request_id
+    # The problem's own `request_id` is the X-Request-Id trace header a proxy may have set, not the
+    # idempotency key: `error.request_id` stays the call's, to repeat the call with.
+    trace_id = _optional_str(problem.get("request_id"))
     errors = tuple(
         FieldError(field=str(item.get("field", "")), message=str(item.get("message", "")))
         for item in problem.get("errors") or ()
@@ -203,6 +205,8 @@ def make_status_error(status: int, problem: Mapping[str, Any], *, request_id: st
         parts.append("(" + "; ".join(f"{e.field}: {e.message}" for e in errors) + ")")
     if request_id:
         parts.append(f"[request {request_id}]")
+    if trace_id and trace_id != request_id:
+        parts.append(f"[trace {trace_id}]")
     return error_class_for_status(status)(
         " ".join(parts),
         status=status,
