@@ -142,6 +142,7 @@ def make_context(database: Database, counters: Any, rulebook: Rulebook, clock: C
         unit_of_work=database.unit_of_work,
         single_statement=database.single_statement,
         swipe_transaction=database.swipe_transaction,
+        read_snapshot=database.read_snapshot,
         registry=SqlRegistry(database),
         counters=counters,
         rulebook=rulebook,

@@ -36,6 +36,7 @@ def build_context(settings: Settings) -> EngineContext:
         unit_of_work=database.unit_of_work,
         single_statement=database.single_statement,
         swipe_transaction=database.swipe_transaction,
+        read_snapshot=database.read_snapshot,
         registry=SqlRegistry(database),
         counters=counter_store_from_url(
             settings.redis_url, database, namespace=settings.redis_namespace, socket_timeout_s=settings.redis_socket_timeout_s

@@ -85,6 +85,8 @@ class EngineContext:
     # to read a stored answer); with a transactional one, the swipe's whole transaction.
     single_statement: Callable[[], SwipeUnitOfWork] | None = None
     swipe_transaction: Callable[[], SwipeUnitOfWork] | None = None
+    # A read-only transaction over one moment of the database, taking no write lock (counters reconcile).
+    read_snapshot: Callable[[], UnitOfWork] | None = None
     snapshot: RegistrySnapshot | None = field(init=False)
     cards: CardDirectory | None = field(init=False)
 

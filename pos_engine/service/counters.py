@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pos_engine.service.context import EngineContext
 
@@ -16,31 +18,53 @@ class CounterDifference:
     stored_value: int
 
 
+def _totals(all_deltas: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for deltas in all_deltas:
+        for key, delta in deltas.items():
+            totals[key] = totals.get(key, 0) + int(delta)
+    return {key: value for key, value in totals.items() if value != 0}
+
+
 def counters_from_ledger(ctx: EngineContext) -> dict[str, int]:
     """Sum every ledger entry's counter deltas: what the counters must hold."""
-    totals: dict[str, int] = {}
     with ctx.unit_of_work() as uow:
-        for deltas in uow.repo.all_counter_deltas():
-            for key, delta in deltas.items():
-                totals[key] = totals.get(key, 0) + int(delta)
-    return {key: value for key, value in totals.items() if value != 0}
+        return _totals(uow.repo.all_counter_deltas())
 
 
 def rebuild_counters(ctx: EngineContext) -> int:
     """Replace every counter with the ledger's value; return how many are non-zero.
 
-    Run it while terminals are quiet: swipes that land between the ledger read
-    and the replace would be missing from the rebuilt counters.
+    With the SQL counter store, in one transaction that keeps swipes from changing counters
+    between the ledger read and the replace (they wait, up to their statement limit). With
+    Redis it cannot: run it while terminals are quiet, since swipes that land between the
+    ledger read and the replace would be missing from the rebuilt counters.
     """
+    if ctx.counters.transactional:
+        with ctx.unit_of_work() as uow:
+            ctx.counters.lock_all(uow.session)
+            values = _totals(uow.repo.all_counter_deltas())
+            ctx.counters.replace_all(values, uow.session)
+            uow.commit()
+        return len(values)
     values = counters_from_ledger(ctx)
     ctx.counters.replace_all(values)
     return len(values)
 
 
 def reconcile_counters(ctx: EngineContext) -> list[CounterDifference]:
-    """List every counter whose stored value differs from the ledger's."""
-    expected = counters_from_ledger(ctx)
-    stored = ctx.counters.snapshot()
+    """List every counter whose stored value differs from the ledger's.
+
+    With the SQL counter store both are read at one moment, and swipes go on meanwhile. With
+    Redis the two reads are apart: under traffic, swipes in flight show as counters ahead.
+    """
+    if ctx.counters.transactional and ctx.read_snapshot is not None:
+        with ctx.read_snapshot() as uow:
+            expected = _totals(uow.repo.all_counter_deltas())
+            stored = ctx.counters.snapshot(uow.session)
+    else:
+        expected = counters_from_ledger(ctx)
+        stored = ctx.counters.snapshot()
     return [
         CounterDifference(key, expected.get(key, 0), stored.get(key, 0))
         for key in sorted(expected.keys() | stored.keys())

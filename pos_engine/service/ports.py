@@ -124,10 +124,14 @@ class CounterStore(Protocol):
         """Current values of `keys` (0 for a key never written)."""
         ...
 
-    def snapshot(self) -> dict[str, int]:
-        """Every counter whose value is not 0."""
+    def snapshot(self, session: Any = None) -> dict[str, int]:
+        """Every counter whose value is not 0 (a transactional store: as `session` sees them)."""
         ...
 
-    def replace_all(self, values: Mapping[str, int]) -> None:
-        """Replace every counter with `values` (used by `counters rebuild`)."""
+    def lock_all(self, session: Any) -> None:
+        """Keep swipes from changing any counter until `session`'s transaction ends (a transactional store)."""
+        ...
+
+    def replace_all(self, values: Mapping[str, int], session: Any = None) -> None:
+        """Replace every counter with `values` (used by `counters rebuild`; a transactional store: in `session`)."""
         ...

@@ -213,6 +213,32 @@ class UnitOfWork:
             raise
 
 
+class SnapshotUnitOfWork(UnitOfWork):
+    """A read-only transaction that sees the whole database at one moment, taking no write lock.
+
+    PostgreSQL: REPEATABLE READ. SQLite: a deferred BEGIN, whose first read fixes the snapshot
+    (WAL mode), so swipes keep being recorded meanwhile. `counters reconcile` reads the ledger
+    and the SQL counters in one.
+    """
+
+    def __init__(self, engine: Engine, *, sqlite: bool) -> None:
+        super().__init__(engine)
+        self._sqlite = sqlite
+
+    def _open(self) -> None:
+        if self._sqlite:  # the deferred engine sends no BEGIN of its own
+            self.connection = self._engine.connect()
+            self._transaction = self.connection.begin()
+            self.connection.exec_driver_sql("BEGIN")
+        else:
+            self.connection = self._engine.connect().execution_options(isolation_level="REPEATABLE READ")
+            self._transaction = self.connection.begin()
+        self.repo = Repository(self.connection)
+
+    def commit(self) -> None:
+        raise TypeError("a read snapshot commits nothing")
+
+
 class DirectRepository:
     """The two statements of a single-statement unit of work, on a driver connection (PostgreSQL).
 
@@ -643,6 +669,10 @@ class Database:
 
     def unit_of_work(self) -> UnitOfWork:
         return UnitOfWork(self.terminal_engine, write_lock=self.write_lock)
+
+    def read_snapshot(self) -> SnapshotUnitOfWork:
+        """A read-only transaction over one moment of the whole database, without the write lock."""
+        return SnapshotUnitOfWork(self.read_engine if self.is_sqlite else self.engine, sqlite=self.is_sqlite)
 
     def swipe_transaction(self) -> SqliteSwipeTransaction | UnitOfWork:
         """A swipe's transaction with the SQL counter store: on an SQLite file, on the driver connection."""

@@ -275,8 +275,12 @@ class RedisCounterStore:
         for raw in self.client.scan_iter(match=self._pattern, count=SCAN_COUNT):
             yield _text(cast(bytes | str, raw))
 
-    def snapshot(self) -> dict[str, int]:
-        """Every counter of the namespace whose value is not 0, keys without the namespace prefix."""
+    def snapshot(self, session: Any = None) -> dict[str, int]:
+        """Every counter of the namespace whose value is not 0, keys without the namespace prefix.
+
+        Not at one moment with the ledger (`session` is ignored): under traffic, swipes in flight
+        show as counters ahead of the ledger.
+        """
         found = list(dict.fromkeys(self._scan()))
         counters: dict[str, int] = {}
         for start in range(0, len(found), MGET_BATCH_KEYS):
@@ -288,8 +292,11 @@ class RedisCounterStore:
                     counters[stored_key.removeprefix(self.prefix)] = int(value)
         return counters
 
-    def replace_all(self, values: Mapping[str, int]) -> None:
-        """Delete every counter of the namespace and write `values`.
+    def lock_all(self, session: Any) -> None:
+        """Nothing to lock with the ledger: Redis is another store (`counters rebuild` runs while terminals are quiet)."""
+
+    def replace_all(self, values: Mapping[str, int], session: Any = None) -> None:
+        """Delete every counter of the namespace and write `values` (`session` is ignored).
 
         Up to REPLACE_ATOMIC_KEYS_MAX counters this is one atomic script. A larger
         set (a city's worth) would block Redis for seconds in one script, so the

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, insert, select
+from sqlalchemy import Table, bindparam, delete, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -96,15 +96,27 @@ class SqlCounterStore:
                 found = {key: value for key, value in own.execute(_SELECT, {"keys": wanted})}
         return {key: found.get(key, 0) for key in wanted}
 
-    def snapshot(self) -> dict[str, int]:
-        with self.database.sessions() as session:
-            rows = session.execute(select(CounterRow.key, CounterRow.value).where(CounterRow.value != 0))
-            return {key: value for key, value in rows}
+    def snapshot(self, session: Any = None) -> dict[str, int]:
+        query = select(counters_table.c.key, counters_table.c.value).where(counters_table.c.value != 0)
+        if session is not None:
+            return {key: value for key, value in session.execute(query)}
+        with self.database.sessions() as own:
+            return {key: value for key, value in own.execute(query)}
 
-    def replace_all(self, values: Mapping[str, int]) -> None:
-        with self.database.sessions() as session, session.begin():
-            session.execute(delete(CounterRow))
-            nonzero = {key: value for key, value in values.items() if value}
-            rows = [{"key": key, "value": value} for key, value in nonzero.items()]
-            for start in range(0, len(rows), REPLACE_BATCH_ROWS):
-                session.execute(insert(counters_table), rows[start : start + REPLACE_BATCH_ROWS])
+    def lock_all(self, session: Any) -> None:
+        """PostgreSQL: lock the table against writers (readers go on); SQLite: the caller's transaction holds the write lock."""
+        if self.database.is_postgresql:
+            session.execute(text("LOCK TABLE counters IN EXCLUSIVE MODE"))
+
+    def replace_all(self, values: Mapping[str, int], session: Any = None) -> None:
+        if session is None:
+            with self.database.sessions() as own, own.begin():
+                self._replace_all(values, own)
+        else:
+            self._replace_all(values, session)
+
+    def _replace_all(self, values: Mapping[str, int], session: Any) -> None:
+        session.execute(delete(counters_table))
+        rows = [{"key": key, "value": value} for key, value in values.items() if value]
+        for start in range(0, len(rows), REPLACE_BATCH_ROWS):
+            session.execute(insert(counters_table), rows[start : start + REPLACE_BATCH_ROWS])
