@@ -1191,3 +1191,99 @@ def test_the_example_till_prints_a_receipt(client):
     assert "¥85.50" in receipt
     assert "Approved au_0001" in receipt
     assert "refunded ¥10.00" in receipt
+
+
+# The call's deadline ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def deadline_client(make_client, engine, clock):
+    """A client whose deadline runs on the fake clock; a request that times out costs its read timeout."""
+    read_timeouts: list[tuple[str, float]] = []
+
+    def slow_when_timing_out(request: httpx.Request) -> httpx.Response:
+        read_timeout = request.extensions["timeout"]["read"]
+        read_timeouts.append((request.url.path, read_timeout))
+        if engine.faults.get((request.method, request.url.path)):
+            clock.now_s += read_timeout  # the fault is a timeout: the attempt waited all it was allowed
+        return engine(request)
+
+    def make(**options: Any) -> tuple[PosClient, list[tuple[str, float]]]:
+        client = make_client(slow_when_timing_out, timeout=5.0, **options)
+        client._monotonic = clock.time
+        return client, read_timeouts
+
+    return make
+
+
+def test_an_authorisation_gives_up_within_its_deadline_and_still_voids_the_request(deadline_client, engine, clock):
+    client, read_timeouts = deadline_client(deadline=3.0, max_retries=2)
+    engine.fail("POST", "/v1/authorisations", "timeout", "timeout", "timeout")
+    engine.fail("POST", "/v1/reversals", "timeout_unsent")  # only so that the void's read timeout is on the clock too
+    started = clock.time()
+
+    with pytest.raises(AuthorisationUnknown) as raised:
+        swipe(client, request_id="till-42-0030")
+
+    # One attempt, cut from 5 s to the 3 s deadline; no retry starts after it; then one attempt for the void.
+    assert read_timeouts == [("/v1/authorisations", 3.0), ("/v1/reversals", 5.0)]
+    assert clock.time() - started == 3.0 + 5.0
+    assert raised.value.reversal_pending is True  # the void timed out too: queued for the next call
+
+
+def test_a_retry_after_longer_than_the_deadline_leaves_is_not_waited_for(deadline_client, engine, clock):
+    client, _ = deadline_client(deadline=3.0)
+    engine.fail("GET", "/v1/authorisations/au_0001", problem(503, "unavailable", headers={"Retry-After": "5"}))
+    swipe(client)
+
+    with pytest.raises(ServerError):
+        client.get("au_0001")
+
+    assert clock.sleeps == []
+
+
+def test_queued_reversals_take_at_most_half_of_the_next_call_s_deadline(deadline_client, engine, clock):
+    client, read_timeouts = deadline_client(deadline=4.0, max_retries=0)
+    engine.fail("POST", "/v1/authorisations", "timeout")
+    engine.fail("POST", "/v1/reversals", "timeout", "timeout")
+    with pytest.raises(AuthorisationUnknown):
+        swipe(client, request_id="till-42-0031")
+    assert client.pending_reversals == ("till-42-0031",)
+    read_timeouts.clear()
+
+    authorisation = swipe(client)  # the queued reversal times out again, in half the budget
+
+    assert authorisation.approved
+    assert read_timeouts == [("/v1/reversals", 2.0), ("/v1/authorisations", 2.0)]
+    assert client.pending_reversals == ("till-42-0031",)
+
+
+def test_a_deadline_must_be_positive_seconds_or_none():
+    for bad in (0, -1.0, True, "3"):
+        with pytest.raises(ValueError, match="deadline"):
+            PosClient(BASE_URL, TERMINAL_ID, SECRET, deadline=bad)  # type: ignore[arg-type]
+    PosClient(BASE_URL, TERMINAL_ID, SECRET, deadline=None).close()
+
+
+def test_the_async_client_keeps_the_same_deadline(engine, clock):
+    read_timeouts: list[float] = []
+
+    def slow_when_timing_out(request: httpx.Request) -> httpx.Response:
+        read_timeouts.append(request.extensions["timeout"]["read"])
+        if engine.faults.get((request.method, request.url.path)):
+            clock.now_s += request.extensions["timeout"]["read"]
+        return engine(request)
+
+    async def scenario() -> None:
+        async with AsyncPosClient(
+            BASE_URL, TERMINAL_ID, SECRET, timeout=5.0, deadline=3.0, transport=httpx.MockTransport(slow_when_timing_out)
+        ) as client:
+            client._clock = clock.time
+            client._monotonic = clock.time
+            client._sleep = clock.async_sleep
+            engine.fail("POST", "/v1/authorisations", "timeout", "timeout", "timeout")
+            with pytest.raises(AuthorisationUnknown):
+                await client.authorise(USABLE_CARD, MERCHANT_ID, 10000)
+
+    asyncio.run(scenario())
+    assert read_timeouts == [3.0, 5.0]  # one attempt cut to the deadline, then the void

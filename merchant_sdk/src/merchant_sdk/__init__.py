@@ -15,6 +15,7 @@ from ._async_client import AsyncPosClient
 from ._client import PosClient, new_request_id
 from ._constants import (
     DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_DEADLINE_S,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT_S,
     INITIAL_RETRY_DELAY_S,
@@ -55,6 +56,7 @@ from ._version import __version__
 __all__ = [
     "DECLINE_CODES",
     "DEFAULT_CONNECT_TIMEOUT_S",
+    "DEFAULT_DEADLINE_S",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_TIMEOUT_S",
     "INITIAL_RETRY_DELAY_S",

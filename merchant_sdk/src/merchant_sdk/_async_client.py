@@ -11,7 +11,7 @@ from types import TracebackType
 import httpx
 
 from ._client import T, _Attempts, _BaseClient, _Call
-from ._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
+from ._constants import DEFAULT_DEADLINE_S, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
 from ._exceptions import AuthorisationUnknown, PosError
 from ._models import Adjustment, Authorisation, AuthorisationDetails, RequestReversal
 from ._retry import should_retry
@@ -34,10 +34,11 @@ class AsyncPosClient(_BaseClient):
         *,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT_S,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        deadline: float | None = DEFAULT_DEADLINE_S,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         """Create a client; the arguments are those of `PosClient`."""
-        super().__init__(base_url, terminal_id, secret, timeout=timeout, max_retries=max_retries)
+        super().__init__(base_url, terminal_id, secret, timeout=timeout, max_retries=max_retries, deadline=deadline)
         self._http = httpx.AsyncClient(base_url=self._base_url, timeout=self._timeout, transport=transport, follow_redirects=False)
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._closed = False
@@ -72,10 +73,11 @@ class AsyncPosClient(_BaseClient):
     ) -> Authorisation:
         """Ask the engine for the discount and subsidy of one swipe (see `PosClient.authorise`)."""
         call = self._authorise_call(card_number, merchant_id, amount_fen, occurred_at, request_id, explain)
-        await self._flush_pending_reversals()
+        until = self._until()
+        await self._flush_pending_reversals(self._flush_until(until))
         attempts = _Attempts()
         try:
-            return self._as_sent(await self._send(call, attempts), amount_fen)
+            return self._as_sent(await self._send(call, attempts, until), amount_fen)
         except PosError as error:
             if not attempts.may_have_been_processed:
                 raise
@@ -90,26 +92,30 @@ class AsyncPosClient(_BaseClient):
     async def reverse(self, authorisation_id: str, *, request_id: str | None = None) -> Adjustment:
         """Void an authorisation in full (see `PosClient.reverse`)."""
         call = self._reverse_call(authorisation_id, request_id)
-        await self._flush_pending_reversals()
-        return await self._send(call)
+        until = self._until()
+        await self._flush_pending_reversals(self._flush_until(until))
+        return await self._send(call, until=until)
 
     async def refund(self, authorisation_id: str, amount_fen: int, *, request_id: str | None = None) -> Adjustment:
         """Refund part or all of an authorisation (see `PosClient.refund`)."""
         call = self._refund_call(authorisation_id, amount_fen, request_id)
-        await self._flush_pending_reversals()
-        return await self._send(call)
+        until = self._until()
+        await self._flush_pending_reversals(self._flush_until(until))
+        return await self._send(call, until=until)
 
     async def get(self, authorisation_id: str) -> AuthorisationDetails:
         """Look up an authorisation as it stands now (see `PosClient.get`)."""
         call = self._get_call(authorisation_id)
-        await self._flush_pending_reversals()
-        return await self._send(call)
+        until = self._until()
+        await self._flush_pending_reversals(self._flush_until(until))
+        return await self._send(call, until=until)
 
     async def reverse_request(self, original_request_id: str, *, request_id: str | None = None) -> RequestReversal:
         """Void whatever an authorisation request did, if anything (see `PosClient.reverse_request`)."""
         call = self._reverse_request_call(original_request_id, request_id)
-        await self._flush_pending_reversals()
-        result = await self._send(call)
+        until = self._until()
+        await self._flush_pending_reversals(self._flush_until(until))
+        result = await self._send(call, until=until)
         self._reversal_acknowledged(result)
         return result
 
@@ -118,10 +124,12 @@ class AsyncPosClient(_BaseClient):
         await self._flush_pending_reversals()
         return self.pending_reversals
 
-    async def _flush_pending_reversals(self) -> None:
+    async def _flush_pending_reversals(self, until: float | None = None) -> None:
         for original_request_id, call in self._reversals_to_flush():
+            if self._no_time_for(until):
+                return
             try:
-                result = await self._send_once(call)
+                result = await self._send_once(call, until)
             except PosError as error:
                 if self._reversal_failed(original_request_id, error):
                     return
@@ -140,23 +148,25 @@ class AsyncPosClient(_BaseClient):
             self._reversal_acknowledged(reversal)
         return self._authorisation_unknown(call, cause, reversal)
 
-    async def _send(self, call: _Call[T], attempts: _Attempts | None = None) -> T:
+    async def _send(self, call: _Call[T], attempts: _Attempts | None = None, until: float | None = None) -> T:
         retries_taken = 0
         while True:
             try:
-                return await self._send_once(call)
+                return await self._send_once(call, until)
             except PosError as error:
                 if attempts is not None:
                     attempts.record(error)
                 if retries_taken >= self._max_retries or not should_retry(error):
                     raise
                 delay_s = self._retry_delay_s(retries_taken, error)
+                if self._no_time_for(until, delay_s):
+                    raise  # no time left for another attempt within the call's deadline
                 logger.info("retrying %s %s in %.2f s after: %s", call.method, call.path, delay_s, error)
             await self._sleep(delay_s)
             retries_taken += 1
 
-    async def _send_once(self, call: _Call[T]) -> T:
-        request = self._build_request(self._http, call)
+    async def _send_once(self, call: _Call[T], until: float | None = None) -> T:
+        request = self._build_request(self._http, call, until)
         try:
             response = await self._http.send(request)
         except httpx.RequestError as exc:

@@ -21,10 +21,12 @@ import httpx
 
 from ._constants import (
     DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_DEADLINE_S,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT_S,
     MAX_RETRIES_LIMIT,
     MAX_REVERSALS_PER_FLUSH,
+    MIN_ATTEMPT_S,
     VOIDED_REQUEST_IDS_REMEMBERED,
 )
 from ._exceptions import (
@@ -99,6 +101,7 @@ class _BaseClient:
         *,
         timeout: float | httpx.Timeout,
         max_retries: int,
+        deadline: float | None,
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
@@ -113,6 +116,9 @@ class _BaseClient:
             if timeout <= 0:
                 raise ValueError("timeout must be positive seconds")
             self._timeout = httpx.Timeout(timeout, connect=min(timeout, DEFAULT_CONNECT_TIMEOUT_S))
+        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int | float) or not deadline > 0):
+            raise ValueError("deadline must be positive seconds, or None")
+        self._deadline_s = deadline
         self._base_url = url
         self._terminal_id = terminal_id
         self._secret = secret
@@ -123,6 +129,7 @@ class _BaseClient:
         }
         # Seams for tests: the clock signs and dates requests, sleep waits between attempts.
         self._clock: Callable[[], float] = time.time
+        self._monotonic: Callable[[], float] = time.monotonic  # measures each call against its deadline
         self._rand: Callable[[], float] = random.random
         self._pending: dict[str, _Call[RequestReversal]] = {}
         self._voided: OrderedDict[str, None] = OrderedDict()
@@ -207,11 +214,41 @@ class _BaseClient:
         body = {"request_id": request_id, "original_request_id": original_request_id}
         return _Call("POST", "/v1/reversals", _encode(body), request_id, parse_request_reversal)
 
-    def _build_request(self, http: httpx.Client | httpx.AsyncClient, call: _Call[Any]) -> httpx.Request:
+    def _until(self) -> float | None:
+        """When a call started now must be over (monotonic seconds), or None without a deadline."""
+        return None if self._deadline_s is None else self._monotonic() + self._deadline_s
+
+    def _flush_until(self, until: float | None) -> float | None:
+        """Queued reversals sent before a call may take half of what is left of it."""
+        if until is None:
+            return None
+        now = self._monotonic()
+        return now + (until - now) / 2
+
+    def _no_time_for(self, until: float | None, wait_s: float = 0.0) -> bool:
+        """Whether an attempt after `wait_s` more seconds would start too late for the call's deadline."""
+        return until is not None and self._monotonic() + wait_s + MIN_ATTEMPT_S > until
+
+    def _attempt_timeout(self, until: float | None) -> httpx.Timeout:
+        """The client's timeout for one attempt, each part cut to what is left before `until`."""
+        if until is None:
+            return self._timeout
+        left_s = max(until - self._monotonic(), 0.001)
+        base = self._timeout
+        return httpx.Timeout(
+            connect=left_s if base.connect is None else min(base.connect, left_s),
+            read=left_s if base.read is None else min(base.read, left_s),
+            write=left_s if base.write is None else min(base.write, left_s),
+            pool=left_s if base.pool is None else min(base.pool, left_s),
+        )
+
+    def _build_request(self, http: httpx.Client | httpx.AsyncClient, call: _Call[Any], until: float | None = None) -> httpx.Request:
         headers = dict(self._headers)
         if call.content:
             headers["Content-Type"] = "application/json"
-        request = http.build_request(call.method, call.path, content=call.content or None, headers=headers)
+        request = http.build_request(
+            call.method, call.path, content=call.content or None, headers=headers, timeout=self._attempt_timeout(until)
+        )
         # Sign what goes on the wire: the path as the URL encodes it, the body
         # bytes as built once for the call, and a fresh timestamp per attempt.
         path = request.url.raw_path.decode("ascii")
@@ -347,6 +384,7 @@ class PosClient(_BaseClient):
         *,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT_S,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        deadline: float | None = DEFAULT_DEADLINE_S,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         """Create a client.
@@ -358,13 +396,18 @@ class PosClient(_BaseClient):
             timeout: Seconds one attempt may take (connecting takes at most
                 `DEFAULT_CONNECT_TIMEOUT_S` of it), or an `httpx.Timeout`.
             max_retries: Retries after the first attempt, 0 to `MAX_RETRIES_LIMIT`.
+            deadline: Seconds a call may take in all (queued reversals sent
+                first, attempts, waits between them); each attempt's timeout is
+                cut to what is left, and no retry starts too late. The void
+                after an authorisation with no usable answer takes one attempt
+                more. None: only `timeout` and `max_retries` bound a call.
             transport: An httpx transport to send through instead of the
                 network, e.g. `httpx.MockTransport` in tests.
 
         Raises:
             ValueError: If an argument is out of range.
         """
-        super().__init__(base_url, terminal_id, secret, timeout=timeout, max_retries=max_retries)
+        super().__init__(base_url, terminal_id, secret, timeout=timeout, max_retries=max_retries, deadline=deadline)
         self._http = httpx.Client(base_url=self._base_url, timeout=self._timeout, transport=transport, follow_redirects=False)
         self._sleep: Callable[[float], None] = time.sleep
         self._closed = False
@@ -421,10 +464,11 @@ class PosClient(_BaseClient):
             TypeError, ValueError: An argument is malformed; nothing was sent.
         """
         call = self._authorise_call(card_number, merchant_id, amount_fen, occurred_at, request_id, explain)
-        self._flush_pending_reversals()
+        until = self._until()
+        self._flush_pending_reversals(self._flush_until(until))
         attempts = _Attempts()
         try:
-            return self._as_sent(self._send(call, attempts), amount_fen)
+            return self._as_sent(self._send(call, attempts, until), amount_fen)
         except PosError as error:
             if not attempts.may_have_been_processed:
                 raise
@@ -453,8 +497,9 @@ class PosClient(_BaseClient):
                 `request_id=error.request_id` to be safe.
         """
         call = self._reverse_call(authorisation_id, request_id)
-        self._flush_pending_reversals()
-        return self._send(call)
+        until = self._until()
+        self._flush_pending_reversals(self._flush_until(until))
+        return self._send(call, until=until)
 
     def refund(self, authorisation_id: str, amount_fen: int, *, request_id: str | None = None) -> Adjustment:
         """Refund part or all of an authorisation; discount and subsidy are clawed back pro rata.
@@ -474,8 +519,9 @@ class PosClient(_BaseClient):
                 `request_id=error.request_id` to be safe.
         """
         call = self._refund_call(authorisation_id, amount_fen, request_id)
-        self._flush_pending_reversals()
-        return self._send(call)
+        until = self._until()
+        self._flush_pending_reversals(self._flush_until(until))
+        return self._send(call, until=until)
 
     def get(self, authorisation_id: str) -> AuthorisationDetails:
         """Look up an authorisation as it stands now, with its reversal and refunds.
@@ -484,8 +530,9 @@ class PosClient(_BaseClient):
             NotFoundError: No such authorisation for this terminal.
         """
         call = self._get_call(authorisation_id)
-        self._flush_pending_reversals()
-        return self._send(call)
+        until = self._until()
+        self._flush_pending_reversals(self._flush_until(until))
+        return self._send(call, until=until)
 
     def reverse_request(self, original_request_id: str, *, request_id: str | None = None) -> RequestReversal:
         """Void whatever the authorisation request `original_request_id` did, if anything.
@@ -501,8 +548,9 @@ class PosClient(_BaseClient):
             The outcome: `reversed`, `already_reversed` or `nothing_to_reverse`.
         """
         call = self._reverse_request_call(original_request_id, request_id)
-        self._flush_pending_reversals()
-        result = self._send(call)
+        until = self._until()
+        self._flush_pending_reversals(self._flush_until(until))
+        result = self._send(call, until=until)
         self._reversal_acknowledged(result)
         return result
 
@@ -511,10 +559,12 @@ class PosClient(_BaseClient):
         self._flush_pending_reversals()
         return self.pending_reversals
 
-    def _flush_pending_reversals(self) -> None:
+    def _flush_pending_reversals(self, until: float | None = None) -> None:
         for original_request_id, call in self._reversals_to_flush():
+            if self._no_time_for(until):
+                return
             try:
-                result = self._send_once(call)
+                result = self._send_once(call, until)
             except PosError as error:
                 if self._reversal_failed(original_request_id, error):
                     return
@@ -535,23 +585,25 @@ class PosClient(_BaseClient):
             self._reversal_acknowledged(reversal)
         return self._authorisation_unknown(call, cause, reversal)
 
-    def _send(self, call: _Call[T], attempts: _Attempts | None = None) -> T:
+    def _send(self, call: _Call[T], attempts: _Attempts | None = None, until: float | None = None) -> T:
         retries_taken = 0
         while True:
             try:
-                return self._send_once(call)
+                return self._send_once(call, until)
             except PosError as error:
                 if attempts is not None:
                     attempts.record(error)
                 if retries_taken >= self._max_retries or not should_retry(error):
                     raise
                 delay_s = self._retry_delay_s(retries_taken, error)
+                if self._no_time_for(until, delay_s):
+                    raise  # no time left for another attempt within the call's deadline
                 logger.info("retrying %s %s in %.2f s after: %s", call.method, call.path, delay_s, error)
             self._sleep(delay_s)
             retries_taken += 1
 
-    def _send_once(self, call: _Call[T]) -> T:
-        request = self._build_request(self._http, call)
+    def _send_once(self, call: _Call[T], until: float | None = None) -> T:
+        request = self._build_request(self._http, call, until)
         try:
             response = self._http.send(request)
         except httpx.RequestError as exc:

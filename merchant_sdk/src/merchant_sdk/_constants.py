@@ -10,6 +10,14 @@ DEFAULT_TIMEOUT_S: Final = 5.0
 DEFAULT_CONNECT_TIMEOUT_S: Final = 2.0
 """Seconds one attempt may take to open a connection."""
 
+DEFAULT_DEADLINE_S: Final = 8.0
+"""Seconds one call may take in all: the queued reversals it sends first (half of it at most), its
+attempts and the waits between them. The void after an authorisation with no usable answer comes on top,
+one attempt at most."""
+
+MIN_ATTEMPT_S: Final = 0.1
+"""No retry is started with less than this left of the call's deadline."""
+
 DEFAULT_MAX_RETRIES: Final = 2
 """Retries after the first attempt, so three attempts in all."""
 
