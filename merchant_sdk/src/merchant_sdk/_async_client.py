@@ -58,8 +58,9 @@ class AsyncPosClient(_BaseClient):
         finally:
             self._closed = True
             await self._http.aclose()
-        if self._pending:
-            logger.warning("client closed with unacknowledged reversals for requests %s", ", ".join(self._pending))
+        pending = self.pending_reversals  # under the lock: another thread may still be calling
+        if pending:
+            logger.warning("client closed with unacknowledged reversals for requests %s", ", ".join(pending))
 
     async def authorise(
         self,

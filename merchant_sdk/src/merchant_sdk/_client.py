@@ -427,8 +427,9 @@ class PosClient(_BaseClient):
         finally:
             self._closed = True
             self._http.close()
-        if self._pending:
-            logger.warning("client closed with unacknowledged reversals for requests %s", ", ".join(self._pending))
+        pending = self.pending_reversals  # under the lock: another thread may still be calling
+        if pending:
+            logger.warning("client closed with unacknowledged reversals for requests %s", ", ".join(pending))
 
     def authorise(
         self,
@@ -514,7 +515,7 @@ class PosClient(_BaseClient):
 
         Raises:
             ValidationError: `refund_exceeds_remaining`, or a bad amount.
-            ConflictError: `authorisation_reversed` or `authorisation_declined`.
+            ConflictError: `already_reversed`, `fully_refunded` or `authorisation_declined`.
             APIStatusError, APIConnectionError: As for any call; repeat it with
                 `request_id=error.request_id` to be safe.
         """

@@ -18,7 +18,7 @@ call, when it had one, so a call can be repeated safely with it)::
         ├── PermissionDeniedError 403 terminal_inactive, merchant_mismatch
         ├── NotFoundError         404 not_found
         ├── ConflictError         409 idempotency_conflict, request_in_progress,
-        │                             already_reversed, authorisation_reversed,
+        │                             already_reversed, fully_refunded,
         │                             authorisation_declined
         ├── ValidationError       422 validation_failed (with field `errors`),
         │                             occurred_at_out_of_window,
