@@ -47,10 +47,11 @@ class RegistrySnapshot:
         fingerprint = self.registry.fingerprint()
         if fingerprint is not None and fingerprint == self._fingerprint:
             return
-        self._fingerprint = fingerprint
         terminals = {terminal.terminal_id: terminal for terminal in self.registry.all_terminals()}
         merchants = {merchant.merchant_id: merchant for merchant in self.registry.all_merchants()}
         self.terminals, self.merchants = terminals, merchants  # swapped whole: readers never see half
+        # Only now: a load that failed half-way must be tried again at the next poll, not skipped as current.
+        self._fingerprint = fingerprint
 
     def _run(self) -> None:
         while True:

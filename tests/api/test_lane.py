@@ -217,6 +217,19 @@ def test_a_server_that_gives_no_raw_path_and_a_body_cut_short_both_go_to_flask(
     assert (status, flask_app.calls) == ("400 BAD REQUEST", 2)
 
 
+def test_a_content_length_too_long_to_be_a_number_goes_to_flask(
+    app: Any, terminal: SignedClient, flask_app: CountingFlask, clock: FixedClock
+) -> None:
+    """5,000 digits pass str.isdigit() but not int() (Python refuses over 4,300): a server that passes them on
+    (werkzeug's, under `pos-engine serve`) must get Flask's answer, not a 500 from the lane."""
+    body = {"request_id": "req-1", "card_number": CARD, "merchant_id": "m-1", "amount_fen": 10_000, "occurred_at": clock.now().isoformat()}
+    raw = json.dumps(body).encode()
+    environ = {**raw_environ(terminal, raw, len(raw)), "RAW_URI": PATH, "CONTENT_LENGTH": "9" * 5000}
+    status, _ = wsgi_call(app, environ)
+    assert flask_app.calls == 1
+    assert not status.startswith("5"), status
+
+
 class BrokenInput:
     """A request body whose connection drops while it is read."""
 

@@ -56,3 +56,38 @@ def test_the_registry_snapshot_serves_terminals_and_merchants_without_a_query_ea
     registry.terminals["t-2"] = Terminal("t-2", "m-1", "s2", "active")  # imported after the last reload
     assert snapshot.terminal("t-2") is not None
     assert registry.single_lookups == 1
+
+
+def test_a_reload_that_fails_half_way_is_tried_again_at_the_next_poll() -> None:
+    """The version moved (a merchant suspended), then the database blinked while the snapshot reloaded."""
+    from dataclasses import replace
+
+    import pytest
+
+    from pos_engine.service.context import RegistrySnapshot
+
+    class VersionedRegistry(FakeRegistry):
+        def __init__(self) -> None:
+            super().__init__()
+            self.version = "1"
+            self.blink = False
+
+        def fingerprint(self) -> str | None:
+            return self.version
+
+        def all_merchants(self) -> list[Any]:
+            if self.blink:
+                self.blink = False
+                raise OSError("server closed the connection unexpectedly")
+            return super().all_merchants()
+
+    registry = VersionedRegistry()
+    snapshot = RegistrySnapshot(registry, refresh_s=3600)
+    snapshot.reload()
+    registry.merchants["m-1"] = replace(registry.merchants["m-1"], status="suspended")
+    registry.version, registry.blink = "2", True
+    with pytest.raises(OSError):
+        snapshot.reload()
+    snapshot.reload()  # the next poll: the version is the same as at the failed load, which must not count
+    merchant = snapshot.merchant("m-1")
+    assert merchant is not None and merchant.status == "suspended"
