@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,11 @@ from pos_engine.limits import REQUEST_BODY_BYTES_MAX
 from pos_engine.rules_watch import RulebookWatcher
 from pos_engine.service.context import EngineContext
 from pos_engine.service.responses import encode
+
+log = logging.getLogger(__name__)
+HEALTH_PROBE_ID = "healthz-probe"  # a terminal id no till has: looking it up proves the database answers
+HEALTH_PROBE_COUNTER = "healthz:probe"  # a counter no rule names: reading it (0) proves the store answers
+HEALTH_ERROR_CHARS_MAX = 200
 
 
 class _Api(Api):  # type: ignore[misc]
@@ -85,13 +92,31 @@ def create_app(settings: Settings | None = None, context: EngineContext | None =
 
     @app.get("/healthz")
     def healthz() -> Any:
+        """200 while this worker can serve swipes; 503, naming what is down, when it cannot reach its stores.
+
+        A broken rulebook on disk (the engine keeps the one it had) and a card directory still loading
+        (swipes ask the database meanwhile) are reported, but serving goes on: 200.
+        """
         body: dict[str, Any] = {"status": "ok", "rules_version": ctx.rulebook.version}
+        probes: list[tuple[str, Callable[[], object]]] = [
+            # A terminal look-up, as a swipe from an unknown till makes it (the terminals' statement limits).
+            ("database", lambda: ctx.registry.terminal(HEALTH_PROBE_ID)),
+        ]
+        if not ctx.counters.transactional:  # the SQL counter store lives in the database just probed
+            probes.append(("counters", lambda: ctx.counters.read([HEALTH_PROBE_COUNTER])))
+        for name, probe in probes:
+            try:
+                probe()
+            except Exception as error:  # what a swipe would meet: answered here as unavailable
+                log.warning("health check: the %s cannot be reached: %s", name, error)
+                body["status"] = "unavailable"
+                body[f"{name}_error"] = f"{type(error).__name__}: {error}"[:HEALTH_ERROR_CHARS_MAX]
         if watcher is not None and watcher.last_error:
             body["rules_reload_error"] = watcher.last_error
         if ctx.cards is not None:
             body["card_directory"] = "ready" if ctx.cards.ready else "loading"
             if ctx.cards.last_error:
                 body["card_directory_error"] = ctx.cards.last_error
-        return Response(encode(body), mimetype="application/json")
+        return Response(encode(body), status=200 if body["status"] == "ok" else 503, mimetype="application/json")
 
     return app

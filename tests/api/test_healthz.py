@@ -1,0 +1,49 @@
+"""GET /healthz: 200 while the worker can serve swipes, 503 naming the store it cannot reach."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pos_engine.service.context import EngineContext
+from tests.conftest import Backend
+
+
+def test_a_worker_that_reaches_its_stores_is_ok(app: Any, context: EngineContext) -> None:
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "rules_version": context.rulebook.version}
+
+
+def test_a_worker_that_cannot_reach_its_database_is_unavailable(app: Any, context: EngineContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    def down(*_args: Any) -> None:
+        raise OperationalError("SELECT …", {}, Exception("could not connect to server"))
+
+    monkeypatch.setattr(context.registry, "terminal", down)
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == "unavailable"
+    assert body["database_error"].startswith("OperationalError")
+    assert "counters_error" not in body
+
+
+@pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)  # the SQL counter store is the database
+def test_a_worker_that_cannot_reach_redis_is_unavailable(
+    app: Any, context: EngineContext, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    def down(*_args: Any, **_kwargs: Any) -> None:
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(context.counters, "read", down)
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == "unavailable"
+    assert body["counters_error"] == "ConnectionError: Error 111 connecting to 127.0.0.1:6379. Connection refused."
+    assert "database_error" not in body
