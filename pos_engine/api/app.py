@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ from flask import Flask, Response
 from flask_smorest import Api
 
 from pos_engine import __version__
-from pos_engine.api.errors import register_error_handlers
+from pos_engine.api.errors import PROBLEM_MIMETYPE, register_error_handlers
 from pos_engine.api.lane import SwipeLane
 from pos_engine.config import Settings
 from pos_engine.limits import REQUEST_BODY_BYTES_MAX
@@ -25,11 +26,43 @@ HEALTH_PROBE_COUNTER = "healthz:probe"  # a counter no rule names: reading it (0
 HEALTH_ERROR_CHARS_MAX = 200
 
 
+# Every terminal request is signed with these three headers (see the terminal tag's description).
+TERMINAL_SECURITY = {
+    "terminalId": {"type": "apiKey", "in": "header", "name": "X-Terminal-Id"},
+    "timestamp": {"type": "apiKey", "in": "header", "name": "X-Timestamp", "description": "unix seconds"},
+    "signature": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Signature",
+        "description": "hex HMAC-SHA256 of METHOD\\nPATH\\nTIMESTAMP\\nSHA256_HEX(BODY), keyed with the terminal's secret",
+    },
+}
+
+
 class _Api(Api):  # type: ignore[misc]
-    """flask-smorest's Api without its own error format: pos_engine.api.errors owns errors."""
+    """flask-smorest's Api without its own error format: pos_engine.api.errors owns errors.
+
+    So the responses it documents for every operation ("default") and every status are
+    RFC 9457 problems, as the engine sends them, not flask-smorest's own error shape.
+    """
 
     def _register_error_handlers(self) -> None:
         pass
+
+    def _register_responses(self) -> None:
+        from flask_smorest.utils import prepare_response
+
+        from pos_engine.api.schemas import ProblemSchema
+
+        for status in http.HTTPStatus:
+            response: dict[str, Any] = {"description": status.phrase}
+            if not (100 <= status < 200) and status not in (204, 304):
+                response["schema"] = ProblemSchema
+            prepare_response(response, self.spec, PROBLEM_MIMETYPE)
+            self.spec.components.response(status.name, response, lazy=True)
+        default = {"description": "any other error: a problem with a stable `code`", "schema": ProblemSchema}
+        prepare_response(default, self.spec, PROBLEM_MIMETYPE)
+        self.spec.components.response("DEFAULT_ERROR", default, lazy=True)
 
 
 def build_context(settings: Settings) -> EngineContext:
@@ -70,6 +103,10 @@ def create_app(settings: Settings | None = None, context: EngineContext | None =
         OPENAPI_VERSION="3.1.0",
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={
+            "components": {"securitySchemes": TERMINAL_SECURITY},
+            "security": [{name: [] for name in TERMINAL_SECURITY}],  # all three headers, on every operation
+        },
         JSON_SORT_KEYS=False,
     )
     ctx = context or build_context(settings)

@@ -103,6 +103,11 @@ def error_responses(view: Any) -> Any:
     return view
 
 
+def not_found_response(view: Any) -> Any:
+    """An operation on an authorisation id: 404 when this terminal's merchant has no such authorisation."""
+    return blp.alt_response(404, schema=schemas.ProblemSchema, description="not_found", content_type="application/problem+json")(view)
+
+
 def body_error_responses(view: Any) -> Any:
     """The errors of an operation with a JSON body: those of every operation, and 415."""
     view = error_responses(view)
@@ -133,6 +138,7 @@ class Authorisations(MethodView):
 class AuthorisationById(MethodView):
     @blp.response(200, schemas.AuthorisationStateSchema)
     @error_responses
+    @not_found_response
     def get(self, authorisation_id: str) -> Response:
         """An authorisation as it stands, with its reversals and refunds."""
         body = swipes.get_authorisation(engine(), g.terminal, authorisation_id)
@@ -144,6 +150,7 @@ class Reversal(MethodView):
     @blp.arguments(schemas.ReversalRequestSchema())
     @blp.response(200, schemas.AdjustmentSchema)
     @body_error_responses
+    @not_found_response
     def post(self, body: dict[str, Any], authorisation_id: str) -> Response:
         """Void an authorisation in full (what is not yet refunded)."""
         return stored(swipes.adjust(engine(), g.terminal, authorisation_id, "reversal", body["request_id"], request_hash()))
@@ -154,6 +161,7 @@ class Refunds(MethodView):
     @blp.arguments(schemas.RefundRequestSchema())
     @blp.response(200, schemas.AdjustmentSchema)
     @body_error_responses
+    @not_found_response
     def post(self, body: dict[str, Any], authorisation_id: str) -> Response:
         """Refund part or all of an authorisation; discount and subsidy are clawed back pro rata."""
         return stored(

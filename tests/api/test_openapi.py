@@ -72,3 +72,18 @@ def test_the_authorisation_request_schema_is_documented_with_its_limits(openapi:
         "required": ["amount_fen", "card_number", "merchant_id", "occurred_at", "request_id"],
         "additionalProperties": False,
     }
+
+
+def test_every_error_the_document_describes_is_a_problem_and_every_operation_asks_for_the_signature(openapi: dict[str, Any]) -> None:
+    assert openapi["components"]["responses"]["DEFAULT_ERROR"]["content"] == {
+        "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+    }
+    schemes = openapi["components"]["securitySchemes"].values()
+    assert {scheme["name"] for scheme in schemes} == {"X-Terminal-Id", "X-Timestamp", "X-Signature"}
+    assert openapi["security"] == [{name: [] for name in openapi["components"]["securitySchemes"]}]
+    for path, method in (
+        ("/v1/authorisations/{authorisation_id}", "get"),
+        ("/v1/authorisations/{authorisation_id}/reversal", "post"),
+        ("/v1/authorisations/{authorisation_id}/refunds", "post"),
+    ):
+        assert openapi["paths"][path][method]["responses"]["404"] == problem("not_found"), path
