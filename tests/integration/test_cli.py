@@ -128,6 +128,53 @@ def test_gunicorn_stops_with_a_plain_message_when_the_engine_cannot_start(
     assert "Traceback" not in finished.stderr, finished.stderr
 
 
+def test_a_worker_started_again_on_a_rulebook_broken_since_leaves_the_server_serving(env: dict[str, str], tmp_path: Path) -> None:
+    """A worker killed (OOM, timeout) after a broken rulebook reached the disk: the others keep the rulebook they had."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.live import free_port
+
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    assert run(env, "init-db").exit_code == 0
+    port = free_port()
+    log_path = tmp_path / "gunicorn.log"
+    served = {**os.environ, **env, "POS_ENGINE_RULES_DIR": str(rules)}
+    command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", "2", "-b", f"127.0.0.1:{port}"]
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([*command, "pos_engine.wsgi:app"], env=served, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        workers = [int(pid) for pid in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()]
+        (rules / "funders.yaml").write_text("funders: [\n")
+        os.kill(workers[0], signal.SIGKILL)
+        time.sleep(3)  # gunicorn starts a worker again, which finds the broken rulebook
+        assert server.poll() is None, log_path.read_text()  # the server did not halt
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200  # the other worker serves
+        deadline = time.monotonic() + 20
+        while "the rulebook is invalid" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_counters_reconcile_exits_non_zero_and_lists_a_difference(env: dict[str, str], tmp_path: Path) -> None:
     assert run(env, "demo", "--out", str(tmp_path / "demo.json")).exit_code == 0
     assert "agree" in run(env, "counters", "reconcile").output
