@@ -44,7 +44,7 @@ class RulebookWatcher:
         self.install = install
         self.interval_s = interval_s
         self.last_error: str | None = None
-        self._seen = fingerprint(directory)
+        self._seen: tuple[tuple[str, int, int], ...] | None = fingerprint(directory)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -54,6 +54,7 @@ class RulebookWatcher:
             current = fingerprint(self.directory)
         except OSError as error:
             self.last_error = f"{self.directory}: {error}"
+            self._seen = None  # whatever the files are once readable again, they are checked (and the error cleared)
             return False
         if current == self._seen:
             return False

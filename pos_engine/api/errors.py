@@ -11,7 +11,7 @@ import psycopg
 import redis
 from flask import Flask, Response, request
 from sqlalchemy.exc import InterfaceError, OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from pos_engine.service.errors import (
     Conflict,
@@ -110,7 +110,10 @@ def _http_exception(error: HTTPException) -> Response:
                 inner.update(location_messages)
         return problem(422, "validation_failed", "the request has invalid fields", flatten_messages(inner))
     code = HTTP_CODES.get(status, "http_error")
-    return problem(status, code, error.description or code)
+    answer = problem(status, code, error.description or code)
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
+        answer.headers["Allow"] = ", ".join(error.valid_methods)  # RFC 9110: a 405 says what is allowed
+    return answer
 
 
 DEPENDENCY_ERRORS = (

@@ -152,3 +152,4 @@ def test_an_unknown_path_or_method_is_a_problem_too(terminal: SignedClient) -> N
     response = terminal.client.delete("/v1/authorisations")
     assert response.status_code == 405
     assert response.mimetype == "application/problem+json"
+    assert set(response.headers["Allow"].split(", ")) >= {"POST"}

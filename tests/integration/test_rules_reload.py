@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from pos_engine.domain.rulebook import Rulebook
 from pos_engine.rules_loader import load_rulebook
@@ -37,3 +38,24 @@ def test_a_valid_change_is_installed_and_a_broken_one_refused(tmp_path: Path) ->
     assert len(installed) == 2  # the running rulebook stays
     assert watcher.last_error is not None
     assert "city-dining.yaml" in watcher.last_error
+
+
+def test_a_directory_that_could_not_be_read_for_a_moment_clears_its_error_once_readable(tmp_path: Path, monkeypatch: Any) -> None:
+    """The files did not change; reading them failed once (a mount blinked). /healthz must not show that error for ever."""
+    from pos_engine import rules_watch
+
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    installed: list[Rulebook] = []
+    watcher = RulebookWatcher(rules, load_rulebook, installed.append)
+    fingerprint = rules_watch.fingerprint
+
+    def blink(directory: Path) -> Any:
+        raise OSError("Stale file handle")
+
+    monkeypatch.setattr(rules_watch, "fingerprint", blink)
+    assert watcher.check_now() is False
+    assert watcher.last_error is not None
+    monkeypatch.setattr(rules_watch, "fingerprint", fingerprint)
+    watcher.check_now()
+    assert watcher.last_error is None
