@@ -21,33 +21,37 @@ graceful_timeout = 10
 
 
 def when_ready(server: object) -> None:
-    """Name, for every worker, the file that says the server has served (post_worker_init makes it).
+    """Name, for every worker, the file that says the server has served (post_worker_init writes it).
 
     A worker started again later (killed, timed out, HUP) that finds the rulebook on disk broken since
     then exits plainly after a pause (pos_engine.wsgi), so gunicorn starts it again later while the
     other workers keep serving the rulebook they had, instead of halting the whole server as it does
-    for a worker that cannot boot at start-up.
+    for a worker that cannot boot at start-up. POS_ENGINE_SERVING_MARK may name the file beforehand.
     """
     import os
     import tempfile
 
-    os.environ["POS_ENGINE_SERVING_MARK"] = os.path.join(tempfile.mkdtemp(prefix="pos-engine-"), "serving")
+    if not os.environ.get("POS_ENGINE_SERVING_MARK"):
+        os.environ["POS_ENGINE_SERVING_MARK"] = os.path.join(tempfile.mkdtemp(prefix="pos-engine-"), "serving")
 
 
 def post_worker_init(worker: object) -> None:
-    """A worker has loaded the engine: the server is serving."""
+    """A worker has loaded the engine: the server is serving (one line per worker that did)."""
     import os
 
     mark = os.environ.get("POS_ENGINE_SERVING_MARK")
     if mark:
-        with open(mark, "a"):
-            pass
+        with open(mark, "a") as serving:
+            serving.write(f"{os.getpid()}\n")
 
 
 def on_exit(server: object) -> None:
+    import contextlib
     import os
-    import shutil
 
     mark = os.environ.get("POS_ENGINE_SERVING_MARK")
     if mark:
-        shutil.rmtree(os.path.dirname(mark), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.remove(mark)
+            if os.path.basename(os.path.dirname(mark)).startswith("pos-engine-"):
+                os.rmdir(os.path.dirname(mark))

@@ -146,18 +146,16 @@ def test_a_worker_started_again_on_a_rulebook_broken_since_leaves_the_server_ser
     assert run(env, "init-db").exit_code == 0
     port = free_port()
     log_path = tmp_path / "gunicorn.log"
-    served = {**os.environ, **env, "POS_ENGINE_RULES_DIR": str(rules)}
+    mark = tmp_path / "serving"  # gunicorn.conf.py's hooks write one line per worker that loaded the engine
+    served = {**os.environ, **env, "POS_ENGINE_RULES_DIR": str(rules), "POS_ENGINE_SERVING_MARK": str(mark)}
     command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", "2", "-b", f"127.0.0.1:{port}"]
     with open(log_path, "w") as log:
         server = subprocess.Popen([*command, "pos_engine.wsgi:app"], env=served, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+            if mark.exists() and len(mark.read_text().split()) == 2:  # both workers serve the good rulebook
+                break
             assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
         workers = [int(pid) for pid in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()]
