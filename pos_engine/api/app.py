@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Flask, Response
 from flask_smorest import Api
+from werkzeug.routing import Rule
 
 from pos_engine import __version__
 from pos_engine.api.errors import PROBLEM_MIMETYPE, register_error_handlers
@@ -63,6 +64,28 @@ class _Api(Api):  # type: ignore[misc]
         default = {"description": "any other error: a problem with a stable `code`", "schema": ProblemSchema}
         prepare_response(default, self.spec, PROBLEM_MIMETYPE)
         self.spec.components.response("DEFAULT_ERROR", default, lazy=True)
+
+
+def _document_healthz(api: _Api, rule: Rule) -> None:
+    """/healthz is a plain Flask route (unsigned, for load balancers): describe it in the OpenAPI document by hand."""
+    from pos_engine.api.schemas import HealthSchema
+
+    api.spec.components.schema("Health", schema=HealthSchema)
+    health = {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}
+    api.spec.path(
+        rule=rule,
+        operations={
+            "get": {
+                "summary": "Whether this worker can serve swipes (unsigned).",
+                "tags": ["health"],
+                "security": [],
+                "responses": {
+                    "200": {"description": "ok: the database (and Redis) answer", "content": health},
+                    "503": {"description": "unavailable: the database or Redis does not answer", "content": health},
+                },
+            }
+        },
+    )
 
 
 def build_context(settings: Settings) -> EngineContext:
@@ -156,4 +179,5 @@ def create_app(settings: Settings | None = None, context: EngineContext | None =
                 body["card_directory_error"] = ctx.cards.last_error
         return Response(encode(body), status=200 if body["status"] == "ok" else 503, mimetype="application/json")
 
+    _document_healthz(api, next(rule for rule in app.url_map.iter_rules() if rule.endpoint == "healthz"))
     return app

@@ -155,6 +155,18 @@ class VoidResultSchema(StrictSchema):
     reversal = fields.Nested(AdjustmentSchema, allow_none=True, required=True)
 
 
+class HealthSchema(StrictSchema):
+    """GET /healthz: 200 with status ok while the worker can serve swipes, 503 with status unavailable."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ok", "unavailable"]))
+    rules_version = fields.String(required=True)
+    database_error = fields.String(metadata={"description": "present when the database cannot be reached (503)"})
+    counters_error = fields.String(metadata={"description": "present when Redis cannot be reached (503)"})
+    rules_reload_error = fields.String(metadata={"description": "the rulebook on disk is broken; the one in use stays (200)"})
+    card_directory = fields.String(validate=validate.OneOf(["ready", "loading"]))
+    card_directory_error = fields.String()
+
+
 class ProblemSchema(Schema):
     type = fields.String(required=True)
     title = fields.String(required=True)

@@ -47,3 +47,19 @@ def test_a_worker_that_cannot_reach_redis_is_unavailable(
     assert body["status"] == "unavailable"
     assert body["counters_error"] == "ConnectionError: Error 111 connecting to 127.0.0.1:6379. Connection refused."
     assert "database_error" not in body
+
+
+def test_the_openapi_document_describes_healthz_as_it_answers(app: Any, context: EngineContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pos_engine.api.schemas import HealthSchema
+
+    client = app.test_client()
+    operation = client.get("/openapi.json").get_json()["paths"]["/healthz"]["get"]
+    assert operation["security"] == []  # unsigned, unlike every terminal operation
+    assert sorted(operation["responses"]) == ["200", "503"]
+    HealthSchema().load(client.get("/healthz").get_json())  # raises on any field the document does not describe
+
+    def down(*_args: Any) -> None:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(context.registry, "terminal", down)
+    HealthSchema().load(client.get("/healthz").get_json())
