@@ -33,6 +33,8 @@ def when_ready(server: object) -> None:
 
     if not os.environ.get("POS_ENGINE_SERVING_MARK"):
         os.environ["POS_ENGINE_SERVING_MARK"] = os.path.join(tempfile.mkdtemp(prefix="pos-engine-"), "serving")
+    elif os.path.exists(os.environ["POS_ENGINE_SERVING_MARK"]):
+        os.remove(os.environ["POS_ENGINE_SERVING_MARK"])  # left by a master that did not exit cleanly: not served yet
 
 
 def post_worker_init(worker: object) -> None:
