@@ -144,9 +144,7 @@ RULE_FILE_SUFFIXES = (".yaml", ".yml")
 FUNDER_KINDS = ("city_federation", "district_federation", "industry_union", "partner_bank", "employer")
 EXAMPLE_CARD_REF = "example-card"
 
-_ID, _ID_HINT = ID_PATTERN, ID_HINT
-_MERCHANT_ID, _MERCHANT_ID_HINT = MERCHANT_ID_PATTERN, MERCHANT_ID_HINT
-_RULE_REF = re.compile(rf"(?:{_ID.pattern}/)?{_ID.pattern}")
+_RULE_REF = re.compile(rf"(?:{ID_PATTERN.pattern}/)?{ID_PATTERN.pattern}")
 _RULE_REF_HINT = "a rule id of this campaign, or campaign-id/rule-id"
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _CLOCK = re.compile(r"(\d{1,2}):(\d{2})")
@@ -607,7 +605,7 @@ class _Schema(Schema):
 class FunderSchema(_Schema):
     """A funder in funders.yaml."""
 
-    funder_id = _Text(data_key="id", required=True, pattern=_ID, hint=_ID_HINT)
+    funder_id = _Text(data_key="id", required=True, pattern=ID_PATTERN, hint=ID_HINT)
     name = _Text(required=True)
     kind = _Text(required=True, choices=FUNDER_KINDS)
 
@@ -667,8 +665,10 @@ class ConditionsSchema(_Schema):
 
     categories = _List(_Text(choices=CATEGORIES), items_min=1, items_max=len(CATEGORIES), unique=True)
     districts = _List(_Text(choices=DISTRICTS), items_min=1, items_max=len(DISTRICTS), unique=True)
-    merchant_ids = _List(_Text(pattern=_MERCHANT_ID, hint=_MERCHANT_ID_HINT), items_min=1, items_max=MERCHANT_IDS_PER_RULE_MAX, unique=True)
-    member_groups = _List(_Text(pattern=_ID, hint=_ID_HINT), items_min=1, items_max=MEMBER_GROUPS_PER_LIST_MAX, unique=True)
+    merchant_ids = _List(
+        _Text(pattern=MERCHANT_ID_PATTERN, hint=MERCHANT_ID_HINT), items_min=1, items_max=MERCHANT_IDS_PER_RULE_MAX, unique=True
+    )
+    member_groups = _List(_Text(pattern=ID_PATTERN, hint=ID_HINT), items_min=1, items_max=MEMBER_GROUPS_PER_LIST_MAX, unique=True)
     weekdays = _List(_Text(choices=WEEKDAYS), items_min=1, items_max=len(WEEKDAYS), unique=True)
     time_of_day = _nested(TimeOfDaySchema)
     dates = _nested(DateRangeSchema)
@@ -711,7 +711,7 @@ class BenefitSchema(_Schema):
 class RuleSchema(_Schema):
     """One rule of a campaign."""
 
-    rule_id = _Text(data_key="id", required=True, pattern=_ID, hint=_ID_HINT)
+    rule_id = _Text(data_key="id", required=True, pattern=ID_PATTERN, hint=ID_HINT)
     priority = _Whole(unit="", minimum=0, maximum=PRIORITY_MAX, load_default=PRIORITY_DEFAULT)
     exclusive = _Flag(load_default=False)
     when = _nested(ConditionsSchema)
@@ -722,7 +722,7 @@ class RuleSchema(_Schema):
 class FunderShareSchema(_Schema):
     """A funder's share of a campaign's subsidies."""
 
-    funder = _Text(required=True, pattern=_ID, hint=_ID_HINT)
+    funder = _Text(required=True, pattern=ID_PATTERN, hint=ID_HINT)
     share_bp = _Percent(data_key="share_percent", required=True)
 
 
@@ -731,10 +731,10 @@ class ExampleSwipeSchema(_Schema):
 
     amount_fen = _Whole(unit="fen", required=True, maximum=SWIPE_AMOUNT_FEN_MAX)
     occurred_at = _Instant(required=True)
-    merchant_id = _Text(required=True, pattern=_MERCHANT_ID, hint=_MERCHANT_ID_HINT)
+    merchant_id = _Text(required=True, pattern=MERCHANT_ID_PATTERN, hint=MERCHANT_ID_HINT)
     category = _Text(required=True, choices=CATEGORIES)
     district = _Text(required=True, choices=DISTRICTS)
-    member_groups = _List(_Text(pattern=_ID, hint=_ID_HINT), items_max=MEMBER_GROUPS_PER_LIST_MAX, unique=True, load_default=list)
+    member_groups = _List(_Text(pattern=ID_PATTERN, hint=ID_HINT), items_max=MEMBER_GROUPS_PER_LIST_MAX, unique=True, load_default=list)
 
 
 class ExpectedBenefitSchema(_Schema):
@@ -762,7 +762,7 @@ class ExampleSchema(_Schema):
 class CampaignSchema(_Schema):
     """A campaign."""
 
-    campaign_id = _Text(data_key="id", required=True, pattern=_ID, hint=_ID_HINT)
+    campaign_id = _Text(data_key="id", required=True, pattern=ID_PATTERN, hint=ID_HINT)
     name = _Text(required=True)
     funders = _List(_nested(FunderShareSchema), items_max=FUNDERS_PER_CAMPAIGN_MAX, load_default=list)
     valid = _nested(DateRangeSchema, required=True)

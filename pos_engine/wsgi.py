@@ -4,9 +4,9 @@ A setting or rulebook the engine cannot start with stops the worker with a
 plain message and gunicorn's boot-error exit code, so gunicorn stops too
 instead of restarting workers that cannot start. Once the server is serving
 (a worker has loaded the engine: gunicorn.conf.py's hooks leave a mark file
-named by POS_ENGINE_SERVING_MARK), a worker started again that finds the rulebook on disk broken exits plainly
-after a pause instead: gunicorn starts it again later, and the other workers
-keep serving the rulebook they had.
+named by POS_ENGINE_SERVING_MARK), a worker started again that finds the
+rulebook on disk broken exits plainly after a pause instead: gunicorn starts
+it again later, and the other workers keep serving the rulebook they had.
 """
 
 import os

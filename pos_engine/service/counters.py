@@ -40,15 +40,11 @@ def rebuild_counters(ctx: EngineContext) -> int:
     Redis it cannot: run it while terminals are quiet, since swipes that land between the
     ledger read and the replace would be missing from the rebuilt counters.
     """
-    if ctx.counters.transactional:
-        with ctx.unit_of_work() as uow:
-            ctx.counters.lock_all(uow.session)
-            values = _totals(uow.repo.all_counter_deltas())
-            ctx.counters.replace_all(values, uow.session)
-            uow.commit()
-        return len(values)
-    values = counters_from_ledger(ctx)
-    ctx.counters.replace_all(values)
+    with ctx.unit_of_work() as uow:
+        ctx.counters.lock_all(uow.session)
+        values = _totals(uow.repo.all_counter_deltas())
+        ctx.counters.replace_all(values, uow.session)
+        uow.commit()
     return len(values)
 
 
@@ -58,13 +54,9 @@ def reconcile_counters(ctx: EngineContext) -> list[CounterDifference]:
     With the SQL counter store both are read at one moment, and swipes go on meanwhile. With
     Redis the two reads are apart: under traffic, swipes in flight show as counters ahead.
     """
-    if ctx.counters.transactional and ctx.read_snapshot is not None:
-        with ctx.read_snapshot() as uow:
-            expected = _totals(uow.repo.all_counter_deltas())
-            stored = ctx.counters.snapshot(uow.session)
-    else:
-        expected = counters_from_ledger(ctx)
-        stored = ctx.counters.snapshot()
+    with (ctx.read_snapshot or ctx.unit_of_work)() as uow:
+        expected = _totals(uow.repo.all_counter_deltas())
+        stored = ctx.counters.snapshot(uow.session)
     return [
         CounterDifference(key, expected.get(key, 0), stored.get(key, 0))
         for key in sorted(expected.keys() | stored.keys())

@@ -74,11 +74,9 @@ class AsyncPosClient(_BaseClient):
     ) -> Authorisation:
         """Ask the engine for the discount and subsidy of one swipe (see `PosClient.authorise`)."""
         call = self._authorise_call(card_number, merchant_id, amount_fen, occurred_at, request_id, explain)
-        until = self._until()
-        await self._flush_pending_reversals(self._flush_until(until))
         attempts = _Attempts()
         try:
-            return self._as_sent(await self._send(call, attempts, until), amount_fen)
+            return self._as_sent(await self._call(call, attempts), amount_fen)
         except PosError as error:
             if not attempts.may_have_been_processed:
                 raise
@@ -93,30 +91,22 @@ class AsyncPosClient(_BaseClient):
     async def reverse(self, authorisation_id: str, *, request_id: str | None = None) -> Adjustment:
         """Void an authorisation in full (see `PosClient.reverse`)."""
         call = self._reverse_call(authorisation_id, request_id)
-        until = self._until()
-        await self._flush_pending_reversals(self._flush_until(until))
-        return await self._send(call, until=until)
+        return await self._call(call)
 
     async def refund(self, authorisation_id: str, amount_fen: int, *, request_id: str | None = None) -> Adjustment:
         """Refund part or all of an authorisation (see `PosClient.refund`)."""
         call = self._refund_call(authorisation_id, amount_fen, request_id)
-        until = self._until()
-        await self._flush_pending_reversals(self._flush_until(until))
-        return await self._send(call, until=until)
+        return await self._call(call)
 
     async def get(self, authorisation_id: str) -> AuthorisationDetails:
         """Look up an authorisation as it stands now (see `PosClient.get`)."""
         call = self._get_call(authorisation_id)
-        until = self._until()
-        await self._flush_pending_reversals(self._flush_until(until))
-        return await self._send(call, until=until)
+        return await self._call(call)
 
     async def reverse_request(self, original_request_id: str, *, request_id: str | None = None) -> RequestReversal:
         """Void whatever an authorisation request did, if anything (see `PosClient.reverse_request`)."""
         call = self._reverse_request_call(original_request_id, request_id)
-        until = self._until()
-        await self._flush_pending_reversals(self._flush_until(until))
-        result = await self._send(call, until=until)
+        result = await self._call(call)
         self._reversal_acknowledged(result)
         return result
 
@@ -148,6 +138,12 @@ class AsyncPosClient(_BaseClient):
         else:
             self._reversal_acknowledged(reversal)
         return self._authorisation_unknown(call, cause, reversal)
+
+    async def _call(self, call: _Call[T], attempts: _Attempts | None = None) -> T:
+        """One call within its deadline: the queued reversals first (half of it at most), then `call`."""
+        until = self._until()
+        await self._flush_pending_reversals(self._flush_until(until))
+        return await self._send(call, attempts, until)
 
     async def _send(self, call: _Call[T], attempts: _Attempts | None = None, until: float | None = None) -> T:
         retries_taken = 0

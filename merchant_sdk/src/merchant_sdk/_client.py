@@ -465,11 +465,9 @@ class PosClient(_BaseClient):
             TypeError, ValueError: An argument is malformed; nothing was sent.
         """
         call = self._authorise_call(card_number, merchant_id, amount_fen, occurred_at, request_id, explain)
-        until = self._until()
-        self._flush_pending_reversals(self._flush_until(until))
         attempts = _Attempts()
         try:
-            return self._as_sent(self._send(call, attempts, until), amount_fen)
+            return self._as_sent(self._call(call, attempts), amount_fen)
         except PosError as error:
             if not attempts.may_have_been_processed:
                 raise
@@ -498,9 +496,7 @@ class PosClient(_BaseClient):
                 `request_id=error.request_id` to be safe.
         """
         call = self._reverse_call(authorisation_id, request_id)
-        until = self._until()
-        self._flush_pending_reversals(self._flush_until(until))
-        return self._send(call, until=until)
+        return self._call(call)
 
     def refund(self, authorisation_id: str, amount_fen: int, *, request_id: str | None = None) -> Adjustment:
         """Refund part or all of an authorisation; discount and subsidy are clawed back pro rata.
@@ -520,9 +516,7 @@ class PosClient(_BaseClient):
                 `request_id=error.request_id` to be safe.
         """
         call = self._refund_call(authorisation_id, amount_fen, request_id)
-        until = self._until()
-        self._flush_pending_reversals(self._flush_until(until))
-        return self._send(call, until=until)
+        return self._call(call)
 
     def get(self, authorisation_id: str) -> AuthorisationDetails:
         """Look up an authorisation as it stands now, with its reversal and refunds.
@@ -531,9 +525,7 @@ class PosClient(_BaseClient):
             NotFoundError: No such authorisation for this terminal.
         """
         call = self._get_call(authorisation_id)
-        until = self._until()
-        self._flush_pending_reversals(self._flush_until(until))
-        return self._send(call, until=until)
+        return self._call(call)
 
     def reverse_request(self, original_request_id: str, *, request_id: str | None = None) -> RequestReversal:
         """Void whatever the authorisation request `original_request_id` did, if anything.
@@ -549,9 +541,7 @@ class PosClient(_BaseClient):
             The outcome: `reversed`, `already_reversed` or `nothing_to_reverse`.
         """
         call = self._reverse_request_call(original_request_id, request_id)
-        until = self._until()
-        self._flush_pending_reversals(self._flush_until(until))
-        result = self._send(call, until=until)
+        result = self._call(call)
         self._reversal_acknowledged(result)
         return result
 
@@ -585,6 +575,12 @@ class PosClient(_BaseClient):
         else:
             self._reversal_acknowledged(reversal)
         return self._authorisation_unknown(call, cause, reversal)
+
+    def _call(self, call: _Call[T], attempts: _Attempts | None = None) -> T:
+        """One call within its deadline: the queued reversals first (half of it at most), then `call`."""
+        until = self._until()
+        self._flush_pending_reversals(self._flush_until(until))
+        return self._send(call, attempts, until)
 
     def _send(self, call: _Call[T], attempts: _Attempts | None = None, until: float | None = None) -> T:
         retries_taken = 0
