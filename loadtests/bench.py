@@ -1,8 +1,8 @@
 """Measure the engine against its ceiling, in one run, on one machine, with one load generator.
 
     python -m loadtests.bench [--seconds 20] [--rounds 1] [--workers 3] [--worker-class gthread]
-                              [--pg-url postgresql://postgres@127.0.0.1:5432/pos_engine_load]
-                              [--redis-url redis://127.0.0.1:6379/0] [--world var/world/world.json]
+                              [--pg-url postgresql://postgres@127.0.0.1:5432/pos_engine_bench]
+                              [--redis-url redis://127.0.0.1:6379/0] [--world var/load/rules/world.json]
 
 Five targets, each served by gunicorn with the same configuration:
 1. the ceiling: `loadtests/ceiling_app.py`, a bare Flask app whose one endpoint

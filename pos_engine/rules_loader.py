@@ -65,8 +65,8 @@ gets, stacking included.
 Numbers are YAML integers; percentages may carry up to two decimals and are
 read as exact decimals (never floats) before they become basis points. Times
 may be written unquoted (``11:00``): the loader does not read YAML 1.1
-base-60 numbers. Anchors, aliases, tags other than ``!!str``, duplicate keys
-and more than one document per file are refused. See ``docs/rules.md``.
+base-60 numbers. Aliases, tags other than ``!!str`` (``!!map`` and ``!!seq`` on
+their own kinds), duplicate keys and more than one document per file are refused. See ``docs/rules.md``.
 
 Error tree::
 
@@ -347,7 +347,7 @@ def _read_yaml(text: str) -> _Document:
                 value = _scalar(event.value, tag)
             else:
                 assert isinstance(event, yaml.CollectionStartEvent)
-                if event.tag is not None and event.tag not in (_TAG + "map", _TAG + "seq"):
+                if event.tag is not None and event.tag != _TAG + ("map" if isinstance(event, yaml.MappingStartEvent) else "seq"):
                     raise _YamlRefused(line, f"YAML tag {event.tag} is not supported")
                 if len(stack) >= YAML_DEPTH_MAX:
                     raise _YamlRefused(line, f"nested deeper than {YAML_DEPTH_MAX} levels")

@@ -19,9 +19,9 @@ DISTRICTS = ("wujin", "jintan", "liyang", "xinbei", "tianning", "zhonglou", "qis
 # Ids a rulebook names: campaigns, rules, funders and member groups; and merchants. The CSV imports
 # take group names and merchant ids in the same shapes, so that every one of them can be named in a rule.
 ID_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?")
-ID_HINT = "lower-case letters, digits, '-' and '_', at most 64 characters"
+ID_HINT = "lower-case letters, digits, '-' and '_', beginning and ending with a letter or digit, at most 64 characters"
 MERCHANT_ID_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")
-MERCHANT_ID_HINT = "letters, digits, '.', '-' and '_', at most 64 characters"
+MERCHANT_ID_HINT = "letters, digits, '.', '-' and '_', beginning and ending with a letter or digit, at most 64 characters"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 BENEFIT_KINDS = ("discount", "subsidy")
 LIMIT_SUBJECTS = ("card", "merchant")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -74,33 +76,50 @@ def shop(world: World) -> World:
     return world
 
 
-requests = st.fixed_dictionaries(
-    {
-        "request_id": st.sampled_from(["req-a", "req-b", "req-c"]),
-        "card_number": st.sampled_from([CARD, "6217000000000099"]),
-        "merchant_id": st.sampled_from(["m-1", "m-2"]),
-        "amount_fen": st.sampled_from([10_000, 2_500, 40_000, "10000", 0]),
-        "occurred_at": st.sampled_from(["now", "last year", "naive"]),
-        "extra": st.sampled_from([None, "x"]),
-        "not_json": st.booleans(),
-        "terminal_id": st.sampled_from(["t-m-1", "t-m-1", "t-m-2", "t-unknown"]),
-        "signature": st.sampled_from(["good", "good", "good", "bad", "missing", "stale"]),
-        "content_type": st.sampled_from(
-            [
-                "application/json",
-                "application/json",
-                "application/json; charset=utf-8",
-                " application/json\t",
-                "application/json\x0c",
-                "text/plain",
-                None,
-            ]
-        ),
-        "query": st.sampled_from(["", "", "explain=true", "explain=yes", "explain=1&x=2"]),
-        "x_request_id": st.sampled_from([None, "trace-7"]),
-        "lane_first": st.booleans(),
-    }
+# A request the lane should take, and none, one or two defects that should send it to Flask (or
+# be refused by either), so that about a third of the examples are well-formed swipes.
+DEFECTS = [
+    ("amount_fen", "10000"),
+    ("amount_fen", 0),
+    ("occurred_at", "last year"),
+    ("occurred_at", "naive"),
+    ("extra", "x"),
+    ("not_json", True),
+    ("terminal_id", "t-unknown"),
+    ("signature", "bad"),
+    ("signature", "missing"),
+    ("signature", "stale"),
+    ("content_type", "application/json\x0c"),
+    ("content_type", "text/plain"),
+    ("content_type", None),
+    ("query", "explain=yes"),
+    ("query", "explain=1&x=2"),
+]
+requests = st.builds(
+    lambda case, defects: {**case, **dict(defects)},
+    st.fixed_dictionaries(
+        {
+            "request_id": st.sampled_from(["req-a", "req-b", "req-c"]),
+            "card_number": st.sampled_from([CARD, "6217000000000099"]),
+            "merchant_id": st.sampled_from(["m-1", "m-2"]),
+            "amount_fen": st.sampled_from([10_000, 2_500, 40_000, 1]),
+            "occurred_at": st.just("now"),
+            "extra": st.none(),
+            "not_json": st.just(False),
+            "terminal_id": st.sampled_from(["t-m-1", "t-m-2"]),
+            "signature": st.just("good"),
+            "content_type": st.sampled_from(["application/json", "application/json; charset=utf-8", " application/json\t"]),
+            "query": st.sampled_from(["", "explain=true"]),
+            "x_request_id": st.sampled_from([None, "trace-7"]),
+            "lane_first": st.booleans(),
+        }
+    ),
+    st.one_of(st.just(()), st.tuples(st.sampled_from(DEFECTS)), st.tuples(st.sampled_from(DEFECTS), st.sampled_from(DEFECTS))),
 )
+
+
+EXAMPLES = itertools.count()
+AUTHORISATION_ID = re.compile(rb"au_[0-9a-f]{27}")
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -109,24 +128,45 @@ def test_every_request_gets_the_same_status_headers_and_body_through_the_lane_as
     case: dict[str, Any], clients: dict[str, Client], shop: World, clock: FixedClock
 ) -> None:
     occurred = {"now": clock.now(), "last year": clock.now() - timedelta(days=365), "naive": clock.now().replace(tzinfo=None)}
-    body: dict[str, Any] = {key: case[key] for key in ("request_id", "card_number", "merchant_id", "amount_fen")}
-    body["occurred_at"] = occurred[case["occurred_at"]].isoformat()
-    if case["extra"]:
-        body["extra"] = case["extra"]
-    raw = b"{not json" if case["not_json"] else json.dumps(body).encode()
-    headers = signed(shop, clock, case["terminal_id"], raw, case["query"], case["signature"])
-    if case["content_type"] is None:
-        del headers["Content-Type"]
-    else:
-        headers["Content-Type"] = case["content_type"]
-    if case["x_request_id"]:
-        headers["X-Request-Id"] = case["x_request_id"]
     order = ["lane", "flask"] if case["lane_first"] else ["flask", "lane"]
+    example = next(EXAMPLES)
 
-    # The second one replays an answer the first recorded, or refuses it again: either way the same bytes.
-    first, second = (answer(clients[way], raw, headers, case["query"]) for way in order)
+    def request_for(way: str) -> tuple[bytes, dict[str, str]]:
+        """The case's request as `way` sends it: its own request id and, for the known card, a card of its own."""
+        body: dict[str, Any] = {key: case[key] for key in ("card_number", "merchant_id", "amount_fen")}
+        # Same lengths both ways (and the same last four digits), so that the answers differ only in these.
+        body["request_id"] = f"{case['request_id']}-{example:04d}-{way[0]}"
+        if case["card_number"] == CARD:
+            body["card_number"] = f"6217{example:05d}{order.index(way) + 1}000001"
+            shop.add_card(body["card_number"])
+        body["occurred_at"] = occurred[case["occurred_at"]].isoformat()
+        if case["extra"]:
+            body["extra"] = case["extra"]
+        raw = b"{not json" if case["not_json"] else json.dumps(body).encode()
+        headers = signed(shop, clock, case["terminal_id"], raw, case["query"], case["signature"])
+        if case["content_type"] is None:
+            del headers["Content-Type"]
+        else:
+            headers["Content-Type"] = case["content_type"]
+        if case["x_request_id"]:
+            headers["X-Request-Id"] = case["x_request_id"]
+        return raw, headers
 
-    assert first == second
+    def made_alike(way: str, got: Answer) -> Answer:
+        """`got` with `way`'s request id and authorisation id written as placeholders of the same length."""
+        status, headers, raw = got
+        mine = f"{case['request_id']}-{example:04d}-{way[0]}".encode()
+        placeholder = mine[:-1] + b"?"
+        raw = AUTHORISATION_ID.sub(lambda found: b"au_" + b"?" * 27, raw.replace(mine, placeholder))
+        return status, [(name, value.replace(mine.decode(), placeholder.decode())) for name, value in headers], raw
+
+    sent = {way: request_for(way) for way in order}
+    # Each way makes its own answer afresh (a new request id, a card with the same history) ...
+    fresh = {way: answer(clients[way], *sent[way], case["query"]) for way in order}
+    assert made_alike(order[0], fresh[order[0]]) == made_alike(order[1], fresh[order[1]])
+    # ... and sent again the other way, each request gets that answer again, byte for byte.
+    for way, other in (order, order[::-1]):
+        assert answer(clients[other], *sent[way], case["query"]) == fresh[way]
 
 
 def test_a_well_formed_swipe_never_reaches_flask_and_its_answer_is_flasks(

@@ -307,7 +307,8 @@ REFUSALS = [
     ("an example swipe without a UTC offset", '"2026-11-25T12:00:00+08:00"', '"2026-11-25T12:00:00"', "occurred_at",
      "campaign.examples[0].swipe.occurred_at", "'2026-11-25T12:00:00' needs a UTC offset, such as +08:00"),
     ("an id with capitals and spaces", "  id: test-campaign", "  id: Test Campaign", "Test Campaign", "campaign.id",
-     "'Test Campaign' is not valid here: lower-case letters, digits, '-' and '_', at most 64 characters"),
+     "'Test Campaign' is not valid here: lower-case letters, digits, '-' and '_', "
+     "beginning and ending with a letter or digit, at most 64 characters"),
     ("an empty condition list", "member_groups: [hardship]", "member_groups: []  # empty", "# empty",
      "campaign.rules[1].when.member_groups", "must not be empty; leave the field out to mean 'any'"),
     ("a condition listing a value twice", "districts: [wujin, xinbei]", "districts: [wujin, wujin]", "districts:",
@@ -395,13 +396,14 @@ def test_an_unclosed_bracket_is_refused_as_yaml_syntax(tmp_path: Path) -> None:
         ("campaign: &top\n  id: x\n  name: *top\n", 3, "YAML aliases (*name) are not supported; write the value out"),
         ("campaign:\n  id: x\n---\ncampaign:\n  id: y\n", 3, "a rule file holds one YAML document; remove the second '---'"),
         ("campaign:\n  id: !!binary aGVsbG8=\n", 2, "YAML tag tag:yaml.org,2002:binary is not supported"),
+        ("campaign: !!seq\n  id: x\n", 1, "YAML tag tag:yaml.org,2002:seq is not supported"),
         ("campaign:\n  ? [a, b]\n  : c\n", 2, "mapping keys must be plain text"),
         ("campaign: " + "[" * 20 + "]" * 20 + "\n", 1, f"nested deeper than {rules_loader.YAML_DEPTH_MAX} levels"),
         ("", 1, "is empty"),
         ("# only a comment\n", 1, "is empty"),
         ("- campaign\n", 1, "must be a mapping (with campaign)"),
     ],
-    ids=["alias", "two documents", "tag", "complex key", "too deep", "empty", "only a comment", "not a mapping"],
+    ids=["alias", "two documents", "tag", "list tag on a mapping", "complex key", "too deep", "empty", "only a comment", "not a mapping"],
 )
 def test_unsafe_or_odd_yaml_is_refused(tmp_path: Path, text: str, line: int, reason: str) -> None:
     root = write_rulebook(tmp_path, {"odd.yaml": text})
