@@ -185,6 +185,7 @@ def test_refunds_claw_back_pro_rata_never_go_negative_and_end_at_zero(
         database.dispose()
         return
     remaining = amount_fen
+    subsidy_back = 0
     for index, percent in enumerate(refund_percents):
         refund_fen = max(1, remaining * percent // 100)
         if remaining == 0:
@@ -193,6 +194,10 @@ def test_refunds_claw_back_pro_rata_never_go_negative_and_end_at_zero(
         assert body["discount_fen"] + body["subsidy_fen"] + body["payable_fen"] == refund_fen
         assert min(body["discount_fen"], body["subsidy_fen"], body["payable_fen"]) >= 0
         remaining -= refund_fen
+        # Pro rata on what was refunded so far: the funder gets back its exact share, rounded up.
+        subsidy_back += body["subsidy_fen"]
+        exact_times_amount = auth["subsidy_fen"] * (amount_fen - remaining)
+        assert 0 <= subsidy_back * amount_fen - exact_times_amount < amount_fen
         totals = ledger(backend)
         assert sum(entry.subsidy_fen for entry in totals) >= 0
         assert sum(entry.payable_fen for entry in totals) >= 0

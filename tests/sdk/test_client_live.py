@@ -296,7 +296,13 @@ def test_a_partial_refund_claws_back_pro_rata_and_shows_in_get(client, card):
     details = client.get(authorisation.id)
 
     assert (refund.kind, refund.amount_fen) == ("refund", 4000)
-    assert 0 < refund.subsidy_fen <= authorisation.subsidy_fen * 4000 // 10000 + 1
+    # Pro rata: at least the exact share of each benefit rounded down, and the benefits together
+    # at least their exact share (the odd fen go back to the funders, never stay with them).
+    amount = authorisation.amount_fen
+    assert refund.subsidy_fen >= authorisation.subsidy_fen * 4000 // amount
+    assert refund.discount_fen >= authorisation.discount_fen * 4000 // amount
+    assert (refund.subsidy_fen + refund.discount_fen) * amount >= (authorisation.subsidy_fen + authorisation.discount_fen) * 4000
+    assert refund.payable_fen == authorisation.payable_fen * 4000 // amount
     assert details.refunded_fen == 4000
     assert details.reversed is False
     assert [a.id for a in details.adjustments] == [refund.id]

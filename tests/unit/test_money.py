@@ -52,6 +52,11 @@ def test_cumulative_claw_back_is_monotone_bounded_and_exact_at_the_end(case: tup
         assert sum(shares) == refunded
         for share, before, weight in zip(shares, previous, weights, strict=True):
             assert before <= share <= weight  # never goes back, never past what was given
+            # Pro rata: each part is at least its exact share rounded down, so each keeps at most the
+            # ceiling of its exact remainder ...
+            assert share * whole >= weight * refunded - (whole - 1)
+        # ... and the last part takes the odd fen: at least its exact share.
+        assert shares[-1] * whole >= weights[-1] * refunded
         # Each refund's own parts add up to the refund and none is negative.
         increments = [share - before for share, before in zip(shares, previous, strict=True)]
         assert sum(increments) == refund
