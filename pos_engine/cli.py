@@ -96,7 +96,7 @@ def serve(host: str, port: int) -> None:
     from pos_engine.api.app import create_app
 
     settings = _settings()
-    app = create_app(settings, _context(settings))
+    app = create_app(settings, _context(settings), watch_rules=True)  # reloads a changed rulebook, as gunicorn's workers do
     click.echo(f"pos-engine serving on http://{host}:{port} (rules {app.extensions['pos_engine'].rulebook.version})")
     app.run(host=host, port=port, threaded=True)
 

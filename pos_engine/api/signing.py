@@ -12,8 +12,14 @@ from pos_engine.service.errors import Forbidden, Unauthenticated
 
 
 def signing_message(method: str, path: str, timestamp: str, body: bytes) -> bytes:
-    """The bytes a terminal signs: METHOD\\nPATH\\nTIMESTAMP\\nSHA256_HEX(BODY)."""
-    return f"{method}\n{path}\n{timestamp}\n{hashlib.sha256(body).hexdigest()}".encode()
+    """The bytes a terminal signs: METHOD\\nPATH\\nTIMESTAMP\\nSHA256_HEX(BODY).
+
+    `path` (and the header values) as WSGI gives them: the bytes sent, one
+    character per byte (latin-1), so the message holds exactly the bytes the
+    terminal sent and signed. Plain ASCII, what clients send (percent-encoding
+    the rest), reads the same either way.
+    """
+    return f"{method}\n{path}\n{timestamp}\n{hashlib.sha256(body).hexdigest()}".encode("latin-1", "replace")
 
 
 def request_hash(method: str, path: str, body: bytes) -> str:

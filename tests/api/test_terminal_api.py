@@ -405,6 +405,27 @@ def test_a_signature_over_another_body_or_path_is_refused(terminal: SignedClient
     assert state(backend) == before
 
 
+def test_a_path_sent_with_raw_non_ascii_bytes_is_verified_over_those_bytes(terminal: SignedClient) -> None:
+    """The signature covers the bytes the till sent; WSGI hands the server those bytes as latin-1 text."""
+    import hashlib
+    import hmac
+
+    body = _swipe_body()
+    sent = "/v1/authorisations?note=café".encode()  # raw UTF-8 in the request line, as a till may send it
+    timestamp = str(int(terminal.clock.now().timestamp()))
+    message = b"POST\n" + sent + b"\n" + timestamp.encode() + b"\n" + hashlib.sha256(body).hexdigest().encode()
+    signature = hmac.new(terminal.secret.encode(), message, hashlib.sha256).hexdigest()
+    headers = {**terminal.headers("POST", "/v1/authorisations", body), "X-Timestamp": timestamp, "X-Signature": signature}
+    as_wsgi = sent.decode("latin-1")  # what gunicorn and werkzeug put in RAW_URI
+
+    response = terminal.client.post(
+        "/v1/authorisations", query_string=as_wsgi.partition("?")[2], data=body, headers=headers, environ_overrides={"RAW_URI": as_wsgi}
+    )
+
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["status"] == "approved"
+
+
 def authorise_in_time(terminal: SignedClient, request_id: str, waiting_for: str) -> Any:
     """A swipe that must answer (here within 30 s, where the engine's own limits give a few) rather than wait for ever."""
     outcome = finishes_within(30, lambda: terminal.authorise(CARD, 10_000, request_id))

@@ -128,6 +128,36 @@ def test_gunicorn_stops_with_a_plain_message_when_the_engine_cannot_start(
     assert "Traceback" not in finished.stderr, finished.stderr
 
 
+def test_serve_reloads_a_changed_rulebook_and_keeps_the_one_it_had_when_a_new_one_is_broken(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from flask import Flask
+
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    assert run(env, "init-db").exit_code == 0
+    served: list[Flask] = []
+    monkeypatch.setattr(Flask, "run", lambda app, **_options: served.append(app))  # build the app as `serve` does, serve nothing
+
+    assert run({**env, "POS_ENGINE_RULES_DIR": str(rules)}, "serve").exit_code == 0
+
+    (app,) = served
+    watcher, ctx = app.extensions["pos_engine_rules_watcher"], app.extensions["pos_engine"]
+    assert watcher is not None, "serve does not watch the rulebook"
+    watcher.stop()  # its thread; the checks below are made here, one at a time
+    version = ctx.rulebook.version
+    (rules / "funders.yaml").write_text((rules / "funders.yaml").read_text() + "# changed\n")
+    assert watcher.check_now()
+    changed = ctx.rulebook.version
+    assert changed != version
+    (rules / "funders.yaml").write_text("funders: [\n")
+    assert not watcher.check_now()
+    assert ctx.rulebook.version == changed  # the last good one stays
+    assert watcher.last_error is not None
+
+
 def test_a_worker_started_again_on_a_rulebook_broken_since_leaves_the_server_serving(env: dict[str, str], tmp_path: Path) -> None:
     """A worker killed (OOM, timeout) after a broken rulebook reached the disk: the others keep the rulebook they had."""
     import os

@@ -1019,6 +1019,17 @@ def test_an_error_page_that_is_not_a_problem_document_still_raises_by_status(mak
     assert (raised.value.status, raised.value.code) == (502, None)
 
 
+@pytest.mark.parametrize("errors", [5, "amount_fen", {"field": "amount_fen"}, [1, None, "x"]])
+def test_a_problem_whose_errors_are_not_a_list_of_fields_still_raises_the_status_s_error(make_client, errors):
+    answer = {"type": "about:blank", "title": "validation failed", "status": 422, "code": "validation_failed", "errors": errors}
+    client = make_client(lambda request: httpx.Response(422, json=answer), max_retries=0)
+
+    with pytest.raises(ValidationError) as raised:
+        client.refund("au_0001", 100, request_id="till-42-0010")
+
+    assert (raised.value.status, raised.value.code, raised.value.errors) == (422, "validation_failed", ())
+
+
 def test_connection_errors_carry_the_request_id_and_no_status(make_client):
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)

@@ -193,9 +193,10 @@ def make_status_error(status: int, problem: Mapping[str, Any], *, request_id: st
     # The problem's own `request_id` is the X-Request-Id trace header a proxy may have set, not the
     # idempotency key: `error.request_id` stays the call's, to repeat the call with.
     trace_id = _optional_str(problem.get("request_id"))
+    listed = problem.get("errors")  # a list of {field, message} from the engine; anything else (a proxy's) is no list
     errors = tuple(
         FieldError(field=str(item.get("field", "")), message=str(item.get("message", "")))
-        for item in problem.get("errors") or ()
+        for item in (listed if isinstance(listed, list) else ())
         if isinstance(item, Mapping)
     )
     parts = [str(status), code or title or "error"]
