@@ -105,7 +105,15 @@ class ExplanationSchema(StrictSchema):
     campaign_id = fields.String(required=True)
     rule_id = fields.String(required=True)
     outcome = fields.String(required=True, validate=validate.OneOf(["applied", "partly_applied", "not_applied"]))
-    reason = fields.String(allow_none=True, required=True, metadata={"description": "the cap or condition, e.g. card/month/fen"})
+    reason = fields.String(
+        allow_none=True,
+        required=True,
+        metadata={
+            "description": "what stopped the rule, or null: a cap named with whose it is (rule/card/month/fen, "
+            "campaign/card/week/uses, campaign/budget/fen), exclusive:<campaign>/<rule> (an earlier exclusive rule), "
+            "condition:<name>, or zero_benefit"
+        },
+    )
     wanted_fen = fields.Integer(required=True)
     given_fen = fields.Integer(required=True)
 

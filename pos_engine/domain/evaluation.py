@@ -160,7 +160,7 @@ class _CapTemplate:
     label: str
 
 
-def _cap_templates(prefix: str, limits: tuple[Limit, ...]) -> list[_CapTemplate]:
+def _cap_templates(owner: str, prefix: str, limits: tuple[Limit, ...]) -> list[_CapTemplate]:
     """The limits' counters in order, uses before fen; two caps on one key (same per, period and unit) keep the tighter.
 
     Otherwise a step would add to that counter twice and overrun the tighter cap.
@@ -173,7 +173,7 @@ def _cap_templates(prefix: str, limits: tuple[Limit, ...]) -> list[_CapTemplate]
             if bound is None:
                 continue
             template = _CapTemplate(
-                limit.per, f"{prefix}:{limit.per}:", f":{limit.period}:", limit.period, f":{unit}", unit, bound, limit.label(unit)
+                limit.per, f"{prefix}:{limit.per}:", f":{limit.period}:", limit.period, f":{unit}", unit, bound, limit.label(owner, unit)
             )
             known = merged.get((limit.per, limit.period, unit))
             if known is None or template.limit < known.limit:
@@ -195,8 +195,8 @@ class _RuleCaps:
 def _rule_caps(rule: Rule, campaign: Campaign) -> _RuleCaps:
     """The rule's caps, its campaign's caps, the campaign's budget."""
     caps: list[_CapTemplate | CounterRef] = []
-    caps += _cap_templates(f"rule:{rule.ref}", rule.limits)
-    caps += _cap_templates(f"campaign:{campaign.campaign_id}", campaign.limits)
+    caps += _cap_templates("rule", f"rule:{rule.ref}", rule.limits)
+    caps += _cap_templates("campaign", f"campaign:{campaign.campaign_id}", campaign.limits)
     if campaign.budget_fen is not None:
         caps.append(CounterRef(f"campaign:{campaign.campaign_id}:budget:{UNIT_FEN}", UNIT_FEN, campaign.budget_fen, "campaign/budget/fen"))
     fixed = tuple(cap for cap in caps if isinstance(cap, CounterRef))

@@ -40,9 +40,9 @@ class Limit:
     uses_max: int | None = None
     fen_max: int | None = None
 
-    def label(self, unit: str) -> str:
-        """Name the cap for explanations: 'card/month/fen'."""
-        return f"{self.per}/{self.period}/{unit}"
+    def label(self, owner: str, unit: str) -> str:
+        """Name the cap for explanations, with whose it is (a rule's own or its campaign's): 'campaign/card/month/fen'."""
+        return f"{owner}/{self.per}/{self.period}/{unit}"
 
 
 @dataclass(frozen=True, slots=True)

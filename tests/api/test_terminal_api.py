@@ -117,7 +117,7 @@ def test_a_swipe_with_no_benefit_left_is_declined_no_benefit_and_explained(app: 
             "campaign_id": "city-dining",
             "rule_id": "ten-percent",
             "outcome": "not_applied",
-            "reason": "card/month/uses",
+            "reason": "rule/card/month/uses",
             "wanted_fen": 1000,
             "given_fen": 0,
         }
@@ -133,7 +133,7 @@ def test_explain_reports_partly_applied_with_the_cap_that_stopped_it(app: Any, w
     schemas.AuthorisationSchema().load(body)
     assert body["subsidy_fen"] == 500
     assert body["explanations"][0]["outcome"] == "partly_applied"
-    assert body["explanations"][0]["reason"] == "card/month/fen"
+    assert body["explanations"][0]["reason"] == "rule/card/month/fen"
     assert (body["explanations"][0]["wanted_fen"], body["explanations"][0]["given_fen"]) == (1000, 500)
 
 

@@ -51,7 +51,7 @@ def counters_by_the_book(prefix_limits: list[tuple[str, tuple[Limit, ...]]], bud
             base = f"{prefix}:{limit.per}:{subject}:{limit.period}:{period_key(at_local, limit.period)}"
             for unit, bound in ((UNIT_USES, limit.uses_max), (UNIT_FEN, limit.fen_max)):
                 if bound is not None:
-                    counter = CounterRef(f"{base}:{unit}", unit, bound, limit.label(unit))
+                    counter = CounterRef(f"{base}:{unit}", unit, bound, limit.label(prefix.partition(":")[0], unit))
                     if counter.key not in merged or counter.limit < merged[counter.key].limit:
                         merged[counter.key] = counter
     return [*merged.values(), *([budget] if budget else [])]

@@ -367,7 +367,7 @@ def test_an_exclusive_rule_that_gives_nothing_stops_nothing() -> None:
     decision = run(rulebook, make_swipe(), counters)
 
     assert benefits(decision) == [("next", "discount", 1000)]
-    assert why(decision, "exclusive") == ("not_applied", "card/day/uses")
+    assert why(decision, "exclusive") == ("not_applied", "rule/card/day/uses")
 
 
 # -- limits ------------------------------------------------------------------------------
@@ -393,7 +393,7 @@ def test_a_per_card_use_limit_holds_within_its_period_and_resets_after(period: s
 
     assert benefits(first) == [("r", "subsidy", 1000)]
     assert again.status == "declined"
-    assert why(again, "r") == ("not_applied", f"card/{period}/uses")
+    assert why(again, "r") == ("not_applied", f"rule/card/{period}/uses")
     if next_period is not None:
         assert benefits(run(rulebook, make_swipe(occurred_at=next_period), counters)) == [("r", "subsidy", 1000)]
 
@@ -410,8 +410,8 @@ def test_a_per_card_fen_limit_holds_within_its_period_and_resets_after(period: s
 
     assert benefits(first) == [("r", "subsidy", 1000)]
     assert benefits(partly) == [("r", "subsidy", 500)]
-    assert why(partly, "r") == ("partly_applied", f"card/{period}/fen")
-    assert why(nothing, "r") == ("not_applied", f"card/{period}/fen")
+    assert why(partly, "r") == ("partly_applied", f"rule/card/{period}/fen")
+    assert why(nothing, "r") == ("not_applied", f"rule/card/{period}/fen")
     if next_period is not None:
         assert benefits(run(rulebook, make_swipe(occurred_at=next_period), counters)) == [("r", "subsidy", 1000)]
 
@@ -428,7 +428,7 @@ def test_a_per_merchant_fen_limit_is_shared_by_every_card_at_that_merchant(perio
 
     assert benefits(first) == [("r", "subsidy", 1000)]
     assert benefits(second) == [("r", "subsidy", 500)]
-    assert why(second, "r") == ("partly_applied", f"merchant/{period}/fen")
+    assert why(second, "r") == ("partly_applied", f"rule/merchant/{period}/fen")
     assert benefits(elsewhere) == [("r", "subsidy", 1000)]
     if next_period is not None:
         assert benefits(run(rulebook, make_swipe(card_ref="card-3", occurred_at=next_period), counters)) == [("r", "subsidy", 1000)]
@@ -485,7 +485,7 @@ def test_campaign_limits_are_shared_by_all_its_rules() -> None:
     decision = run(rulebook, make_swipe())
 
     assert benefits(decision) == [("a", "subsidy", 1000), ("b", "subsidy", 500)]
-    assert why(decision, "b") == ("partly_applied", "card/month/fen")
+    assert why(decision, "b") == ("partly_applied", "campaign/card/month/fen")
 
 
 def test_a_campaign_use_limit_counts_a_use_for_each_rule_that_gives() -> None:
@@ -495,7 +495,7 @@ def test_a_campaign_use_limit_counts_a_use_for_each_rule_that_gives() -> None:
     decision = run(rulebook, make_swipe(), counters)
 
     assert [rule_id for rule_id, _, _ in benefits(decision)] == ["a", "b"]
-    assert why(decision, "c") == ("not_applied", "card/day/uses")
+    assert why(decision, "c") == ("not_applied", "campaign/card/day/uses")
     assert counters["campaign:c:card:card-1:day:2026-11-25:uses"] == 2
 
 
@@ -525,7 +525,7 @@ def test_a_benefit_that_partly_fits_gets_exactly_what_is_left_under_the_tightest
     decision = run(only(rule, budget_fen=5000), make_swipe())
 
     assert benefits(decision) == [("r", "subsidy", 300)]
-    assert why(decision, "r") == ("partly_applied", "merchant/month/fen")
+    assert why(decision, "r") == ("partly_applied", "rule/merchant/month/fen")
 
 
 def test_a_rule_that_gives_nothing_counts_no_use_and_names_the_cap_that_stopped_it() -> None:
@@ -540,7 +540,7 @@ def test_a_rule_that_gives_nothing_counts_no_use_and_names_the_cap_that_stopped_
 
     assert decision.status == "declined"
     assert decision.decline_code == DECLINE_NO_BENEFIT
-    assert why(decision, "r") == ("not_applied", "card/month/fen")
+    assert why(decision, "r") == ("not_applied", "rule/card/month/fen")
     assert counters[uses_key] == 1
     assert decision.counter_deltas is None
 
