@@ -143,8 +143,9 @@ def test_a_float_or_boolean_amount_is_refused(terminal: SignedClient) -> None:
 def test_a_body_over_the_size_limit_is_refused(terminal: SignedClient) -> None:
     raw = json.dumps({**VALID, "request_id": "x" * 20_000}).encode()
     response = terminal.client.post("/v1/authorisations", data=raw, headers=terminal.headers("POST", "/v1/authorisations", raw))
-    assert response.status_code in (401, 413)  # refused before or at the signature check, never read whole
+    assert response.status_code == 413  # refused by its declared length, never read whole
     assert response.mimetype == "application/problem+json"
+    assert response.get_json()["code"] == "body_too_large"
 
 
 def test_an_unknown_path_or_method_is_a_problem_too(terminal: SignedClient) -> None:

@@ -745,7 +745,12 @@ def test_a_terminal_request_stuck_behind_a_lock_is_a_503_in_about_a_second_and_c
 @pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)  # SQLite runs one write transaction at a time
 @pytest.mark.parametrize("operation", ["reversal", "refund"])
 def test_a_retry_queued_behind_its_own_first_attempt_gets_the_first_attempt_s_answer(
-    terminal: SignedClient, context: EngineContext, backend: Backend, operation: str
+    terminal: SignedClient,
+    context: EngineContext,
+    backend: Backend,
+    operation: str,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """A till resends a reversal (or a full refund) it has no answer to yet: both wait on the authorisation's lock."""
     import threading
@@ -754,7 +759,12 @@ def test_a_retry_queued_behind_its_own_first_attempt_gets_the_first_attempt_s_an
     import psycopg
 
     from pos_engine.service.counters import reconcile_counters
+    from pos_engine.store import db
 
+    # Adjustments under a statement limit long enough to see both attempts queue, however slow the machine.
+    patient = db.Database(backend.url, statement_timeout_ms=60_000)
+    request.addfinalizer(patient.dispose)
+    monkeypatch.setattr(context, "unit_of_work", patient.unit_of_work)
     authorisation_id = terminal.authorise(CARD, 10_000, "req-1").get_json()["id"]
     path, body = {
         "reversal": (f"/v1/authorisations/{authorisation_id}/reversal", {"request_id": "adj-1"}),
@@ -766,7 +776,7 @@ def test_a_retry_queued_behind_its_own_first_attempt_gets_the_first_attempt_s_an
         attempts = [threading.Thread(target=lambda: answers.append(terminal.post(path, body))) for _ in range(2)]
         for attempt in attempts:
             attempt.start()
-        deadline = time.monotonic() + 0.8  # inside the requests' 1 s statement limit
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             waiting = watcher.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
@@ -778,7 +788,7 @@ def test_a_retry_queued_behind_its_own_first_attempt_gets_the_first_attempt_s_an
             pytest.fail("the two attempts did not both wait on the lock")
         holder.rollback()
         for attempt in attempts:
-            attempt.join(10)
+            attempt.join(30)
     assert [answer.status_code for answer in answers] == [200, 200], [answer.get_json() for answer in answers]
     assert answers[0].data == answers[1].data
     assert state(backend)["ledger_entries"] == 2  # the authorisation and one reversal or refund

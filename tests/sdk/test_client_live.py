@@ -31,6 +31,7 @@ from merchant_sdk import (
     PosClient,
     ValidationError,
 )
+from tests.live import LiveEngine
 from tests.live import live_engine as serve_demo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,10 +44,16 @@ PROXY_SOCKET_TIMEOUT_S = 10.0
 
 
 @pytest.fixture(scope="module")
-def live_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Serve a fresh demo world with gunicorn; yield its base URL and the demo credentials."""
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveEngine]:
+    """Serve a fresh demo world with gunicorn."""
     with serve_demo(tmp_path_factory.mktemp("live-engine"), workers=2) as engine:
-        yield engine.base_url, engine.credentials
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def live_engine(served: LiveEngine) -> tuple[str, dict[str, Any]]:
+    """The served engine's base URL and the demo credentials."""
+    return served.base_url, served.credentials
 
 
 @pytest.fixture(scope="module")
@@ -437,7 +444,23 @@ def test_a_server_error_then_success_is_retried_through_the_proxy(make_client, p
     assert proxy.seen("POST", "/v1/reversals") == []
 
 
-def test_a_retried_authorise_never_creates_two_ledger_entries(make_client, proxy, card):
+def ledger_entries_for(served: LiveEngine, request_id: str) -> list[tuple[str, str]]:
+    """The ledger's (kind, entry id) rows recorded under `request_id`, read from the engine's database."""
+    from sqlalchemy import create_engine, select
+
+    from pos_engine.store.db import normalise_url
+    from pos_engine.store.models import LedgerEntryRow
+
+    database = create_engine(normalise_url(served.env["POS_ENGINE_DATABASE_URL"]))
+    try:
+        with database.connect() as connection:
+            rows = connection.execute(select(LedgerEntryRow.kind, LedgerEntryRow.entry_id).where(LedgerEntryRow.request_id == request_id))
+            return [(kind, entry_id) for kind, entry_id in rows]
+    finally:
+        database.dispose()
+
+
+def test_a_retried_authorise_never_creates_two_ledger_entries(make_client, proxy, card, served):
     client = make_client(proxy.base_url)
     # The engine records the first attempt, the till sees 503, the retry with
     # the same request id reaches the engine again.
@@ -448,6 +471,7 @@ def test_a_retried_authorise_never_creates_two_ledger_entries(make_client, proxy
     attempts = proxy.seen("POST", "/v1/authorisations")
     assert [action for _, action in attempts] == ["forwarded_503", "forward"]
     assert len({body["request_id"] for body, _ in attempts if body}) == 1
+    assert ledger_entries_for(served, authorisation.request_id) == [("authorisation", authorisation.id)]
     details = client.get(authorisation.id)
     assert (details.id, details.reversed, details.refunded_fen, details.adjustments) == (authorisation.id, False, 0, ())
     voided = client.reverse_request(authorisation.request_id)

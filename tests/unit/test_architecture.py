@@ -22,7 +22,9 @@ def imported_modules(path: Path) -> set[str]:
 
 def test_the_domain_imports_only_the_standard_library_and_itself() -> None:
     offenders = {}
-    for path in (PACKAGE / "domain").rglob("*.py"):
+    paths = sorted((PACKAGE / "domain").rglob("*.py"))
+    assert paths, "no domain modules found: the check would pass without looking"
+    for path in paths:
         outside = {
             module
             for module in imported_modules(path)
@@ -36,7 +38,9 @@ def test_the_domain_imports_only_the_standard_library_and_itself() -> None:
 def test_the_use_cases_import_the_domain_and_their_ports_but_no_framework_or_store() -> None:
     forbidden = ("flask", "sqlalchemy", "redis", "marshmallow", "yaml", "pos_engine.store", "pos_engine.api")
     offenders = {}
-    for path in (PACKAGE / "service").rglob("*.py"):
+    paths = sorted((PACKAGE / "service").rglob("*.py"))
+    assert paths, "no service modules found: the check would pass without looking"
+    for path in paths:
         bad = {module for module in imported_modules(path) if module.startswith(forbidden)}
         if bad:
             offenders[path.name] = bad
@@ -44,7 +48,7 @@ def test_the_use_cases_import_the_domain_and_their_ports_but_no_framework_or_sto
 
 
 def test_the_merchant_sdk_never_imports_the_engine() -> None:
-    offenders = {
-        path.name: modules for path in SDK.rglob("*.py") if (modules := {m for m in imported_modules(path) if m.startswith("pos_engine")})
-    }
+    paths = sorted(SDK.rglob("*.py"))
+    assert paths, "no SDK modules found: the check would pass without looking"
+    offenders = {path.name: modules for path in paths if (modules := {m for m in imported_modules(path) if m.startswith("pos_engine")})}
     assert offenders == {}

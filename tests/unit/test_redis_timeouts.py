@@ -18,7 +18,7 @@ def timeouts(store: RedisCounterStore) -> tuple[object, object]:
     return kwargs.get("socket_timeout"), kwargs.get("socket_connect_timeout")
 
 
-def test_the_engine_gives_up_on_a_silent_redis() -> None:
+def test_the_redis_client_gets_the_engine_s_socket_and_connect_timeouts() -> None:
     assert REDIS_SOCKET_TIMEOUT_S is not None
     assert timeouts(RedisCounterStore.from_url(URL)) == (REDIS_SOCKET_TIMEOUT_S, REDIS_CONNECT_TIMEOUT_S)
     assert Settings().redis_socket_timeout_s == REDIS_SOCKET_TIMEOUT_S

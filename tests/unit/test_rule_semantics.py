@@ -582,7 +582,8 @@ def limits(draw: st.DrawFn) -> Limit:
     return Limit(per, period, uses_max, fen_max)  # type: ignore[arg-type]
 
 
-# The loader refuses two limits of one rule (or campaign) on the same subject and period.
+# The loader refuses a cap (subject, period, unit) given twice in one rule or campaign; here one Limit
+# per subject and period carries both units, which counts the same as two limits of one unit each.
 limit_lists = st.lists(limits(), max_size=3, unique_by=lambda limit: (limit.per, limit.period))
 
 
