@@ -449,7 +449,9 @@ class PosClient(_BaseClient):
             amount_fen: The purchase amount in integer fen.
             occurred_at: When the swipe happened, timezone-aware; now if None.
             request_id: The idempotency key; a fresh one if None. Pass the same
-                one again only to repeat the very same swipe.
+                one again only to repeat the very same swipe, with the same
+                arguments and the same `occurred_at` (None means now, so a
+                repeat without it is another swipe: 409 `idempotency_conflict`).
             explain: Ask the engine why each rule applied or did not.
 
         Returns:
@@ -491,7 +493,8 @@ class PosClient(_BaseClient):
 
         Raises:
             ConflictError: `already_reversed` with another request id.
-            NotFoundError: No such authorisation for this terminal.
+            NotFoundError: No such authorisation.
+            PermissionDeniedError: `merchant_mismatch`: it is another merchant's.
             APIStatusError, APIConnectionError: As for any call; repeat it with
                 `request_id=error.request_id` to be safe.
         """
@@ -512,6 +515,8 @@ class PosClient(_BaseClient):
         Raises:
             ValidationError: `refund_exceeds_remaining`, or a bad amount.
             ConflictError: `already_reversed`, `fully_refunded` or `authorisation_declined`.
+            NotFoundError: No such authorisation.
+            PermissionDeniedError: `merchant_mismatch`: it is another merchant's.
             APIStatusError, APIConnectionError: As for any call; repeat it with
                 `request_id=error.request_id` to be safe.
         """
@@ -522,7 +527,8 @@ class PosClient(_BaseClient):
         """Look up an authorisation as it stands now, with its reversal and refunds.
 
         Raises:
-            NotFoundError: No such authorisation for this terminal.
+            NotFoundError: No such authorisation.
+            PermissionDeniedError: `merchant_mismatch`: it is another merchant's.
         """
         call = self._get_call(authorisation_id)
         return self._call(call)
