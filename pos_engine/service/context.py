@@ -61,6 +61,10 @@ class RegistrySnapshot:
             except Exception:
                 log.exception("registry snapshot reload failed; keeping the previous one")
 
+    def start(self) -> None:
+        """Load the snapshot and start its refresher in this process now, rather than on its first swipe."""
+        self._refresher.ensure_started()
+
     def terminal(self, terminal_id: str) -> Terminal | None:
         self._refresher.ensure_started()
         return self.terminals.get(terminal_id) or self.registry.terminal(terminal_id)
@@ -107,9 +111,17 @@ class EngineContext:
         return self.swipe_transaction() if self.swipe_transaction is not None else self.unit_of_work()
 
     def start(self) -> None:
-        """Start loading the card directory in this process (a worker after the fork); swipes start it too."""
+        """Start loading the card directory and load the registry snapshot in this process (a worker after
+        the fork), so that its first swipe does not wait for them (the snapshot took 130-180 ms on the large
+        world). Swipes start both too: if the database cannot be read now, the first swipe tries again.
+        """
         if self.cards is not None:
             self.cards.start()
+        if self.snapshot is not None:
+            try:
+                self.snapshot.start()
+            except Exception as error:  # the database is away: the engine still starts, as it does without a snapshot
+                log.warning("registry snapshot not loaded at start (%s); the first swipe loads it", error)
 
     def card_hash(self, card_number: str) -> str:
         """The keyed hash the card is found by; the number itself is never stored."""

@@ -91,3 +91,54 @@ def test_a_reload_that_fails_half_way_is_tried_again_at_the_next_poll() -> None:
     snapshot.reload()  # the next poll: the version is the same as at the failed load, which must not count
     merchant = snapshot.merchant("m-1")
     assert merchant is not None and merchant.status == "suspended"
+
+
+def test_a_worker_loads_its_registry_snapshot_at_start_and_still_starts_when_the_database_is_away() -> None:
+    from pos_engine.service.context import RegistrySnapshot
+
+    class CountingRegistry(FakeRegistry):
+        def __init__(self, away: bool) -> None:
+            super().__init__()
+            self.away = away
+            self.loads = 0
+
+        def all_terminals(self) -> list[Any]:
+            if self.away:
+                raise ConnectionError("the database is away")
+            self.loads += 1
+            return super().all_terminals()
+
+    registry = CountingRegistry(away=False)
+    snapshot = RegistrySnapshot(registry, refresh_s=3600)
+    snapshot.start()
+    assert registry.loads == 1
+    assert snapshot.terminals.keys() == {"t-1"}  # loaded before any swipe asked
+
+    away = CountingRegistry(away=True)
+    context = _context_over(away)
+    context.start()  # logs, does not raise
+    assert context.snapshot is not None and context.snapshot.terminals == {}
+    away.away = False
+    assert context.terminal("t-1") is not None  # the first swipe loads it
+    assert away.loads == 1 and away.single_lookups == 0
+
+
+def _context_over(registry: Any) -> Any:
+    """An engine context with a registry snapshot (a lookup cache TTL above 0) over `registry`."""
+    from datetime import UTC, datetime
+
+    from pos_engine.domain.clock import FixedClock
+    from pos_engine.service.context import EngineContext
+    from tests.helpers import make_rulebook
+
+    context = EngineContext(
+        unit_of_work=None,  # type: ignore[arg-type]
+        registry=registry,
+        counters=None,  # type: ignore[arg-type]
+        rulebook=make_rulebook(),
+        clock=FixedClock(datetime(2026, 11, 25, 4, tzinfo=UTC)),
+        card_key=b"k",
+        lookup_cache_ttl_s=3600,
+    )
+    context.cards = None  # no card directory thread in a unit test
+    return context
