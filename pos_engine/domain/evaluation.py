@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from pos_engine.domain.clock import local, period_key
+from pos_engine.domain.money import require
 from pos_engine.domain.rulebook import Benefit, Campaign, Limit, Rule, Rulebook
 
 UNIT_FEN = "fen"
@@ -272,7 +273,7 @@ def execute_plan(plan: Plan, counters: MutableMapping[str, int]) -> list[StepOut
             if step.rule.exclusive:
                 stopped_kinds[kind] = step.rule.ref
         outcomes.append(StepOutcome(given, wanted, stopped_by))
-    assert payable_fen >= 0
+    require(payable_fen >= 0, "benefits never exceed the amount")
     return outcomes
 
 
@@ -325,10 +326,14 @@ class Decision:
     counter_deltas: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
-        assert self.discount_fen >= 0
-        assert self.subsidy_fen >= 0
-        assert self.payable_fen >= 0
-        assert self.discount_fen + self.subsidy_fen + self.payable_fen == self.amount_fen
+        require(
+            self.discount_fen >= 0
+            and self.subsidy_fen >= 0
+            and self.payable_fen >= 0
+            and self.discount_fen + self.subsidy_fen + self.payable_fen == self.amount_fen,
+            f"discount {self.discount_fen} + subsidy {self.subsidy_fen} + payable {self.payable_fen} "
+            f"== amount {self.amount_fen}, none below 0",
+        )
 
     @classmethod
     def decline(cls, code: str, amount_fen: int, rules_version: str, explanations: tuple[Explanation, ...] = ()) -> Decision:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pos_engine.domain.evaluation import UNIT_FEN, Decision, Plan
-from pos_engine.domain.money import split_cumulative
+from pos_engine.domain.money import require, split_cumulative
 from pos_engine.domain.rulebook import Rulebook
 
 
@@ -74,5 +74,5 @@ def claw_back(
             lines.append({**{key: value for key, value in line.items() if key != "amount_fen"}, "amount_fen": -share})
     discount_fen = sum(-line["amount_fen"] for line in lines if line["kind"] == "discount")
     subsidy_fen = sum(-line["amount_fen"] for line in lines if line["kind"] == "subsidy")
-    assert discount_fen + subsidy_fen + shares[0] == amount_back_fen
+    require(discount_fen + subsidy_fen + shares[0] == amount_back_fen, "a claw-back adds up to the amount given back")
     return ClawBack(discount_fen, subsidy_fen, shares[0], lines, deltas)

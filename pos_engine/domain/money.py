@@ -7,6 +7,19 @@ from collections.abc import Sequence
 BP_PER_WHOLE = 10_000  # basis points in 100 %
 
 
+class MoneyInvariantError(Exception):
+    """A money invariant does not hold: nothing that breaks it may be recorded or answered.
+
+    Raised by `require`, never by `assert`, so that it holds under `python -O` too.
+    """
+
+
+def require(holds: bool, what: str) -> None:
+    """Raise MoneyInvariantError naming `what` unless it holds."""
+    if not holds:
+        raise MoneyInvariantError(what)
+
+
 def div_floor(numerator: int, denominator: int) -> int:
     """Divide, rounding towards minus infinity."""
     assert denominator > 0
@@ -39,7 +52,7 @@ def _split_in_order(total: int, weights: Sequence[int], weights_sum: int) -> lis
         parts.append(part)
         rest -= part
         rest_weights -= weight
-    assert rest == 0
+    require(rest == 0, "a split adds up exactly")
     return parts
 
 
@@ -51,9 +64,7 @@ def split_cumulative(part_total: int, whole: int, weights: Sequence[int]) -> lis
     never exceeds its weight, and at part_total == whole every share equals its
     weight exactly, so a series of partial refunds ends exactly at the totals.
     """
-    assert sum(weights) == whole
-    assert 0 <= part_total <= whole
-    assert all(weight >= 0 for weight in weights)
+    require(sum(weights) == whole and 0 <= part_total <= whole and all(weight >= 0 for weight in weights), "a claw-back's parts")
     return _split_in_order(part_total, weights, whole)
 
 

@@ -40,7 +40,7 @@ from redis.connection import ConnectionPool
 from redis.exceptions import NoScriptError
 
 from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, Plan, StepOutcome
-from pos_engine.domain.money import BP_PER_WHOLE
+from pos_engine.domain.money import BP_PER_WHOLE, require
 from pos_engine.limits import REDIS_CONNECT_TIMEOUT_S, REDIS_SOCKET_TIMEOUT_S, REQUEST_CLAIM_S
 from pos_engine.service.errors import AlreadyClaimed
 from pos_engine.store.connections import ThreadConnections
@@ -81,7 +81,7 @@ def _text(value: bytes | str) -> str:
 
 
 def _bounded(amount_fen: int) -> str:
-    assert 0 <= amount_fen <= AMOUNT_FEN_MAX, amount_fen
+    require(0 <= amount_fen <= AMOUNT_FEN_MAX, f"{amount_fen} fen within what the script's doubles hold exactly")
     return str(amount_fen)
 
 
@@ -233,8 +233,11 @@ class RedisCounterStore:
                 stopped_by = f"exclusive:{plan.steps[-stop - 1].rule.ref}"
             outcomes.append(StepOutcome(given_fen, wanted_fen, stopped_by))
         # The Decision invariants rely on these; a script that broke them would cost money.
-        assert all(0 <= outcome.given_fen <= outcome.wanted_fen for outcome in outcomes)
-        assert sum(outcome.given_fen for outcome in outcomes) <= plan.amount_fen
+        require(
+            all(0 <= outcome.given_fen <= outcome.wanted_fen for outcome in outcomes)
+            and sum(outcome.given_fen for outcome in outcomes) <= plan.amount_fen,
+            f"the reservation script gives 0 to what each rule wants, the amount at most: {reply}",
+        )
         return outcomes
 
     def _drop_claims(self) -> None:

@@ -26,7 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from redis.cluster import RedisCluster
 
 from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, CounterRef, Plan, PlanStep, StepOutcome, execute_plan
-from pos_engine.domain.money import percent_of
+from pos_engine.domain.money import MoneyInvariantError, percent_of
 from pos_engine.domain.rulebook import Benefit, BenefitKind, Rule
 from pos_engine.store.redis_counters import AMOUNT_FEN_MAX, RedisCounterStore
 
@@ -272,7 +272,7 @@ def test_a_percent_of_a_huge_amount_rounds_down_exactly(store: RedisCounterStore
 
 def test_amounts_above_the_exact_bound_are_refused_before_calling_redis(store: RedisCounterStore) -> None:
     plan = Plan(AMOUNT_FEN_MAX + 1, (PlanStep(make_rule(fixed_fen=1), ()),), ())
-    with pytest.raises(AssertionError):
+    with pytest.raises(MoneyInvariantError):
         store.reserve(plan)
     assert store.snapshot() == {}
 

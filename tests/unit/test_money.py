@@ -85,3 +85,28 @@ def test_yuan_are_for_display_only() -> None:
     assert format_yuan(123456) == "1234.56"
     assert format_yuan(-5) == "-0.05"
     assert format_yuan(0) == "0.00"
+
+
+def test_the_money_invariants_are_checked_under_python_minus_o_too() -> None:
+    """`assert` disappears under -O (or PYTHONOPTIMIZE): the money checks must not be asserts."""
+    import subprocess
+    import sys
+
+    script = """
+from pos_engine.domain.evaluation import Decision
+from pos_engine.domain.ledger import claw_back
+from pos_engine.domain.money import MoneyInvariantError
+broken = 0
+for attempt in (
+    lambda: Decision("approved", 10_000, discount_fen=500, subsidy_fen=950, payable_fen=9_000),
+    lambda: Decision("approved", 10_000, discount_fen=-1, subsidy_fen=1, payable_fen=10_000),
+    lambda: claw_back(10_000, 9_000, [{"kind": "subsidy", "amount_fen": 1_000, "counters": []}], 0, 10_001),
+):
+    try:
+        attempt()
+    except MoneyInvariantError:
+        broken += 1
+print(broken)
+"""
+    done = subprocess.run([sys.executable, "-O", "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, "3"), done.stderr
