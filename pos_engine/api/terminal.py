@@ -10,7 +10,7 @@ from flask import Response, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from webargs.flaskparser import FlaskParser, is_json_request
-from werkzeug.exceptions import UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from pos_engine.api import schemas, signing
 from pos_engine.service import swipes
@@ -46,7 +46,7 @@ blp = _Blueprint(
     "X-Signature = hex HMAC-SHA256 of METHOD\\nPATH\\nTIMESTAMP\\nSHA256_HEX(BODY) keyed with the terminal's secret.",
 )
 ERRORS = {
-    400: "malformed_json",
+    400: "malformed_json, bad_request (a query string that is not UTF-8)",
     401: "signature_missing, signature_invalid, timestamp_out_of_window, terminal_unknown",
     403: "terminal_inactive, merchant_mismatch",
     409: "idempotency_conflict, request_in_progress, and state conflicts",
@@ -86,6 +86,10 @@ def authenticate() -> None:
         g.raw_path,
         request.get_data(cache=True),
     )
+    try:
+        request.query_string.decode("utf-8")  # what werkzeug decodes the arguments with, raising if it cannot
+    except UnicodeDecodeError as error:
+        raise BadRequest(f"the query string is not UTF-8 (byte {error.start + 1}); percent-encode other bytes") from None
     if request.method == "POST" and not is_json_request(request):
         # Read as JSON anyway, the body would only say every field is missing.
         raise UnsupportedMediaType(f"the body must be sent as Content-Type: application/json, not {request.mimetype or 'none'}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -19,6 +20,14 @@ MERCHANT_STATUSES = ("pending", "active", "probation", "suspended", "removed")
 # A merchant on probation still serves members while the card office reviews it.
 MERCHANT_STATUSES_SERVING = frozenset({"active", "probation"})
 TERMINAL_STATUSES = ("active", "inactive")
+# The ids the registry's imports take (members, units, unions, terminals): 1-64 ASCII letters, digits, '-', '_', '.'.
+_REGISTRY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+REGISTRY_ID_HINT = "1-64 letters, digits, '-', '_' or '.'"
+
+
+def is_registry_id(value: str) -> bool:
+    """Whether `value` has the shape of a registry id (so it can be looked up at all)."""
+    return _REGISTRY_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)

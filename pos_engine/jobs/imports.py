@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from pos_engine.domain.registry import CARD_STATUSES, MERCHANT_STATUSES, card_hash
+from pos_engine.domain.registry import CARD_STATUSES, MERCHANT_STATUSES, REGISTRY_ID_HINT, card_hash, is_registry_id
 from pos_engine.domain.rulebook import CATEGORIES, DISTRICTS, ID_HINT, ID_PATTERN, MERCHANT_ID_HINT, MERCHANT_ID_PATTERN
-from pos_engine.limits import CARD_NUMBER_DIGITS_MAX, CARD_NUMBER_DIGITS_MIN, ID_CHARS_MAX, IMPORT_ROWS_MAX
+from pos_engine.limits import CARD_NUMBER_DIGITS_MAX, CARD_NUMBER_DIGITS_MIN, IMPORT_ROWS_MAX
 from pos_engine.store.db import Database
 from pos_engine.store.models import CardRow, MemberRow, MerchantRow, TerminalRow
 
@@ -39,7 +39,6 @@ MERCHANT_COLUMNS = ("merchant_id", "name", "category", "district", "status", "te
 IMPORT_BATCH_ROWS = 1_000
 NAME_CHARS_MAX = 200
 GROUPS_CHARS_MAX = 500  # members.groups, the names joined by ','
-ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
 class ImportError_(Exception):
@@ -94,7 +93,7 @@ def _check(problems: list[str], where: str, column: str, ok: bool, reason: str) 
 
 
 def _is_id(value: str) -> bool:
-    return 0 < len(value) <= ID_CHARS_MAX and set(value) <= ID_CHARS
+    return is_registry_id(value)
 
 
 def _is_name(value: str) -> bool:
@@ -129,10 +128,10 @@ def import_members(database: Database, card_key: bytes, path: Path) -> ImportRes
     members, cards = [], []
     for line, row in rows:
         where, problems_before = f"{path}:{line}", len(problems)
-        _check(problems, where, "member_id", _is_id(row["member_id"]), "1-64 letters, digits, '-', '_' or '.'")
+        _check(problems, where, "member_id", _is_id(row["member_id"]), REGISTRY_ID_HINT)
         _check(problems, where, "name", _is_name(row["name"]), f"required, at most {NAME_CHARS_MAX} printable characters")
-        _check(problems, where, "unit_id", _is_id(row["unit_id"]), "1-64 letters, digits, '-', '_' or '.'")
-        _check(problems, where, "union_id", _is_id(row["union_id"]), "1-64 letters, digits, '-', '_' or '.'")
+        _check(problems, where, "unit_id", _is_id(row["unit_id"]), REGISTRY_ID_HINT)
+        _check(problems, where, "union_id", _is_id(row["union_id"]), REGISTRY_ID_HINT)
         _check(problems, where, "district", row["district"] in DISTRICTS, f"one of {', '.join(DISTRICTS)}")
         _check(problems, where, "in_service", row["in_service"] in ("true", "false"), "true or false")
         year = row["annual_review_year"]
@@ -212,7 +211,7 @@ def import_merchants(
         _check(problems, where, "district", row["district"] in DISTRICTS, f"one of {', '.join(DISTRICTS)}")
         _check(problems, where, "status", row["status"] in MERCHANT_STATUSES, f"one of {', '.join(MERCHANT_STATUSES)}")
         terminal_id = row.get("terminal_id", "")
-        _check(problems, where, "terminal_id", terminal_id == "" or _is_id(terminal_id), "1-64 letters, digits, '-', '_' or '.'")
+        _check(problems, where, "terminal_id", terminal_id == "" or _is_id(terminal_id), REGISTRY_ID_HINT)
         if len(problems) > problems_before:
             continue
         merchants.append({key: row[key] for key in ("merchant_id", "name", "category", "district", "status")})

@@ -23,7 +23,7 @@ AUTHORISATION_OPERATION = {
     "parameters": [{"in": "query", "name": "explain", "schema": {"type": "boolean", "default": False}, "required": False}],
     "responses": {
         "422": problem("validation_failed and business validation"),
-        "400": problem("malformed_json"),
+        "400": problem("malformed_json, bad_request (a query string that is not UTF-8)"),
         "401": problem("signature_missing, signature_invalid, timestamp_out_of_window, terminal_unknown"),
         "403": problem("terminal_inactive, merchant_mismatch"),
         "409": problem("idempotency_conflict, request_in_progress, and state conflicts"),

@@ -426,6 +426,53 @@ def test_a_path_sent_with_raw_non_ascii_bytes_is_verified_over_those_bytes(termi
     assert response.get_json()["status"] == "approved"
 
 
+def test_a_query_string_that_is_not_utf8_is_a_400_problem(terminal: SignedClient, backend: Backend) -> None:
+    import hashlib
+    import hmac
+
+    before = state(backend)
+    body = _swipe_body()
+    sent = b"/v1/authorisations?explain=\xff"  # a raw byte, not %FF: gunicorn passes it on as latin-1
+    timestamp = str(int(terminal.clock.now().timestamp()))
+    message = b"POST\n" + sent + b"\n" + timestamp.encode() + b"\n" + hashlib.sha256(body).hexdigest().encode()
+    signature = hmac.new(terminal.secret.encode(), message, hashlib.sha256).hexdigest()
+    headers = {**terminal.headers("POST", "/v1/authorisations", body), "X-Timestamp": timestamp, "X-Signature": signature}
+    as_wsgi = sent.decode("latin-1")
+
+    response = terminal.client.post(
+        "/v1/authorisations",
+        data=body,
+        headers=headers,
+        environ_overrides={"RAW_URI": as_wsgi, "QUERY_STRING": as_wsgi.partition("?")[2]},
+    )
+
+    assert response.status_code == 400, response.get_data()
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["code"] == "bad_request"
+    assert "not UTF-8" in response.get_json()["detail"]
+    assert state(backend) == before
+
+
+@pytest.mark.parametrize("terminal_id", ["t-m-1\x00", "\x00", "t" * 65, "t-m-1 ", "t/m/1"])
+def test_a_terminal_id_no_terminal_can_have_is_unknown_without_a_query(terminal: SignedClient, backend: Backend, terminal_id: str) -> None:
+    """PostgreSQL refuses a NUL in text; the id is refused before it is looked up, as unknown."""
+    before = state(backend)
+    body = _swipe_body()
+    headers = {**terminal.headers("POST", "/v1/authorisations", body), "X-Terminal-Id": "placeholder"}
+
+    # Through the lane (a well-formed swipe) and through Flask (a GET).
+    posted = terminal.client.post("/v1/authorisations", data=body, headers=headers, environ_overrides={"HTTP_X_TERMINAL_ID": terminal_id})
+    got = terminal.client.get(
+        "/v1/authorisations/au_x",
+        headers=terminal.headers("GET", "/v1/authorisations/au_x", b""),
+        environ_overrides={"HTTP_X_TERMINAL_ID": terminal_id},
+    )
+
+    for response in (posted, got):
+        assert (response.status_code, response.get_json()["code"]) == (401, "terminal_unknown")
+    assert state(backend) == before
+
+
 def authorise_in_time(terminal: SignedClient, request_id: str, waiting_for: str) -> Any:
     """A swipe that must answer (here within 30 s, where the engine's own limits give a few) rather than wait for ever."""
     outcome = finishes_within(30, lambda: terminal.authorise(CARD, 10_000, request_id))
