@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from pos_engine.domain.clock import local, period_key
-from pos_engine.domain.money import require
+from pos_engine.domain.money import MoneyInvariantError, require
 from pos_engine.domain.rulebook import Benefit, Campaign, Limit, Rule, Rulebook
 
 UNIT_FEN = "fen"
@@ -326,14 +326,16 @@ class Decision:
     counter_deltas: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
-        require(
+        if not (
             self.discount_fen >= 0
             and self.subsidy_fen >= 0
             and self.payable_fen >= 0
-            and self.discount_fen + self.subsidy_fen + self.payable_fen == self.amount_fen,
-            f"discount {self.discount_fen} + subsidy {self.subsidy_fen} + payable {self.payable_fen} "
-            f"== amount {self.amount_fen}, none below 0",
-        )
+            and self.discount_fen + self.subsidy_fen + self.payable_fen == self.amount_fen
+        ):  # the message is made only when it fails: every swipe makes a Decision
+            raise MoneyInvariantError(
+                f"discount {self.discount_fen} + subsidy {self.subsidy_fen} + payable {self.payable_fen} "
+                f"== amount {self.amount_fen}, none below 0"
+            )
 
     @classmethod
     def decline(cls, code: str, amount_fen: int, rules_version: str, explanations: tuple[Explanation, ...] = ()) -> Decision:

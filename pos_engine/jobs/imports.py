@@ -92,10 +92,6 @@ def _check(problems: list[str], where: str, column: str, ok: bool, reason: str) 
         problems.append(f"{where}: {column}: {reason}")
 
 
-def _is_id(value: str) -> bool:
-    return is_registry_id(value)
-
-
 def _is_name(value: str) -> bool:
     # Printable only: a NUL would be refused by PostgreSQL mid-import, a control character garbles statements.
     return 0 < len(value) <= NAME_CHARS_MAX and value.isprintable()
@@ -128,10 +124,10 @@ def import_members(database: Database, card_key: bytes, path: Path) -> ImportRes
     members, cards = [], []
     for line, row in rows:
         where, problems_before = f"{path}:{line}", len(problems)
-        _check(problems, where, "member_id", _is_id(row["member_id"]), REGISTRY_ID_HINT)
+        _check(problems, where, "member_id", is_registry_id(row["member_id"]), REGISTRY_ID_HINT)
         _check(problems, where, "name", _is_name(row["name"]), f"required, at most {NAME_CHARS_MAX} printable characters")
-        _check(problems, where, "unit_id", _is_id(row["unit_id"]), REGISTRY_ID_HINT)
-        _check(problems, where, "union_id", _is_id(row["union_id"]), REGISTRY_ID_HINT)
+        _check(problems, where, "unit_id", is_registry_id(row["unit_id"]), REGISTRY_ID_HINT)
+        _check(problems, where, "union_id", is_registry_id(row["union_id"]), REGISTRY_ID_HINT)
         _check(problems, where, "district", row["district"] in DISTRICTS, f"one of {', '.join(DISTRICTS)}")
         _check(problems, where, "in_service", row["in_service"] in ("true", "false"), "true or false")
         year = row["annual_review_year"]
@@ -211,7 +207,7 @@ def import_merchants(
         _check(problems, where, "district", row["district"] in DISTRICTS, f"one of {', '.join(DISTRICTS)}")
         _check(problems, where, "status", row["status"] in MERCHANT_STATUSES, f"one of {', '.join(MERCHANT_STATUSES)}")
         terminal_id = row.get("terminal_id", "")
-        _check(problems, where, "terminal_id", terminal_id == "" or _is_id(terminal_id), REGISTRY_ID_HINT)
+        _check(problems, where, "terminal_id", terminal_id == "" or is_registry_id(terminal_id), REGISTRY_ID_HINT)
         if len(problems) > problems_before:
             continue
         merchants.append({key: row[key] for key in ("merchant_id", "name", "category", "district", "status")})

@@ -40,7 +40,7 @@ from redis.connection import ConnectionPool
 from redis.exceptions import NoScriptError
 
 from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, Plan, StepOutcome
-from pos_engine.domain.money import BP_PER_WHOLE, require
+from pos_engine.domain.money import BP_PER_WHOLE, MoneyInvariantError, require
 from pos_engine.limits import REDIS_CONNECT_TIMEOUT_S, REDIS_SOCKET_TIMEOUT_S, REQUEST_CLAIM_S
 from pos_engine.service.errors import AlreadyClaimed
 from pos_engine.store.connections import ThreadConnections
@@ -81,7 +81,7 @@ def _text(value: bytes | str) -> str:
 
 
 def _bounded(amount_fen: int) -> str:
-    require(0 <= amount_fen <= AMOUNT_FEN_MAX, f"{amount_fen} fen within what the script's doubles hold exactly")
+    require(0 <= amount_fen <= AMOUNT_FEN_MAX, "an amount within what the script's doubles hold exactly")
     return str(amount_fen)
 
 
@@ -233,11 +233,11 @@ class RedisCounterStore:
                 stopped_by = f"exclusive:{plan.steps[-stop - 1].rule.ref}"
             outcomes.append(StepOutcome(given_fen, wanted_fen, stopped_by))
         # The Decision invariants rely on these; a script that broke them would cost money.
-        require(
+        if not (
             all(0 <= outcome.given_fen <= outcome.wanted_fen for outcome in outcomes)
-            and sum(outcome.given_fen for outcome in outcomes) <= plan.amount_fen,
-            f"the reservation script gives 0 to what each rule wants, the amount at most: {reply}",
-        )
+            and sum(outcome.given_fen for outcome in outcomes) <= plan.amount_fen
+        ):  # the message is made only when it fails
+            raise MoneyInvariantError(f"the reservation script gave outside 0 to what each rule wants, or over the amount: {reply}")
         return outcomes
 
     def _drop_claims(self) -> None:
