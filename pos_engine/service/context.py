@@ -17,6 +17,8 @@ from pos_engine.service.ports import CounterStore, Registry, SwipeUnitOfWork, Un
 
 log = logging.getLogger(__name__)
 
+UNKNOWN_TERMINALS_MAX = 10_000  # terminal ids remembered as unknown between two reloads of the registry
+
 
 class RegistrySnapshot:
     """Every terminal and merchant, held in memory; a daemon thread asks every `refresh_s` whether they changed.
@@ -28,7 +30,10 @@ class RegistrySnapshot:
     `refresh_s`. The question is the registry's `fingerprint()` (a version that
     database triggers raise, pos_engine.store.db.SqlRegistry); the snapshot is
     reloaded only when it moved, or every time if the store cannot tell (None).
-    An id the snapshot does not know yet (just imported) is looked up directly.
+    An id the snapshot does not know yet (just imported) is looked up directly;
+    a terminal id found nowhere is remembered as unknown until the registry
+    next changes, so that unsigned requests naming made-up terminals cost no
+    query each (a terminal imported meanwhile is found at that reload).
     """
 
     def __init__(self, registry: Registry, refresh_s: float) -> None:
@@ -36,6 +41,7 @@ class RegistrySnapshot:
         self.refresh_s = refresh_s
         self.terminals: dict[str, Terminal] = {}
         self.merchants: dict[str, Merchant] = {}
+        self._unknown_terminals: set[str] = set()
         self._fingerprint: str | None = None
         # Loaded and refreshed in the process that uses it (a gunicorn worker, after the fork).
         self._refresher = ProcessThread("registry-snapshot", self._run, before_start=self.reload)
@@ -50,6 +56,7 @@ class RegistrySnapshot:
         terminals = {terminal.terminal_id: terminal for terminal in self.registry.all_terminals()}
         merchants = {merchant.merchant_id: merchant for merchant in self.registry.all_merchants()}
         self.terminals, self.merchants = terminals, merchants  # swapped whole: readers never see half
+        self._unknown_terminals = set()  # the registry changed: any of them may exist now
         # Only now: a load that failed half-way must be tried again at the next poll, not skipped as current.
         self._fingerprint = fingerprint
 
@@ -67,7 +74,16 @@ class RegistrySnapshot:
 
     def terminal(self, terminal_id: str) -> Terminal | None:
         self._refresher.ensure_started()
-        return self.terminals.get(terminal_id) or self.registry.terminal(terminal_id)
+        found = self.terminals.get(terminal_id)
+        if found is not None or terminal_id in self._unknown_terminals:
+            return found
+        found = self.registry.terminal(terminal_id)
+        if found is None:
+            unknown = self._unknown_terminals
+            if len(unknown) >= UNKNOWN_TERMINALS_MAX:  # bounded: made-up ids cannot grow it without end
+                unknown.clear()
+            unknown.add(terminal_id)
+        return found
 
     def merchant(self, merchant_id: str) -> Merchant | None:
         self._refresher.ensure_started()

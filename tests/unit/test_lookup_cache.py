@@ -142,3 +142,27 @@ def _context_over(registry: Any) -> Any:
     )
     context.cards = None  # no card directory thread in a unit test
     return context
+
+
+def test_an_unknown_terminal_id_costs_one_query_until_the_registry_changes() -> None:
+    """Unsigned requests naming made-up terminals must not cost a database query each."""
+    from pos_engine.domain.registry import Terminal
+    from pos_engine.service.context import UNKNOWN_TERMINALS_MAX, RegistrySnapshot
+
+    registry = FakeRegistry()
+    snapshot = RegistrySnapshot(registry, refresh_s=3600)
+    snapshot.start()
+    for _ in range(5):
+        assert snapshot.terminal("t-made-up") is None
+    assert registry.single_lookups == 1
+
+    registry.terminals["t-made-up"] = Terminal("t-made-up", "m-1", "s", "active")  # imported after all
+    assert snapshot.terminal("t-made-up") is None  # until the registry's next reload ...
+    snapshot.reload()  # ... which its version moving brings within refresh_s
+    assert snapshot.terminal("t-made-up") is not None
+
+    before = registry.single_lookups
+    for index in range(UNKNOWN_TERMINALS_MAX + 10):
+        snapshot.terminal(f"t-x{index}")
+    assert registry.single_lookups == before + UNKNOWN_TERMINALS_MAX + 10
+    assert len(snapshot._unknown_terminals) <= UNKNOWN_TERMINALS_MAX  # bounded
