@@ -33,8 +33,11 @@ def when_ready(server: object) -> None:
 
     if not os.environ.get("POS_ENGINE_SERVING_MARK"):
         os.environ["POS_ENGINE_SERVING_MARK"] = os.path.join(tempfile.mkdtemp(prefix="pos-engine-"), "serving")
-    elif os.path.exists(os.environ["POS_ENGINE_SERVING_MARK"]):
-        os.remove(os.environ["POS_ENGINE_SERVING_MARK"])  # left by a master that did not exit cleanly: not served yet
+    else:
+        # Left by a master that did not exit cleanly: not served yet, and no worker has failed yet.
+        for left in (os.environ["POS_ENGINE_SERVING_MARK"], os.environ["POS_ENGINE_SERVING_MARK"] + ".boot-failed"):
+            if os.path.exists(left):
+                os.remove(left)
 
 
 def post_worker_init(worker: object) -> None:
@@ -53,7 +56,9 @@ def on_exit(server: object) -> None:
 
     mark = os.environ.get("POS_ENGINE_SERVING_MARK")
     if mark:
+        for left in (mark, mark + ".boot-failed"):  # the second, if a worker failed to boot (pos_engine.wsgi)
+            with contextlib.suppress(OSError):
+                os.remove(left)
         with contextlib.suppress(OSError):
-            os.remove(mark)
             if os.path.basename(os.path.dirname(mark)).startswith("pos-engine-"):
                 os.rmdir(os.path.dirname(mark))

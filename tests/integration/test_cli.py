@@ -116,7 +116,9 @@ def test_gunicorn_stops_with_a_plain_message_when_the_engine_cannot_start(
     assert run(env, "init-db").exit_code == 0
     served = {**os.environ, **env, setting: str(tmp_path / value) if setting == "POS_ENGINE_RULES_DIR" else value}
     finished = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:0", "pos_engine.wsgi:app"],
+        # Four workers failing at once: gunicorn halts on the first one's report, and the others must
+        # not report it again while it stops (it would print a traceback of its own).
+        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", "4", "-b", "127.0.0.1:0", "pos_engine.wsgi:app"],
         env=served,
         capture_output=True,
         text=True,
