@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.api.test_terminal_api import state
 from tests.conftest import Backend
 from tests.helpers import SignedClient
 
+EXAMPLES = itertools.count()
 TARGETS = ["/v1/authorisations", "/v1/authorisations/au_x", "/v1/authorisations/au_x/reversal", "/v1/authorisations/au_x/refunds"]
 # Bytes a request line or a header may carry through gunicorn: any but CR, LF (and NUL, which gunicorn
 # refuses in headers but other servers pass on).
@@ -33,7 +35,8 @@ odd_values = st.one_of(raw_text, st.sampled_from(["\x00", "t-m-1\x00", "\ud800",
 
 @st.composite
 def raw_requests(draw: st.DrawFn) -> dict[str, Any]:
-    body: dict[str, Any] = {"request_id": "raw-1", "card_number": CARD, "merchant_id": "m-1", "amount_fen": 1_000}
+    # A request id of its own, so that each well-formed swipe is recorded afresh rather than replayed.
+    body: dict[str, Any] = {"request_id": f"raw-{next(EXAMPLES)}", "card_number": CARD, "merchant_id": "m-1", "amount_fen": 1_000}
     body["occurred_at"] = "2026-11-25T12:00:00+08:00"
     field = draw(st.sampled_from([None, "request_id", "card_number", "merchant_id", "occurred_at"]))
     if field is not None:
