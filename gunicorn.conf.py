@@ -34,10 +34,17 @@ def when_ready(server: object) -> None:
     if not os.environ.get("POS_ENGINE_SERVING_MARK"):
         os.environ["POS_ENGINE_SERVING_MARK"] = os.path.join(tempfile.mkdtemp(prefix="pos-engine-"), "serving")
     else:
-        # Left by a master that did not exit cleanly: not served yet, and no worker has failed yet.
-        for left in (os.environ["POS_ENGINE_SERVING_MARK"], os.environ["POS_ENGINE_SERVING_MARK"] + ".boot-failed"):
-            if os.path.exists(left):
-                os.remove(left)
+        _remove_marks(os.environ["POS_ENGINE_SERVING_MARK"])  # left by a master that did not exit cleanly
+
+
+def _remove_marks(mark: str) -> None:
+    """Remove the serving mark and, beside it, the mark of a worker that failed to boot (pos_engine.wsgi)."""
+    import contextlib
+    import os
+
+    for left in (mark, mark + ".boot-failed"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(left)
 
 
 def post_worker_init(worker: object) -> None:
@@ -56,9 +63,7 @@ def on_exit(server: object) -> None:
 
     mark = os.environ.get("POS_ENGINE_SERVING_MARK")
     if mark:
-        for left in (mark, mark + ".boot-failed"):  # the second, if a worker failed to boot (pos_engine.wsgi)
-            with contextlib.suppress(OSError):
-                os.remove(left)
         with contextlib.suppress(OSError):
+            _remove_marks(mark)
             if os.path.basename(os.path.dirname(mark)).startswith("pos-engine-"):
                 os.rmdir(os.path.dirname(mark))
