@@ -20,6 +20,7 @@ from pos_engine.domain.evaluation import (
     Plan,
     Swipe,
     decide,
+    execute_plan,
     plan_swipe,
 )
 from pos_engine.domain.ledger import benefit_lines, claw_back
@@ -180,8 +181,10 @@ def authorise(
         if plan is None:
             assert decline_code is not None
             decision = Decision.decline(decline_code, request.amount_fen, rulebook.version)
-        elif not plan.steps:
-            decision = decide(plan, [], rulebook.version, with_explanations=explain)
+        elif not any(step.counters for step in plan.steps):
+            # No cap or budget to reserve (no rule matched, or only uncapped ones): no counter store call
+            # and no claim. A repeat gets past to the record, whose unique key refuses it: it then replays.
+            decision = decide(plan, execute_plan(plan, {}), rulebook.version, with_explanations=explain)
         else:
             outcomes = ctx.counters.reserve(plan, uow.session, claim=claim)
             decision = decide(plan, outcomes, rulebook.version, with_explanations=explain)

@@ -90,6 +90,27 @@ def test_the_same_request_sent_twenty_times_at_once_is_recorded_once(any_backend
     assert list(uses.values()) == [1]
 
 
+def test_an_uncapped_swipe_calls_no_counter_store_and_its_repeats_are_still_recorded_once(
+    any_backend: Backend, clock: FixedClock, monkeypatch: Any
+) -> None:
+    """With no cap or budget to reserve there is no counter store call, so no Redis claim either: the
+    ledger's unique key alone keeps twenty simultaneous sends of one request to one record and one answer."""
+    ctx, terminal = setup(any_backend, capped_subsidy_rulebook(), clock)
+
+    def reserve(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("a swipe with nothing to reserve called the counter store")
+
+    monkeypatch.setattr(ctx.counters, "reserve", reserve)
+    answers = in_parallel(20, lambda _index: swipe(ctx, terminal, "req-same"))
+    assert all(answer == answers[0] for answer in answers)
+    assert (answers[0]["status"], answers[0]["subsidy_fen"], answers[0]["payable_fen"]) == ("approved", 1000, 9000)
+    assert len(ledger(any_backend)) == 1
+    assert swipe(ctx, terminal, "req-other")["subsidy_fen"] == 1000  # a new request is a new swipe
+    assert len(ledger(any_backend)) == 2
+    assert any_backend.counters.snapshot() == {}
+    assert reconcile_counters(ctx) == []
+
+
 def test_concurrent_refunds_never_give_back_more_than_the_swipe(any_backend: Backend, clock: FixedClock) -> None:
     ctx, terminal = setup(any_backend, capped_subsidy_rulebook(fen_max=100_000), clock)
     auth = swipe(ctx, terminal, "req-1", amount_fen=10_000)
