@@ -170,6 +170,7 @@ def authorise(
     # (a void recorded first, a claim that expired).
     transactional = ctx.counters.transactional
     claim = None if transactional else f"{terminal.terminal_id}:{request.request_id}"
+    claimed: list[str] = []  # the claim, once this attempt has asked for it: a failure then drops it
 
     def give_back() -> None:
         deltas = reserved.pop("deltas", None)
@@ -186,6 +187,8 @@ def authorise(
             # and no claim. A repeat gets past to the record, whose unique key refuses it: it then replays.
             decision = decide(plan, execute_plan(plan, {}), rulebook.version, with_explanations=explain)
         else:
+            if claim is not None:
+                claimed.append(claim)
             outcomes = ctx.counters.reserve(plan, uow.session, claim=claim)
             decision = decide(plan, outcomes, rulebook.version, with_explanations=explain)
             if decision.counter_deltas:
@@ -248,26 +251,26 @@ def authorise(
         # shows it). Drop the claim so that the terminal's retry swipes afresh: if this attempt did
         # commit, the retry's record is a duplicate, gives its own caps back, and replays this one.
         reserved.clear()
-        if claim is not None:
-            ctx.counters.unclaim(claim)
+        for key in claimed:
+            ctx.counters.unclaim(key)
         raise
     except Exception:
         try:
             give_back()
         finally:  # even if the give-back failed (counters then run ahead of the ledger: the safe side)
-            if claim is not None:
-                ctx.counters.unclaim(claim)  # let the terminal's retry reserve again
+            for key in claimed:
+                ctx.counters.unclaim(key)  # let the terminal's retry reserve again
         raise
     except BaseException:
         # The worker is being stopped (a sync worker's SystemExit on SIGQUIT or its timeout), perhaps with
         # the record on its way to the database, where it may still commit: keep the caps, as when the
         # record's outcome is unknown, and drop the claim if Redis can still be told.
         reserved.clear()
-        if claim is not None:
+        for key in claimed:
             try:
-                ctx.counters.unclaim(claim)
+                ctx.counters.unclaim(key)
             except Exception:
-                log.warning("could not drop the claim of request %s while stopping", claim, exc_info=True)
+                log.warning("could not drop the claim of request %s while stopping", key, exc_info=True)
         raise
 
 

@@ -153,6 +153,34 @@ def test_a_crash_before_the_ledger_commit_leaves_no_reservation_behind(any_backe
     assert reconcile_counters(ctx) == []
 
 
+@pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)
+def test_a_failed_swipe_with_nothing_to_reserve_leaves_the_request_claim_of_another_attempt_alone(
+    backend: Backend, clock: FixedClock, monkeypatch: Any
+) -> None:
+    """An attempt that asked Redis for nothing does not drop the request's claim: the claim belongs to an
+    attempt that reserved caps for it (here one made under a rulebook with a cap, still in flight)."""
+    from pos_engine.domain.evaluation import Swipe, plan_swipe
+    from pos_engine.service.errors import AlreadyClaimed
+    from pos_engine.store.db import DirectRepository
+
+    ctx, terminal = setup(backend, capped_subsidy_rulebook(), clock)
+    claim = f"{terminal.terminal_id}:req-1"
+    capped = plan_swipe(capped_subsidy_rulebook(uses_max=7), Swipe(10_000, clock.now(), "m-1", "dining", "wujin", "card-1"))
+    assert [counter.key for step in capped.steps for counter in step.counters]  # the other attempt's plan has a cap
+    backend.counters.reserve(capped, claim=claim)
+
+    def crash(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(DirectRepository, "record", crash)
+    with pytest.raises(RuntimeError):
+        swipe(ctx, terminal, "req-1")
+    monkeypatch.undo()
+    with pytest.raises(AlreadyClaimed):
+        backend.counters.reserve(capped, claim=claim)
+    assert ledger(backend) == []
+
+
 def test_rebuild_after_wiping_the_counters_restores_exactly_the_state_before(backend: Backend, clock: FixedClock) -> None:
     ctx, terminal = setup(backend, capped_subsidy_rulebook(uses_max=7, budget_fen=50_000), clock)
     answers = [swipe(ctx, terminal, f"req-{index}", amount_fen=3_000 + index) for index in range(5)]
