@@ -126,6 +126,11 @@ class Result:
         """CPU per request at saturation (µs) by process group, over every round."""
         return {group: seconds * 1e6 / max(1, self.cpu_requests) for group, seconds in self.cpu_s.items()}
 
+    @property
+    def cpu_us_all(self) -> float:
+        """CPU per request at saturation (µs), every process group together."""
+        return sum(self.cpu_us.values())
+
 
 def demo_credentials(path: Path) -> Credentials:
     data = json.loads(path.read_text())
@@ -527,6 +532,15 @@ def main() -> None:
         f"ratios to the two round trips: round trips / ceiling = {ratio_round_trips:.2f}; "
         f"PostgreSQL + Redis / round trips = {ratio_pg_round_trips:.2f}"
     )
+    # The same question by cost: how many engine swipes the CPU of one ceiling request would pay for, whether or
+    # not the cores were busy all the time (the engine leaves some idle while its workers all wait at once).
+    ceiling_cpu_us = ceiling.cpu_us_all
+    print(
+        "ratios of CPU per request at saturation, all processes (ceiling / target): "
+        + "; ".join(
+            f"{result.label} {ceiling_cpu_us / result.cpu_us_all:.2f}" for result in (pg, embedded, round_trips) if result.cpu_us_all
+        )
+    )
     for result in targets:
         for note in result.notes:
             print(f"note: {result.name}: {note}")
@@ -555,7 +569,7 @@ def _line(result: Result) -> str:
         )
     cpu = ", ".join(f"{group} {value:.0f}" for group, value in result.cpu_us.items() if value >= 0.5)
     idle = f"; cores idle {100 * result.idle_s / result.core_s:.0f} %" if result.core_s else ""
-    return f"{line}errors {result.errors}\n  CPU per request at saturation (µs): {cpu}; all {sum(result.cpu_us.values()):.0f}{idle}"
+    return f"{line}errors {result.errors}\n  CPU per request at saturation (µs): {cpu}; all {result.cpu_us_all:.0f}{idle}"
 
 
 def _ensure_database(url: str) -> None:
