@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pos_engine.domain.evaluation import Plan, StepOutcome
 from pos_engine.domain.registry import Merchant, Terminal
@@ -93,6 +93,17 @@ class UnitOfWork(SwipeUnitOfWork, Protocol):
     def __enter__(self) -> UnitOfWork: ...
 
 
+class Claim(NamedTuple):
+    """One attempt's claim on a request: the request's identity, and a token that only this attempt holds.
+
+    `unclaim` drops the claim only while its token is still the one stored, so an attempt never drops a claim
+    it did not get: one it found taken, or one that expired and was taken since by another attempt.
+    """
+
+    request: str
+    token: str
+
+
 class CounterStore(Protocol):
     """Caps and budgets, reserved atomically.
 
@@ -104,7 +115,7 @@ class CounterStore(Protocol):
 
     transactional: bool
 
-    def reserve(self, plan: Plan, session: Any = None, claim: str | None = None) -> list[StepOutcome]:
+    def reserve(self, plan: Plan, session: Any = None, claim: Claim | None = None) -> list[StepOutcome]:
         """Run `execute_plan` atomically against the stored counters; all or none.
 
         A non-transactional store given `claim` also claims that request in the
@@ -112,8 +123,8 @@ class CounterStore(Protocol):
         """
         ...
 
-    def unclaim(self, claim: str) -> None:
-        """Drop a claim made by `reserve` (after the swipe failed to be recorded)."""
+    def unclaim(self, claim: Claim) -> None:
+        """Drop a claim made by `reserve` (after the swipe failed to be recorded), if it is still this attempt's."""
         ...
 
     def apply(self, deltas: Mapping[str, int], session: Any = None) -> None:

@@ -29,7 +29,7 @@ from pos_engine.limits import ID_CHARS_MAX, IDEMPOTENCY_WAIT_S_MAX, OCCURRED_AT_
 from pos_engine.service import responses
 from pos_engine.service.context import EngineContext
 from pos_engine.service.errors import AlreadyClaimed, Conflict, DuplicateKey, Forbidden, NotFound, OutcomeUnknown, Unprocessable
-from pos_engine.service.ports import SwipeUnitOfWork, UnitOfWork
+from pos_engine.service.ports import Claim, SwipeUnitOfWork, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +167,10 @@ def authorise(
     # which then gets the stored answer. The SQL counter store's reservation rolls back with
     # the refused insert; Redis claims the request in its reservation script, so a repeat
     # never holds caps even for a moment, and the unique key catches what gets past a claim
-    # (a void recorded first, a claim that expired).
+    # (a void recorded first, a claim that expired, a first attempt that reserved nothing and
+    # so took no claim, with a repeat that reserves because the rulebook changed in between).
     transactional = ctx.counters.transactional
-    claim = None if transactional else f"{terminal.terminal_id}:{request.request_id}"
-    claimed: list[str] = []  # the claim, once this attempt has asked for it: a failure then drops it
+    claimed: list[Claim] = []  # this attempt's claim once it asked for one: a failure drops it, if it is still ours
 
     def give_back() -> None:
         deltas = reserved.pop("deltas", None)
@@ -179,6 +179,7 @@ def authorise(
 
     def work(uow: SwipeUnitOfWork) -> StoredResponse:
         recorded_at = ctx.clock.now()
+        swipe_id = new_id("au")  # the entry's or the decline's id, and the token of this attempt's claim
         if plan is None:
             assert decline_code is not None
             decision = Decision.decline(decline_code, request.amount_fen, rulebook.version)
@@ -187,6 +188,7 @@ def authorise(
             # and no claim. A repeat gets past to the record, whose unique key refuses it: it then replays.
             decision = decide(plan, execute_plan(plan, {}), rulebook.version, with_explanations=explain)
         else:
+            claim = None if transactional else Claim(f"{terminal.terminal_id}:{request.request_id}", swipe_id)
             if claim is not None:
                 claimed.append(claim)
             outcomes = ctx.counters.reserve(plan, uow.session, claim=claim)
@@ -197,7 +199,7 @@ def authorise(
         if decision.status == "approved":
             assert plan is not None
             assert holder is not None
-            entry_id = new_id("au")
+            entry_id = swipe_id
             fields: dict[str, Any] = {
                 "entry_id": entry_id,
                 "kind": "authorisation",
@@ -220,7 +222,7 @@ def authorise(
             table, body = "ledger_entries", responses.encode(responses.authorisation_body(SimpleNamespace(**fields), explanations))
         else:
             fields = {
-                "decline_id": new_id("au"),
+                "decline_id": swipe_id,
                 "terminal_id": terminal.terminal_id,
                 "request_id": request.request_id,
                 "merchant_id": request.merchant_id,
@@ -251,26 +253,26 @@ def authorise(
         # shows it). Drop the claim so that the terminal's retry swipes afresh: if this attempt did
         # commit, the retry's record is a duplicate, gives its own caps back, and replays this one.
         reserved.clear()
-        for key in claimed:
-            ctx.counters.unclaim(key)
+        for held in claimed:
+            ctx.counters.unclaim(held)
         raise
     except Exception:
         try:
             give_back()
         finally:  # even if the give-back failed (counters then run ahead of the ledger: the safe side)
-            for key in claimed:
-                ctx.counters.unclaim(key)  # let the terminal's retry reserve again
+            for held in claimed:
+                ctx.counters.unclaim(held)  # let the terminal's retry reserve again
         raise
     except BaseException:
         # The worker is being stopped (a sync worker's SystemExit on SIGQUIT or its timeout), perhaps with
         # the record on its way to the database, where it may still commit: keep the caps, as when the
         # record's outcome is unknown, and drop the claim if Redis can still be told.
         reserved.clear()
-        for key in claimed:
+        for held in claimed:
             try:
-                ctx.counters.unclaim(key)
+                ctx.counters.unclaim(held)
             except Exception:
-                log.warning("could not drop the claim of request %s while stopping", key, exc_info=True)
+                log.warning("could not drop the claim of request %s while stopping", held.request, exc_info=True)
         raise
 
 

@@ -43,6 +43,7 @@ from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, Plan, StepOutcome
 from pos_engine.domain.money import BP_PER_WHOLE, MoneyInvariantError, require
 from pos_engine.limits import REDIS_CONNECT_TIMEOUT_S, REDIS_SOCKET_TIMEOUT_S, REQUEST_CLAIM_S
 from pos_engine.service.errors import AlreadyClaimed
+from pos_engine.service.ports import Claim
 from pos_engine.store.connections import ThreadConnections
 
 # Lua numbers are doubles: with amounts and limits at most 10^12 fen, every sum
@@ -146,6 +147,7 @@ class RedisCounterStore:
             else lambda keys, args: self._run(self._reserve, keys, args)
         )
         self._apply = _register(client, _lua("apply.lua"))
+        self._unclaim = _register(client, _lua("unclaim.lua"))
         self._replace_all = _register(client, _lua("replace_all.lua"))
 
     @classmethod
@@ -186,17 +188,17 @@ class RedisCounterStore:
     def _run(self, script: Script, keys: list[str], args: list[str]) -> Any:
         return script(keys=keys, args=args, client=self.client)  # type: ignore[arg-type]  # a RedisCluster works as well
 
-    def reserve(self, plan: Plan, session: Any = None, claim: str | None = None) -> list[StepOutcome]:
+    def reserve(self, plan: Plan, session: Any = None, claim: Claim | None = None) -> list[StepOutcome]:
         """Run `execute_plan` atomically against the stored counters, in one EVALSHA.
 
-        With `claim` (a request's identity), the same script first claims it for
-        REQUEST_CLAIM_S; a request claimed already reserves nothing and raises
-        AlreadyClaimed, so a retry never holds caps twice, even for a moment.
+        With `claim` (a request's identity and the attempt's token), the same script first claims the
+        request for REQUEST_CLAIM_S; a request claimed already reserves nothing and raises AlreadyClaimed,
+        so a retry never holds caps twice, even for a moment.
         """
         assert len(plan.steps) <= PLAN_STEPS_MAX, len(plan.steps)
         key_indexes: dict[str, int] = {}
         kind_ids: dict[str, int] = {}
-        args = [_bounded(plan.amount_fen), str(len(plan.steps)), str(REQUEST_CLAIM_S if claim else 0)]
+        args = [_bounded(plan.amount_fen), str(len(plan.steps)), str(REQUEST_CLAIM_S if claim else 0), claim.token if claim else ""]
         for step in plan.steps:
             benefit = step.benefit
             args.append(str(kind_ids.setdefault(benefit.kind, len(kind_ids))))
@@ -218,10 +220,10 @@ class RedisCounterStore:
                 args.append(_bounded(counter.limit))
         keys = [self._key(key) for key in key_indexes]
         if claim:
-            keys.append(self._claim_key(claim))
+            keys.append(self._claim_key(claim.request))
         reply = cast(list[int], self._run_reserve(keys, args))
         if reply == [-1]:
-            raise AlreadyClaimed(claim or "")
+            raise AlreadyClaimed(claim.request if claim else "")
         assert len(reply) == 3 * len(plan.steps), reply
         outcomes: list[StepOutcome] = []
         for position, step in enumerate(plan.steps):
@@ -252,9 +254,9 @@ class RedisCounterStore:
         if batch:
             self.client.delete(*batch)
 
-    def unclaim(self, claim: str) -> None:
-        """Drop a request's claim, so that a retry after a failed swipe can reserve again."""
-        self.client.delete(self._claim_key(claim))
+    def unclaim(self, claim: Claim) -> None:
+        """Drop a request's claim if this attempt still holds it, so that a retry after a failed swipe can reserve again."""
+        self._run(self._unclaim, [self._claim_key(claim.request)], [claim.token])
 
     def apply(self, deltas: Mapping[str, int], session: Any = None) -> None:
         """Add `deltas` (negative to give back) atomically, without checking limits; counters at 0 are deleted."""

@@ -19,6 +19,7 @@ from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from pos_engine.domain.evaluation import Plan, StepOutcome, execute_plan
+from pos_engine.service.ports import Claim
 from pos_engine.store.db import Database
 from pos_engine.store.models import CounterRow
 
@@ -69,10 +70,10 @@ class SqlCounterStore:
         statement = _PG_UPSERT if self.database.is_postgresql else _SQLITE_UPSERT
         session.execute(statement, [{"key": key, "value": value} for key, value in values.items()])
 
-    def unclaim(self, claim: str) -> None:
+    def unclaim(self, claim: Claim) -> None:
         """Nothing to do: this store runs inside the swipe's transaction, which checks idempotency itself."""
 
-    def reserve(self, plan: Plan, session: Any = None, claim: str | None = None) -> list[StepOutcome]:
+    def reserve(self, plan: Plan, session: Any = None, claim: Claim | None = None) -> list[StepOutcome]:
         assert session is not None, "the SQL counter store works inside the caller's transaction"
         keys = sorted({counter.key for step in plan.steps for counter in step.counters})
         current = self._lock(session, keys)

@@ -23,9 +23,20 @@ from pos_engine.domain.rulebook import Rulebook
 from pos_engine.service import swipes
 from pos_engine.service.context import EngineContext
 from pos_engine.service.counters import rebuild_counters, reconcile_counters
+from pos_engine.service.errors import OutcomeUnknown
 from pos_engine.store.models import LedgerEntryRow
 from tests.conftest import Backend
-from tests.helpers import World, capped_subsidy_rulebook, make_context, psycopg_url
+from tests.helpers import (
+    World,
+    capped_subsidy_rulebook,
+    discount,
+    make_campaign,
+    make_context,
+    make_rule,
+    make_rulebook,
+    psycopg_url,
+    subsidy,
+)
 
 CARD = "6217000000000001"
 THREADS = 50
@@ -90,25 +101,61 @@ def test_the_same_request_sent_twenty_times_at_once_is_recorded_once(any_backend
     assert list(uses.values()) == [1]
 
 
+class _NoCounterStore:
+    """Stands in for the counter store where a swipe must not touch it: any use but `transactional` fails."""
+
+    def __init__(self, transactional: bool) -> None:
+        self.transactional = transactional
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"a swipe with nothing to reserve used the counter store ({name})")
+
+
+def claim_keys(backend: Backend) -> list[bytes]:
+    """The request claims held in Redis (none on the SQL counter store)."""
+    client = getattr(backend.counters, "client", None)
+    return [] if client is None else list(client.scan_iter(match="{" + backend.counters.namespace + "}claim:*"))
+
+
 def test_an_uncapped_swipe_calls_no_counter_store_and_its_repeats_are_still_recorded_once(
     any_backend: Backend, clock: FixedClock, monkeypatch: Any
 ) -> None:
     """With no cap or budget to reserve there is no counter store call, so no Redis claim either: the
     ledger's unique key alone keeps twenty simultaneous sends of one request to one record and one answer."""
     ctx, terminal = setup(any_backend, capped_subsidy_rulebook(), clock)
-
-    def reserve(*_args: Any, **_kwargs: Any) -> None:
-        raise AssertionError("a swipe with nothing to reserve called the counter store")
-
-    monkeypatch.setattr(ctx.counters, "reserve", reserve)
+    monkeypatch.setattr(ctx, "counters", _NoCounterStore(ctx.counters.transactional))
     answers = in_parallel(20, lambda _index: swipe(ctx, terminal, "req-same"))
     assert all(answer == answers[0] for answer in answers)
     assert (answers[0]["status"], answers[0]["subsidy_fen"], answers[0]["payable_fen"]) == ("approved", 1000, 9000)
     assert len(ledger(any_backend)) == 1
     assert swipe(ctx, terminal, "req-other")["subsidy_fen"] == 1000  # a new request is a new swipe
     assert len(ledger(any_backend)) == 2
+    assert claim_keys(any_backend) == []
+    monkeypatch.undo()
     assert any_backend.counters.snapshot() == {}
     assert reconcile_counters(ctx) == []
+
+
+def test_an_uncapped_plan_run_in_process_gives_what_the_rules_say_and_explains_it(
+    any_backend: Backend, clock: FixedClock, monkeypatch: Any
+) -> None:
+    """A fixed exclusive discount stops the percent discount after it; the subsidy applies to what is left."""
+    fixed = make_rule("agreement-m-1", "five-yuan-off", discount(fixed_fen=500), priority=1, exclusive=True)
+    percent = make_rule("agreement-m-1", "ten-percent-off", discount(percent_bp=1000), priority=2)
+    city = make_rule("city-dining", "ten-percent", subsidy(percent_bp=1000))
+    rulebook = make_rulebook(make_campaign("agreement-m-1", (fixed, percent), funders=()), make_campaign("city-dining", (city,)))
+    ctx, terminal = setup(any_backend, rulebook, clock)
+    monkeypatch.setattr(ctx, "counters", _NoCounterStore(ctx.counters.transactional))
+    request = swipes.AuthorisationRequest("req-1", CARD, "m-1", 10_000, ctx.clock.now())
+    body = json.loads(swipes.authorise(ctx, terminal, request, "req-1", explain=True).body)
+    assert (body["discount_fen"], body["subsidy_fen"], body["payable_fen"]) == (500, 950, 8550)
+    assert [(line["rule_id"], line["amount_fen"]) for line in body["benefits"]] == [("five-yuan-off", 500), ("ten-percent", 950)]
+    assert [(line["rule_id"], line["outcome"], line["reason"], line["given_fen"]) for line in body["explanations"]] == [
+        ("five-yuan-off", "applied", None, 500),
+        ("ten-percent-off", "not_applied", "exclusive:agreement-m-1/five-yuan-off", 0),
+        ("ten-percent", "applied", None, 950),
+    ]
+    assert claim_keys(any_backend) == []
 
 
 def test_concurrent_refunds_never_give_back_more_than_the_swipe(any_backend: Backend, clock: FixedClock) -> None:
@@ -153,31 +200,33 @@ def test_a_crash_before_the_ledger_commit_leaves_no_reservation_behind(any_backe
     assert reconcile_counters(ctx) == []
 
 
+@pytest.mark.parametrize("failure", [RuntimeError("power cut"), OutcomeUnknown("answer lost"), SystemExit(1)], ids=type)
 @pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)
-def test_a_failed_swipe_with_nothing_to_reserve_leaves_the_request_claim_of_another_attempt_alone(
-    backend: Backend, clock: FixedClock, monkeypatch: Any
+def test_a_failed_swipe_leaves_the_request_claim_of_another_attempt_alone(
+    backend: Backend, clock: FixedClock, monkeypatch: Any, failure: BaseException
 ) -> None:
-    """An attempt that asked Redis for nothing does not drop the request's claim: the claim belongs to an
-    attempt that reserved caps for it (here one made under a rulebook with a cap, still in flight)."""
+    """An attempt drops only a claim it holds, whichever way its record fails: here another attempt, one that
+    reserved caps under a rulebook with a cap and is still in flight, holds the request's claim."""
     from pos_engine.domain.evaluation import Swipe, plan_swipe
     from pos_engine.service.errors import AlreadyClaimed
+    from pos_engine.service.ports import Claim
     from pos_engine.store.db import DirectRepository
 
     ctx, terminal = setup(backend, capped_subsidy_rulebook(), clock)
-    claim = f"{terminal.terminal_id}:req-1"
+    claim = Claim(f"{terminal.terminal_id}:req-1", "the other attempt")
     capped = plan_swipe(capped_subsidy_rulebook(uses_max=7), Swipe(10_000, clock.now(), "m-1", "dining", "wujin", "card-1"))
     assert [counter.key for step in capped.steps for counter in step.counters]  # the other attempt's plan has a cap
     backend.counters.reserve(capped, claim=claim)
 
     def crash(*_args: Any, **_kwargs: Any) -> None:
-        raise RuntimeError("power cut")
+        raise failure
 
     monkeypatch.setattr(DirectRepository, "record", crash)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(type(failure)):
         swipe(ctx, terminal, "req-1")
     monkeypatch.undo()
     with pytest.raises(AlreadyClaimed):
-        backend.counters.reserve(capped, claim=claim)
+        backend.counters.reserve(capped, claim=Claim(claim.request, "a retry"))
     assert ledger(backend) == []
 
 

@@ -28,6 +28,7 @@ from redis.cluster import RedisCluster
 from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, CounterRef, Plan, PlanStep, StepOutcome, execute_plan
 from pos_engine.domain.money import MoneyInvariantError, percent_of
 from pos_engine.domain.rulebook import Benefit, BenefitKind, Rule
+from pos_engine.service.ports import Claim
 from pos_engine.store.redis_counters import AMOUNT_FEN_MAX, RedisCounterStore
 
 pytestmark = pytest.mark.redis
@@ -616,14 +617,33 @@ def test_a_claimed_request_reserves_nothing_until_it_is_unclaimed(store: RedisCo
 
     budget = fen_cap("campaign:c1:budget:fen", 1_000)
     plan = Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), (budget,)),), ())
-    assert store.reserve(plan, claim="t-1:req-1") == [StepOutcome(300, 300, None)]
+    assert store.reserve(plan, claim=Claim("t-1:req-1", "attempt-1")) == [StepOutcome(300, 300, None)]
     with pytest.raises(AlreadyClaimed):
-        store.reserve(plan, claim="t-1:req-1")  # the retry holds no caps, not even for a moment
+        store.reserve(plan, claim=Claim("t-1:req-1", "attempt-1"))  # the retry holds no caps, not even for a moment
     assert store.read(["campaign:c1:budget:fen"]) == {"campaign:c1:budget:fen": 300}
-    assert store.reserve(plan, claim="t-1:req-2")[0].given_fen == 300  # another request is not blocked
+    assert store.reserve(plan, claim=Claim("t-1:req-2", "attempt-2"))[0].given_fen == 300  # another request is not blocked
     assert store.snapshot() == {"campaign:c1:budget:fen": 600}  # claims are not counters
-    store.unclaim("t-1:req-1")
-    assert store.reserve(plan, claim="t-1:req-1")[0].given_fen == 300
+    store.unclaim(Claim("t-1:req-1", "attempt-1"))
+    assert store.reserve(plan, claim=Claim("t-1:req-1", "attempt-3"))[0].given_fen == 300
+
+
+def test_an_attempt_drops_only_the_claim_it_holds(store: RedisCounterStore) -> None:
+    """An attempt that found the request claimed, or whose claim expired and was taken by another attempt since,
+    leaves that other attempt's claim in place when it fails."""
+    from pos_engine.service.errors import AlreadyClaimed
+
+    plan = Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), (fen_cap("campaign:c1:budget:fen", 10_000),)),), ())
+    store.reserve(plan, claim=Claim("t-1:req-1", "first"))
+    store.client.delete(store._claim_key("t-1:req-1"))  # the first attempt's claim expires ...
+    store.reserve(plan, claim=Claim("t-1:req-1", "second"))  # ... and a retry claims the request
+    with pytest.raises(AlreadyClaimed):
+        store.reserve(plan, claim=Claim("t-1:req-1", "third"))
+    store.unclaim(Claim("t-1:req-1", "first"))  # the first attempt fails late
+    store.unclaim(Claim("t-1:req-1", "third"))  # the third found it taken, and fails too
+    with pytest.raises(AlreadyClaimed):
+        store.reserve(plan, claim=Claim("t-1:req-1", "fourth"))  # the second attempt still holds it
+    store.unclaim(Claim("t-1:req-1", "second"))
+    assert store.reserve(plan, claim=Claim("t-1:req-1", "fifth"))[0].given_fen == 300
 
 
 def test_a_claim_outlasts_a_live_attempt_but_frees_a_killed_worker_s_request_within_a_minute(store: RedisCounterStore) -> None:
@@ -638,7 +658,7 @@ def test_a_claim_outlasts_a_live_attempt_but_frees_a_killed_worker_s_request_wit
 
     budget = fen_cap("campaign:c1:budget:fen", 1_000)
     plan = Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), (budget,)),), ())
-    store.reserve(plan, claim="t-1:req-1")
+    store.reserve(plan, claim=Claim("t-1:req-1", "attempt-1"))
     # The longest a live attempt holds its claim: the record's wait, the look-up after a lost answer on a
     # new connection to a host that may be dying, and dropping the claim.
     live_attempt_s = (RECORD_ANSWER_S_MAX + POSTGRESQL_CONNECT_TIMEOUT_S + LOST_ANSWER_WAIT_S_MAX + POSTGRESQL_DEAD_HOST_S) + (
@@ -662,6 +682,6 @@ def test_a_rebuild_larger_than_one_script_is_written_in_batches(store: RedisCoun
 def test_a_rebuild_forgets_request_claims(store: RedisCounterStore) -> None:
     budget = fen_cap("campaign:c1:budget:fen", 1_000)
     plan = Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), (budget,)),), ())
-    store.reserve(plan, claim="t-1:req-1")
+    store.reserve(plan, claim=Claim("t-1:req-1", "attempt-1"))
     store.replace_all({})
-    assert store.reserve(plan, claim="t-1:req-1")[0].given_fen == 300
+    assert store.reserve(plan, claim=Claim("t-1:req-1", "attempt-1"))[0].given_fen == 300

@@ -7,7 +7,9 @@
 -- ARGV[1] = amount_fen, ARGV[2] = number of steps,
 -- ARGV[3] = claim TTL in seconds (0: no claim); a claimed request reserves
 --   nothing and the script returns {-1}: the same request was seen already,
---   so its answer is (or soon will be) in the ledger. Then for each step:
+--   so its answer is (or soon will be) in the ledger.
+-- ARGV[4] = the attempt's claim token, stored as the claim's value (unclaim.lua
+--   drops a claim only for the attempt that holds it). Then for each step:
 --   kind      a small integer naming the benefit kind (discount, subsidy)
 --   exclusive 1 or 0
 --   bp        percent in basis points, or -1 for a fixed benefit
@@ -49,14 +51,14 @@ end
 
 local claim_ttl = tonumber(ARGV[3])
 if claim_ttl > 0 then
-  if redis.call('SET', KEYS[#KEYS], '1', 'NX', 'EX', claim_ttl) == false then
+  if redis.call('SET', KEYS[#KEYS], ARGV[4], 'NX', 'EX', claim_ttl) == false then
     return {-1}
   end
 end
 
 local payable = tonumber(ARGV[1])
 local step_count = tonumber(ARGV[2])
-local at = 4
+local at = 5
 local stopped_kinds = {}
 local deltas = {}
 local result = {}
