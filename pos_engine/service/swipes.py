@@ -245,7 +245,10 @@ def authorise(
         with ctx.swipe_work() as uow:
             return work(uow)
     except (DuplicateKey, AlreadyClaimed):
-        give_back()  # this attempt's caps, if it reserved any; the claim stays with the first attempt
+        # This attempt's caps, if it reserved any. A claim it found taken stays with its holder; one it took
+        # itself (the first attempt had taken none, or its claim had expired) stays its 30 s, and a later
+        # repeat waits for the record and replays it.
+        give_back()
         return _replay(_wait_for_record(ctx, terminal.terminal_id, request.request_id), request_hash, authorisation=True)
     except OutcomeUnknown:
         # The record was sent, its answer lost, and the store could not tell whether it committed.

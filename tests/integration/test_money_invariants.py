@@ -111,12 +111,6 @@ class _NoCounterStore:
         raise AssertionError(f"a swipe with nothing to reserve used the counter store ({name})")
 
 
-def claim_keys(backend: Backend) -> list[bytes]:
-    """The request claims held in Redis (none on the SQL counter store)."""
-    client = getattr(backend.counters, "client", None)
-    return [] if client is None else list(client.scan_iter(match="{" + backend.counters.namespace + "}claim:*"))
-
-
 def test_an_uncapped_swipe_calls_no_counter_store_and_its_repeats_are_still_recorded_once(
     any_backend: Backend, clock: FixedClock, monkeypatch: Any
 ) -> None:
@@ -130,7 +124,6 @@ def test_an_uncapped_swipe_calls_no_counter_store_and_its_repeats_are_still_reco
     assert len(ledger(any_backend)) == 1
     assert swipe(ctx, terminal, "req-other")["subsidy_fen"] == 1000  # a new request is a new swipe
     assert len(ledger(any_backend)) == 2
-    assert claim_keys(any_backend) == []
     monkeypatch.undo()
     assert any_backend.counters.snapshot() == {}
     assert reconcile_counters(ctx) == []
@@ -155,7 +148,6 @@ def test_an_uncapped_plan_run_in_process_gives_what_the_rules_say_and_explains_i
         ("ten-percent-off", "not_applied", "exclusive:agreement-m-1/five-yuan-off", 0),
         ("ten-percent", "applied", None, 950),
     ]
-    assert claim_keys(any_backend) == []
 
 
 def test_concurrent_refunds_never_give_back_more_than_the_swipe(any_backend: Backend, clock: FixedClock) -> None:
@@ -200,13 +192,16 @@ def test_a_crash_before_the_ledger_commit_leaves_no_reservation_behind(any_backe
     assert reconcile_counters(ctx) == []
 
 
-@pytest.mark.parametrize("failure", [RuntimeError("power cut"), OutcomeUnknown("answer lost"), SystemExit(1)], ids=type)
+FAILURES = [RuntimeError("power cut"), OutcomeUnknown("answer lost"), SystemExit(1)]
+
+
+@pytest.mark.parametrize("failure", FAILURES, ids=type)
 @pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)
-def test_a_failed_swipe_leaves_the_request_claim_of_another_attempt_alone(
+def test_a_failed_swipe_with_nothing_to_reserve_leaves_the_request_claim_of_another_attempt_alone(
     backend: Backend, clock: FixedClock, monkeypatch: Any, failure: BaseException
 ) -> None:
-    """An attempt drops only a claim it holds, whichever way its record fails: here another attempt, one that
-    reserved caps under a rulebook with a cap and is still in flight, holds the request's claim."""
+    """An attempt that asked Redis for nothing drops no claim, whichever way its record fails: here another
+    attempt, one that reserved caps under a rulebook with a cap and is still in flight, holds the request's claim."""
     from pos_engine.domain.evaluation import Swipe, plan_swipe
     from pos_engine.service.errors import AlreadyClaimed
     from pos_engine.service.ports import Claim
@@ -227,6 +222,67 @@ def test_a_failed_swipe_leaves_the_request_claim_of_another_attempt_alone(
     monkeypatch.undo()
     with pytest.raises(AlreadyClaimed):
         backend.counters.reserve(capped, claim=Claim(claim.request, "a retry"))
+    assert ledger(backend) == []
+
+
+@pytest.mark.parametrize("failure", FAILURES, ids=type)
+@pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)
+def test_a_failed_swipe_drops_the_claim_it_took_and_never_one_taken_since_by_another_attempt(
+    backend: Backend, clock: FixedClock, monkeypatch: Any, failure: BaseException
+) -> None:
+    """A swipe's claim holds its would-be authorisation id; a failed record drops the claim while it is still
+    that, and leaves it when another attempt holds it by then (this one's expired and was taken meanwhile)."""
+    from pos_engine.store.db import DirectRepository
+
+    ctx, terminal = setup(backend, capped_subsidy_rulebook(uses_max=7), clock)
+    client = backend.counters.client
+    answer = swipe(ctx, terminal, "req-0")
+    assert client.get(backend.counters._claim_key(f"{terminal.terminal_id}:req-0")) == answer["id"].encode()
+
+    def crash(*_args: Any, **_kwargs: Any) -> None:
+        raise failure
+
+    monkeypatch.setattr(DirectRepository, "record", crash)
+    with pytest.raises(type(failure)):
+        swipe(ctx, terminal, "req-1")
+    assert client.exists(backend.counters._claim_key(f"{terminal.terminal_id}:req-1")) == 0  # its own: dropped
+
+    retaken = backend.counters._claim_key(f"{terminal.terminal_id}:req-2")
+
+    def crash_after_another_attempt_took_the_claim(*_args: Any, **_kwargs: Any) -> None:
+        assert client.get(retaken).startswith(b"au_")  # this attempt's own claim ...
+        client.set(retaken, "another attempt")  # ... expires, and a retry claims the request
+        raise failure
+
+    monkeypatch.setattr(DirectRepository, "record", crash_after_another_attempt_took_the_claim)
+    with pytest.raises(type(failure)):
+        swipe(ctx, terminal, "req-2")
+    assert client.get(retaken) == b"another attempt"
+    monkeypatch.undo()
+    assert len(ledger(backend)) == 1
+
+
+@pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)
+def test_a_swipe_whose_reservation_reply_is_lost_leaves_a_claim_it_did_not_take(
+    backend: Backend, clock: FixedClock, monkeypatch: Any
+) -> None:
+    """The script found the request claimed by another attempt, and its reply was lost: the failing swipe must
+    not drop that attempt's claim on its way out."""
+    import redis
+
+    ctx, terminal = setup(backend, capped_subsidy_rulebook(uses_max=7), clock)
+    client = backend.counters.client
+    key = backend.counters._claim_key(f"{terminal.terminal_id}:req-1")
+
+    def reply_lost(_keys: list[str], _args: list[str]) -> None:
+        client.set(key, "another attempt")
+        raise redis.exceptions.TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(backend.counters, "_run_reserve", reply_lost)
+    with pytest.raises(redis.exceptions.TimeoutError):
+        swipe(ctx, terminal, "req-1")
+    assert client.get(key) == b"another attempt"
+    monkeypatch.undo()
     assert ledger(backend) == []
 
 

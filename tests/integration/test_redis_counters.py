@@ -28,6 +28,7 @@ from redis.cluster import RedisCluster
 from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, CounterRef, Plan, PlanStep, StepOutcome, execute_plan
 from pos_engine.domain.money import MoneyInvariantError, percent_of
 from pos_engine.domain.rulebook import Benefit, BenefitKind, Rule
+from pos_engine.service.errors import AlreadyClaimed
 from pos_engine.service.ports import Claim
 from pos_engine.store.redis_counters import AMOUNT_FEN_MAX, RedisCounterStore
 
@@ -595,10 +596,21 @@ def test_reserve_apply_and_snapshot_work_on_a_redis_cluster(cluster_store: Redis
     assert store.read(["card:1:day:uses", "card:1:week:uses", "nothing"]) == {"card:1:day:uses": 1, "card:1:week:uses": 0, "nothing": 0}
     store.replace_all({"a": 1, "b": 2})
     assert store.snapshot() == {"a": 1, "b": 2}
-    # Every key of the namespace sits in one slot, so on one node.
+    # A request's claim, and dropping it only with the token that took it.
+    claimed = Plan(10_000, (PlanStep(make_rule("r3", fixed_fen=100), (fen_cap("a", 1_000),)),), ())
+    assert store.reserve(claimed, claim=Claim("t-1:req-1", "first"))[0].given_fen == 100
+    with pytest.raises(AlreadyClaimed):
+        store.reserve(claimed, claim=Claim("t-1:req-1", "second"))
+    store.unclaim(Claim("t-1:req-1", "second"))
+    with pytest.raises(AlreadyClaimed):
+        store.reserve(claimed, claim=Claim("t-1:req-1", "third"))
+    store.unclaim(Claim("t-1:req-1", "first"))
+    assert store.reserve(claimed, claim=Claim("t-1:req-1", "fourth"))[0].given_fen == 100
+    # Every key of the namespace, claims included, sits in one slot, so on one node.
     client = store.client
     assert isinstance(client, RedisCluster)
-    assert len({client.keyslot(f"{store.prefix}{key}") for key in ("a", "b", "campaign:c1:budget:fen")}) == 1
+    keys = [f"{store.prefix}{key}" for key in ("a", "b", "campaign:c1:budget:fen")] + [store._claim_key("t-1:req-1")]
+    assert len({client.keyslot(key) for key in keys}) == 1
 
 
 @pytest.mark.slow
@@ -613,13 +625,11 @@ def test_the_state_machine_holds_on_a_redis_cluster(redis_cluster: None) -> None
 
 
 def test_a_claimed_request_reserves_nothing_until_it_is_unclaimed(store: RedisCounterStore) -> None:
-    from pos_engine.service.errors import AlreadyClaimed
-
     budget = fen_cap("campaign:c1:budget:fen", 1_000)
     plan = Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), (budget,)),), ())
     assert store.reserve(plan, claim=Claim("t-1:req-1", "attempt-1")) == [StepOutcome(300, 300, None)]
     with pytest.raises(AlreadyClaimed):
-        store.reserve(plan, claim=Claim("t-1:req-1", "attempt-1"))  # the retry holds no caps, not even for a moment
+        store.reserve(plan, claim=Claim("t-1:req-1", "attempt-2"))  # the retry holds no caps, not even for a moment
     assert store.read(["campaign:c1:budget:fen"]) == {"campaign:c1:budget:fen": 300}
     assert store.reserve(plan, claim=Claim("t-1:req-2", "attempt-2"))[0].given_fen == 300  # another request is not blocked
     assert store.snapshot() == {"campaign:c1:budget:fen": 600}  # claims are not counters
@@ -630,8 +640,6 @@ def test_a_claimed_request_reserves_nothing_until_it_is_unclaimed(store: RedisCo
 def test_an_attempt_drops_only_the_claim_it_holds(store: RedisCounterStore) -> None:
     """An attempt that found the request claimed, or whose claim expired and was taken by another attempt since,
     leaves that other attempt's claim in place when it fails."""
-    from pos_engine.service.errors import AlreadyClaimed
-
     plan = Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), (fen_cap("campaign:c1:budget:fen", 10_000),)),), ())
     store.reserve(plan, claim=Claim("t-1:req-1", "first"))
     store.client.delete(store._claim_key("t-1:req-1"))  # the first attempt's claim expires ...

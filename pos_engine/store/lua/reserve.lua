@@ -9,7 +9,8 @@
 --   nothing and the script returns {-1}: the same request was seen already,
 --   so its answer is (or soon will be) in the ledger.
 -- ARGV[4] = the attempt's claim token, stored as the claim's value (unclaim.lua
---   drops a claim only for the attempt that holds it). Then for each step:
+--   drops a claim only for the attempt that holds it); "" when there is no
+--   claim. Then for each step:
 --   kind      a small integer naming the benefit kind (discount, subsidy)
 --   exclusive 1 or 0
 --   bp        percent in basis points, or -1 for a fixed benefit
