@@ -15,6 +15,7 @@ from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 from pos_engine.api import schemas, signing
 from pos_engine.service import swipes
 from pos_engine.service.context import EngineContext
+from pos_engine.service.errors import Unprocessable
 from pos_engine.service.responses import encode
 
 
@@ -51,9 +52,30 @@ ERRORS = {
     403: "terminal_inactive, merchant_mismatch",
     409: "idempotency_conflict, request_in_progress, and state conflicts",
     413: "body_too_large",
-    422: "validation_failed and business validation",
+    422: "validation_failed (a body field, or a query parameter the operation does not take or that is given twice) "
+    "and business validation",
     503: "unavailable: the database or the counter store did not answer in time; retry with the same request_id",
 }
+
+
+# The query parameters each operation takes, by endpoint; every other operation takes none. webargs would let
+# any other parameter through (its default for the query is to leave unknown names out), and the first of a
+# repeated one win: a till that misspells `explain` would get no explanation and no word why.
+QUERY_PARAMETERS = {"terminal.Authorisations": frozenset({"explain"})}
+
+
+def check_query_parameters() -> None:
+    """Refuse (422 validation_failed, naming each) a query parameter the operation does not take, or one given twice."""
+    known = QUERY_PARAMETERS.get(request.endpoint or "", frozenset())
+    takes = ", ".join(sorted(known)) or "none"
+    errors: dict[str, list[str]] = {}
+    for name in request.args:
+        if name not in known:
+            errors[name or "query"] = [f"unknown query parameter (this operation takes: {takes})"]
+        elif len(request.args.getlist(name)) > 1:
+            errors[name] = ["given more than once"]
+    if errors:
+        raise Unprocessable("validation_failed", "the request has invalid fields", errors)
 
 
 def engine() -> EngineContext:
@@ -90,6 +112,7 @@ def authenticate() -> None:
         request.query_string.decode("utf-8")  # what werkzeug decodes the arguments with, raising if it cannot
     except UnicodeDecodeError as error:
         raise BadRequest(f"the query string is not UTF-8 (byte {error.start + 1}); percent-encode other bytes") from None
+    check_query_parameters()
     if request.method == "POST" and not is_json_request(request):
         # Read as JSON anyway, the body would only say every field is missing.
         raise UnsupportedMediaType(f"the body must be sent as Content-Type: application/json, not {request.mimetype or 'none'}")

@@ -154,3 +154,50 @@ def test_an_unknown_path_or_method_is_a_problem_too(terminal: SignedClient) -> N
     assert response.status_code == 405
     assert response.mimetype == "application/problem+json"
     assert set(response.headers["Allow"].split(", ")) >= {"POST"}
+
+
+@pytest.mark.parametrize(
+    ("query", "errors"),
+    [
+        ("explian=true", {"explian": "unknown query parameter (this operation takes: explain)"}),
+        ("explain=true&foo=1", {"foo": "unknown query parameter (this operation takes: explain)"}),
+        ("explain=true&explain=false", {"explain": "given more than once"}),
+        ("explain=1&explain=1", {"explain": "given more than once"}),
+        ("=1", {"query": "unknown query parameter (this operation takes: explain)"}),
+    ],
+)
+def test_a_query_parameter_the_swipe_does_not_take_or_one_given_twice_is_refused_and_named(
+    terminal: SignedClient, backend: Backend, query: str, errors: dict[str, str]
+) -> None:
+    """A misspelt `explain` is not ignored (the till would get no explanation and no word why), nor does the
+    first of two win; the swipe is not recorded, so the till's corrected retry with the same request id goes through."""
+    before = state(backend)
+    response = terminal.post(f"/v1/authorisations?{query}", {**VALID, "occurred_at": terminal.clock.now().isoformat()})
+    assert response.status_code == 422
+    problem = response.get_json()
+    assert problem["code"] == "validation_failed"
+    assert {error["field"]: error["message"] for error in problem["errors"]} == errors
+    assert state(backend) == before
+    assert terminal.authorise(CARD, 10_000, "req-1").get_json()["status"] == "approved"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/v1/authorisations/{id}?fields=all", None),
+        ("POST", "/v1/authorisations/{id}/reversal?explain=true", {"request_id": "req-2"}),
+        ("POST", "/v1/authorisations/{id}/refunds?force=1", {"request_id": "req-2", "amount_fen": 100}),
+        ("POST", "/v1/reversals?explain=true", {"request_id": "req-2", "original_request_id": "req-1"}),
+    ],
+)
+def test_the_other_operations_take_no_query_parameter(
+    terminal: SignedClient, backend: Backend, method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    authorisation = terminal.authorise(CARD, 10_000, "req-1").get_json()
+    before = state(backend)
+    path = path.format(id=authorisation["id"])
+    response = terminal.get(path) if body is None else terminal.post(path, body)
+    assert response.status_code == 422
+    name = path.split("?")[1].split("=")[0]
+    assert response.get_json()["errors"] == [{"field": name, "message": "unknown query parameter (this operation takes: none)"}]
+    assert state(backend) == before

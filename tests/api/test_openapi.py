@@ -22,7 +22,10 @@ def problem(description: str) -> dict[str, Any]:
 AUTHORISATION_OPERATION = {
     "parameters": [{"in": "query", "name": "explain", "schema": {"type": "boolean", "default": False}, "required": False}],
     "responses": {
-        "422": problem("validation_failed and business validation"),
+        "422": problem(
+            "validation_failed (a body field, or a query parameter the operation does not take or that is given twice) "
+            "and business validation"
+        ),
         "400": problem("malformed_json, bad_request (a query string that is not UTF-8)"),
         "401": problem("signature_missing, signature_invalid, timestamp_out_of_window, terminal_unknown"),
         "403": problem("terminal_inactive, merchant_mismatch"),

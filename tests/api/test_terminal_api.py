@@ -422,8 +422,14 @@ def test_a_path_sent_with_raw_non_ascii_bytes_is_verified_over_those_bytes(termi
         "/v1/authorisations", query_string=as_wsgi.partition("?")[2], data=body, headers=headers, environ_overrides={"RAW_URI": as_wsgi}
     )
 
-    assert response.status_code == 200, response.get_json()
-    assert response.get_json()["status"] == "approved"
+    # Past the signature: what refuses it is the parameter the swipe does not take (a bad signature is a 401).
+    assert response.status_code == 422, response.get_json()
+    assert [error["field"] for error in response.get_json()["errors"]] == ["note"]
+    headers["X-Signature"] = "0" * 64
+    response = terminal.client.post(
+        "/v1/authorisations", query_string=as_wsgi.partition("?")[2], data=body, headers=headers, environ_overrides={"RAW_URI": as_wsgi}
+    )
+    assert response.status_code == 401
 
 
 def test_a_query_string_that_is_not_utf8_is_a_400_problem(terminal: SignedClient, backend: Backend) -> None:
