@@ -401,6 +401,8 @@ class PosClient(_BaseClient):
                 cut to what is left, and no retry starts too late. The void
                 after an authorisation with no usable answer takes one attempt
                 more. None: only `timeout` and `max_retries` bound a call.
+                A timeout bounds each read, not a whole answer: one sent a few
+                bytes at a time can hold an attempt past the deadline.
             transport: An httpx transport to send through instead of the
                 network, e.g. `httpx.MockTransport` in tests.
 
