@@ -61,7 +61,7 @@ ERRORS = {
 # The query parameters each operation takes, by endpoint; every other operation takes none. webargs would let
 # any other parameter through (its default for the query is to leave unknown names out), and the first of a
 # repeated one win: a till that misspells `explain` would get no explanation and no word why.
-QUERY_PARAMETERS = {"terminal.Authorisations": frozenset({"explain"})}
+QUERY_PARAMETERS = {"terminal.Authorisations": frozenset(schemas.ExplainQuerySchema().fields)}
 
 
 def check_query_parameters() -> None:
