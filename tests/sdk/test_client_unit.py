@@ -1157,7 +1157,7 @@ def test_the_async_client_retries_and_reverses_like_the_sync_one(engine, clock):
 # Packaging -------------------------------------------------------------------------------
 
 
-def test_the_sdk_imports_only_the_standard_library_and_httpx():
+def test_the_sdk_imports_only_the_standard_library_httpx_and_httpcore():
     imported: set[str] = set()
     for path in [*(SDK_ROOT / "src").rglob("*.py"), *(SDK_ROOT / "examples").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -1166,7 +1166,21 @@ def test_the_sdk_imports_only_the_standard_library_and_httpx():
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported.add(node.module.split(".")[0])
 
-    assert imported - set(sys.stdlib_module_names) == {"httpx", "merchant_sdk"}
+    # httpcore is httpx's own transport layer: the SDK wraps its network backend (_deadline.py).
+    assert imported - set(sys.stdlib_module_names) == {"httpx", "httpcore", "merchant_sdk"}
+
+
+def test_the_sdk_spells_no_type_union_that_python_3_9_cannot_run():
+    # requires-python is >=3.9: `int | float` inside isinstance() raises TypeError there.
+    # (Annotations are safe: every SDK module has `from __future__ import annotations`.)
+    found = []
+    for path in [*(SDK_ROOT / "src").rglob("*.py"), *(SDK_ROOT / "examples").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            is_type_check = isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("isinstance", "issubclass")
+            if is_type_check and any(isinstance(part, ast.BinOp) and isinstance(part.op, ast.BitOr) for part in ast.walk(node.args[1])):
+                found.append(f"{path.name}:{node.lineno}")
+
+    assert found == []
 
 
 def test_importing_the_sdk_loads_no_pos_engine_module():

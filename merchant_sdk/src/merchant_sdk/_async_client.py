@@ -12,6 +12,7 @@ import httpx
 
 from ._client import T, _Attempts, _BaseClient, _Call
 from ._constants import DEFAULT_DEADLINE_S, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
+from ._deadline import attempt_ends_at, bounded_async_transport
 from ._exceptions import AuthorisationUnknown, PosError
 from ._models import Adjustment, Authorisation, AuthorisationDetails, RequestReversal
 from ._retry import should_retry
@@ -39,6 +40,8 @@ class AsyncPosClient(_BaseClient):
     ) -> None:
         """Create a client; the arguments are those of `PosClient`."""
         super().__init__(base_url, terminal_id, secret, timeout=timeout, max_retries=max_retries, deadline=deadline)
+        if transport is None:
+            transport = bounded_async_transport()
         self._http = httpx.AsyncClient(base_url=self._base_url, timeout=self._timeout, transport=transport, follow_redirects=False)
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._closed = False
@@ -163,9 +166,11 @@ class AsyncPosClient(_BaseClient):
             retries_taken += 1
 
     async def _send_once(self, call: _Call[T], until: float | None = None) -> T:
-        request = self._build_request(self._http, call, until)
+        end = self._attempt_end(until)
+        request = self._build_request(self._http, call, end)
         try:
-            response = await self._http.send(request)
+            with attempt_ends_at(end, self._monotonic):
+                response = await self._http.send(request)
         except httpx.RequestError as exc:
             raise self._connection_error(exc, call) from exc
         return self._read_response(response, call)

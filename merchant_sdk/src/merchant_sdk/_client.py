@@ -29,6 +29,7 @@ from ._constants import (
     MIN_ATTEMPT_S,
     VOIDED_REQUEST_IDS_REMEMBERED,
 )
+from ._deadline import attempt_ends_at, bounded_transport
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,
@@ -116,7 +117,7 @@ class _BaseClient:
             if timeout <= 0:
                 raise ValueError("timeout must be positive seconds")
             self._timeout = httpx.Timeout(timeout, connect=min(timeout, DEFAULT_CONNECT_TIMEOUT_S))
-        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int | float) or not deadline > 0):
+        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not deadline > 0):
             raise ValueError("deadline must be positive seconds, or None")
         self._deadline_s = deadline
         self._base_url = url
@@ -228,6 +229,20 @@ class _BaseClient:
     def _no_time_for(self, until: float | None, wait_s: float = 0.0) -> bool:
         """Whether an attempt after `wait_s` more seconds would start too late for the call's deadline."""
         return until is not None and self._monotonic() + wait_s + MIN_ATTEMPT_S > until
+
+    def _attempt_end(self, until: float | None) -> float | None:
+        """When an attempt starting now must be over: by `until`, and within the sum of the timeout's parts.
+
+        That sum (waiting for a pooled connection, connecting, sending, reading)
+        is the longest a server that answers in one piece can take; one that
+        sends its answer a few bytes at a time is cut off there, not each time a
+        read times out (`_deadline`). None: a part of the timeout is unbounded.
+        """
+        parts = (self._timeout.pool, self._timeout.connect, self._timeout.write, self._timeout.read)
+        own_end = None if any(part is None for part in parts) else self._monotonic() + sum(part or 0.0 for part in parts)
+        if until is None or own_end is None:
+            return until if own_end is None else own_end
+        return min(until, own_end)
 
     def _attempt_timeout(self, until: float | None) -> httpx.Timeout:
         """The client's timeout for one attempt, each part cut to what is left before `until`."""
@@ -401,15 +416,20 @@ class PosClient(_BaseClient):
                 cut to what is left, and no retry starts too late. The void
                 after an authorisation with no usable answer takes one attempt
                 more. None: only `timeout` and `max_retries` bound a call.
-                A timeout bounds each read, not a whole answer: one sent a few
-                bytes at a time can hold an attempt past the deadline.
+                Each attempt ends within the sum of the timeout's parts, and
+                by the deadline: an answer sent a few bytes at a time is cut
+                off there, not only each read.
             transport: An httpx transport to send through instead of the
-                network, e.g. `httpx.MockTransport` in tests.
+                network, e.g. `httpx.MockTransport` in tests. Its own
+                timeouts bound it; the whole-attempt bound is the default
+                transport's.
 
         Raises:
             ValueError: If an argument is out of range.
         """
         super().__init__(base_url, terminal_id, secret, timeout=timeout, max_retries=max_retries, deadline=deadline)
+        if transport is None:
+            transport = bounded_transport()
         self._http = httpx.Client(base_url=self._base_url, timeout=self._timeout, transport=transport, follow_redirects=False)
         self._sleep: Callable[[float], None] = time.sleep
         self._closed = False
@@ -608,9 +628,11 @@ class PosClient(_BaseClient):
             retries_taken += 1
 
     def _send_once(self, call: _Call[T], until: float | None = None) -> T:
-        request = self._build_request(self._http, call, until)
+        end = self._attempt_end(until)
+        request = self._build_request(self._http, call, end)
         try:
-            response = self._http.send(request)
+            with attempt_ends_at(end, self._monotonic):
+                response = self._http.send(request)
         except httpx.RequestError as exc:
             raise self._connection_error(exc, call) from exc
         return self._read_response(response, call)

@@ -1,0 +1,159 @@
+"""Bound a whole attempt, not only each read: httpx's timeouts restart with every read and write.
+
+A server (or a proxy in front of it) that sends its answer a few bytes at a time
+never trips a read timeout, and would hold the till for as long as it likes.
+The client's connection pool reads and writes through the network backend
+below instead; each read, write and connect is cut to what is left before the
+current attempt's end, and one that starts after it fails at once with
+httpcore's timeout error, which httpx raises as its own (`httpx.ReadTimeout`,
+`httpx.WriteTimeout`, `httpx.ConnectTimeout`).
+
+The end is a context variable that each attempt sets around its send: threads
+and asyncio tasks each see their own, so one client can serve several at once.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ssl
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpcore
+import httpx
+
+# (the attempt's end, the monotonic clock it is measured on)
+_ATTEMPT_END: contextvars.ContextVar[tuple[float, Callable[[], float]] | None] = contextvars.ContextVar(
+    "merchant_sdk_attempt_end", default=None
+)
+
+
+@contextmanager
+def attempt_ends_at(end: float | None, monotonic: Callable[[], float]) -> Iterator[None]:
+    """Run the block's network I/O so that none of it goes on past `end` (monotonic seconds; None: no bound)."""
+    token = _ATTEMPT_END.set(None if end is None else (end, monotonic))
+    try:
+        yield
+    finally:
+        _ATTEMPT_END.reset(token)
+
+
+def _cut(timeout: float | None, error: type[Exception]) -> float | None:
+    """`timeout` cut to what is left of the current attempt; `error` when nothing is left."""
+    current = _ATTEMPT_END.get()
+    if current is None:
+        return timeout
+    end, monotonic = current
+    left_s = end - monotonic()
+    if left_s <= 0:
+        raise error("the attempt's time is up")
+    return left_s if timeout is None else min(timeout, left_s)
+
+
+class _Stream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _cut(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _cut(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        return _Stream(self._inner.start_tls(ssl_context, server_hostname, _cut(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _Backend(httpcore.NetworkBackend):
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _cut(timeout, httpcore.ConnectTimeout)
+        return _Stream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        return _Stream(self._inner.connect_unix_socket(path, _cut(timeout, httpcore.ConnectTimeout), socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _AsyncStream(httpcore.AsyncNetworkStream):
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, _cut(timeout, httpcore.ReadTimeout))
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, _cut(timeout, httpcore.WriteTimeout))
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return _AsyncStream(await self._inner.start_tls(ssl_context, server_hostname, _cut(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _AsyncBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        timeout = _cut(timeout, httpcore.ConnectTimeout)
+        return _AsyncStream(await self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return _AsyncStream(await self._inner.connect_unix_socket(path, _cut(timeout, httpcore.ConnectTimeout), socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def bounded_transport() -> httpx.HTTPTransport:
+    """httpx's own transport, its pool reading and writing through the attempt-bounding backend."""
+    transport = httpx.HTTPTransport()
+    pool = transport._pool
+    pool._network_backend = _Backend(pool._network_backend)
+    return transport
+
+
+def bounded_async_transport() -> httpx.AsyncHTTPTransport:
+    """The async twin of `bounded_transport`."""
+    transport = httpx.AsyncHTTPTransport()
+    pool = transport._pool
+    pool._network_backend = _AsyncBackend(pool._network_backend)
+    return transport

@@ -1,0 +1,141 @@
+"""A call keeps to its deadline even when the answer comes a few bytes at a time.
+
+httpx's timeouts restart with every read: a server that sends a byte now and
+then never trips one. The server here does exactly that, on a loopback socket,
+for far longer than any deadline in these tests; each test checks that the SDK
+gave up within its bound, and said why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from merchant_sdk import APITimeoutError, AsyncPosClient, AuthorisationUnknown, PosClient
+
+DRIP_FOR_S = 30.0  # how long the server goes on dripping: far past every bound below
+DRIP_EVERY_S = 0.05  # well inside every read timeout below
+# A status line, then a header that never ends: h11 waits for its end up to 16 KiB, 800 s of dripping.
+ANSWER_START = b"HTTP/1.1 200 OK\r\nX-Drip: "
+SLACK_S = 1.5  # scheduling on a busy 2-core machine; the unbounded SDK took DRIP_FOR_S
+
+
+class DrippingServer:
+    """Answers every request one byte at a time, a byte every DRIP_EVERY_S, for DRIP_FOR_S."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.base_url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.requests = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._accepting = threading.Thread(target=self._accept, daemon=True)
+        self._accepting.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            thread = threading.Thread(target=self._drip, args=(connection,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _drip(self, connection: socket.socket) -> None:
+        with connection:
+            connection.settimeout(1.0)
+            try:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    chunk = connection.recv(65536)
+                    if not chunk:
+                        return
+                    received += chunk
+                self.requests += 1
+                started = time.monotonic()
+                dripped = ANSWER_START + b"a" * int(DRIP_FOR_S / DRIP_EVERY_S)
+                for byte in dripped:
+                    if self._stop.is_set() or time.monotonic() - started > DRIP_FOR_S:
+                        return
+                    connection.sendall(bytes([byte]))
+                    time.sleep(DRIP_EVERY_S)
+            except OSError:
+                return  # the client gave up and closed: what the tests want
+
+    def close(self) -> None:
+        self._stop.set()
+        self._accepting.join()
+        self._listener.close()
+        for thread in self._threads:
+            thread.join()
+
+
+@pytest.fixture
+def dripping() -> Iterator[DrippingServer]:
+    server = DrippingServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_a_dripped_answer_is_cut_off_at_the_call_s_deadline(dripping):
+    with PosClient(dripping.base_url, "t-1", "secret", timeout=1.0, deadline=2.0, max_retries=0) as client:
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError) as raised:
+            client.get("au-1")
+        took_s = time.monotonic() - started
+
+    assert took_s < 2.0 + SLACK_S, f"the call took {took_s:.1f} s against a 2 s deadline"
+    assert dripping.requests == 1
+    assert raised.value.may_have_reached_server
+    assert "no answer in time" in str(raised.value)
+
+
+def test_without_a_deadline_each_attempt_is_cut_off_at_the_sum_of_its_timeouts(dripping):
+    # 0.4 s each for waiting on the pool, connecting, sending and reading: 1.6 s an attempt.
+    with PosClient(dripping.base_url, "t-1", "secret", timeout=0.4, deadline=None, max_retries=1) as client:
+        client._rand = lambda: 0.0  # no jitter: the one retry waits INITIAL_RETRY_DELAY_S
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError):
+            client.get("au-1")
+        took_s = time.monotonic() - started
+
+    assert dripping.requests == 2  # the first attempt and its retry, each cut off
+    assert took_s < 2 * 1.6 + 0.25 + SLACK_S, f"two attempts took {took_s:.1f} s"
+
+
+def test_an_authorisation_dripped_past_its_deadline_is_unknown_and_its_void_is_bounded_too(dripping):
+    # The void after it is one attempt more, itself dripped to: cut at its own 4 x 0.5 s.
+    with PosClient(dripping.base_url, "t-1", "secret", timeout=0.5, deadline=1.5, max_retries=0) as client:
+        started = time.monotonic()
+        with pytest.raises(AuthorisationUnknown) as raised:
+            client.authorise("6200000000000001", "m-1", 10000, request_id="till-7-0001")
+        took_s = time.monotonic() - started
+        assert client.pending_reversals == ("till-7-0001",)
+        client._pending.clear()  # nothing to flush into the dripping server on close
+
+    assert took_s < 1.5 + 2.0 + SLACK_S, f"the authorisation and its void took {took_s:.1f} s"
+    assert dripping.requests == 2  # the authorisation, then its void
+    assert raised.value.reversal_pending
+
+
+def test_the_async_client_cuts_a_dripped_answer_off_at_the_deadline(dripping):
+    async def call() -> float:
+        async with AsyncPosClient(dripping.base_url, "t-1", "secret", timeout=1.0, deadline=2.0, max_retries=0) as client:
+            started = time.monotonic()
+            with pytest.raises(APITimeoutError):
+                await client.get("au-1")
+            return time.monotonic() - started
+
+    took_s = asyncio.run(call())
+
+    assert took_s < 2.0 + SLACK_S, f"the call took {took_s:.1f} s against a 2 s deadline"
+    assert dripping.requests == 1
