@@ -14,9 +14,10 @@ import threading
 import time
 from collections.abc import Iterator
 
+import httpcore
 import pytest
 
-from merchant_sdk import APITimeoutError, AsyncPosClient, AuthorisationUnknown, PosClient
+from merchant_sdk import APITimeoutError, AsyncPosClient, AuthorisationUnknown, PosClient, _deadline
 
 DRIP_FOR_S = 30.0  # how long the server goes on dripping: far past every bound below
 DRIP_EVERY_S = 0.05  # well inside every read timeout below
@@ -42,7 +43,7 @@ class DrippingServer:
         while not self._stop.is_set():
             try:
                 connection, _ = self._listener.accept()
-            except TimeoutError:
+            except OSError:  # the accept timeout (socket.timeout before Python 3.10), or the listener closed
                 continue
             thread = threading.Thread(target=self._drip, args=(connection,), daemon=True)
             thread.start()
@@ -93,7 +94,7 @@ def test_a_dripped_answer_is_cut_off_at_the_call_s_deadline(dripping):
             client.get("au-1")
         took_s = time.monotonic() - started
 
-    assert took_s < 2.0 + SLACK_S, f"the call took {took_s:.1f} s against a 2 s deadline"
+    assert 2.0 <= took_s < 2.0 + SLACK_S, f"the call took {took_s:.1f} s against a 2 s deadline"
     assert dripping.requests == 1
     assert raised.value.may_have_reached_server
     assert "no answer in time" in str(raised.value)
@@ -109,7 +110,7 @@ def test_without_a_deadline_each_attempt_is_cut_off_at_the_sum_of_its_timeouts(d
         took_s = time.monotonic() - started
 
     assert dripping.requests == 2  # the first attempt and its retry, each cut off
-    assert took_s < 2 * 1.6 + 0.25 + SLACK_S, f"two attempts took {took_s:.1f} s"
+    assert 2 * 1.6 + 0.25 <= took_s < 2 * 1.6 + 0.25 + SLACK_S, f"two attempts took {took_s:.1f} s"
 
 
 def test_an_authorisation_dripped_past_its_deadline_is_unknown_and_its_void_is_bounded_too(dripping):
@@ -122,7 +123,7 @@ def test_an_authorisation_dripped_past_its_deadline_is_unknown_and_its_void_is_b
         assert client.pending_reversals == ("till-7-0001",)
         client._pending.clear()  # nothing to flush into the dripping server on close
 
-    assert took_s < 1.5 + 2.0 + SLACK_S, f"the authorisation and its void took {took_s:.1f} s"
+    assert 1.5 + 2.0 <= took_s < 1.5 + 2.0 + SLACK_S, f"the authorisation and its void took {took_s:.1f} s"
     assert dripping.requests == 2  # the authorisation, then its void
     assert raised.value.reversal_pending
 
@@ -137,5 +138,72 @@ def test_the_async_client_cuts_a_dripped_answer_off_at_the_deadline(dripping):
 
     took_s = asyncio.run(call())
 
-    assert took_s < 2.0 + SLACK_S, f"the call took {took_s:.1f} s against a 2 s deadline"
+    assert 2.0 <= took_s < 2.0 + SLACK_S, f"the call took {took_s:.1f} s against a 2 s deadline"
     assert dripping.requests == 1
+
+
+@pytest.mark.parametrize("client_class", [PosClient, AsyncPosClient])
+def test_a_proxy_named_in_the_environment_is_still_used_and_bounded_too(dripping, monkeypatch, client_class):
+    # The engine's name resolves nowhere: only through the proxy (the dripping server) does a request go out.
+    monkeypatch.setenv("HTTP_PROXY", dripping.base_url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+
+    async def call() -> float:
+        async with AsyncPosClient("http://pos.invalid", "t-1", "secret", timeout=1.0, deadline=1.5, max_retries=0) as client:
+            started = time.monotonic()
+            with pytest.raises(APITimeoutError):
+                await client.get("au-1")
+            return time.monotonic() - started
+
+    if client_class is AsyncPosClient:
+        took_s = asyncio.run(call())
+    else:
+        with PosClient("http://pos.invalid", "t-1", "secret", timeout=1.0, deadline=1.5, max_retries=0) as client:
+            started = time.monotonic()
+            with pytest.raises(APITimeoutError):
+                client.get("au-1")
+            took_s = time.monotonic() - started
+
+    assert dripping.requests == 1  # it reached the proxy
+    assert 1.5 <= took_s < 1.5 + SLACK_S, f"the call took {took_s:.1f} s against a 1.5 s deadline"
+
+
+class _Refusing(httpcore.NetworkBackend):
+    """Stands in for httpcore's sync backend: each address fails as told, and the fake clock moves on by its timeout."""
+
+    def __init__(self, clock: list[float], timing_out: set[str]) -> None:
+        self.clock = clock
+        self.timing_out = timing_out
+        self.tried: list[tuple[str, float | None]] = []
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        self.tried.append((host, timeout))
+        if host in self.timing_out:
+            self.clock[0] += timeout
+            raise httpcore.ConnectTimeout("timed out")
+        raise httpcore.ConnectError("refused")
+
+
+def test_each_address_of_a_name_gets_what_is_left_of_the_attempt_not_the_whole_connect_timeout(monkeypatch):
+    clock = [100.0]
+    addresses = ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda host, port, type=0: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+    )
+    inner = _Refusing(clock, timing_out={"192.0.2.1"})
+    backend = _deadline._Backend(inner)
+
+    with _deadline.attempt_ends_at(101.5, lambda: clock[0]), pytest.raises(httpcore.ConnectTimeout):
+        backend.connect_tcp("engine.example", 443, timeout=2.0)
+
+    # The first address gets the 1.5 s left, not the 2 s connect timeout; it uses them up, so no other is tried.
+    assert inner.tried == [("192.0.2.1", 1.5)]
+
+    inner = _Refusing(clock, timing_out=set())
+    backend = _deadline._Backend(inner)
+    clock[0] = 100.0
+    with _deadline.attempt_ends_at(101.5, lambda: clock[0]), pytest.raises(httpcore.ConnectError, match="refused"):
+        backend.connect_tcp("engine.example", 443, timeout=2.0)
+
+    assert inner.tried == [(address, 1.5) for address in addresses]  # refused at once: each tried in turn

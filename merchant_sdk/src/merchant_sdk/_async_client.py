@@ -12,7 +12,7 @@ import httpx
 
 from ._client import T, _Attempts, _BaseClient, _Call
 from ._constants import DEFAULT_DEADLINE_S, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
-from ._deadline import attempt_ends_at, bounded_async_transport
+from ._deadline import attempt_ends_at, bound_async_attempts
 from ._exceptions import AuthorisationUnknown, PosError
 from ._models import Adjustment, Authorisation, AuthorisationDetails, RequestReversal
 from ._retry import should_retry
@@ -40,9 +40,9 @@ class AsyncPosClient(_BaseClient):
     ) -> None:
         """Create a client; the arguments are those of `PosClient`."""
         super().__init__(base_url, terminal_id, secret, timeout=timeout, max_retries=max_retries, deadline=deadline)
-        if transport is None:
-            transport = bounded_async_transport()
         self._http = httpx.AsyncClient(base_url=self._base_url, timeout=self._timeout, transport=transport, follow_redirects=False)
+        if transport is None:
+            bound_async_attempts(self._http)
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._closed = False
 

@@ -29,7 +29,7 @@ from ._constants import (
     MIN_ATTEMPT_S,
     VOIDED_REQUEST_IDS_REMEMBERED,
 )
-from ._deadline import attempt_ends_at, bounded_transport
+from ._deadline import attempt_ends_at, bound_attempts
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,
@@ -408,8 +408,10 @@ class PosClient(_BaseClient):
             base_url: The engine's address, e.g. `https://pos.example.com`.
             terminal_id: This terminal's id, sent as `X-Terminal-Id`.
             secret: This terminal's secret, the key of every signature.
-            timeout: Seconds one attempt may take (connecting takes at most
-                `DEFAULT_CONNECT_TIMEOUT_S` of it), or an `httpx.Timeout`.
+            timeout: Seconds each read, write and wait for a pooled
+                connection may take (connecting at most
+                `DEFAULT_CONNECT_TIMEOUT_S`), or an `httpx.Timeout`. A whole
+                attempt takes at most the sum of these parts.
             max_retries: Retries after the first attempt, 0 to `MAX_RETRIES_LIMIT`.
             deadline: Seconds a call may take in all (queued reversals sent
                 first, attempts, waits between them); each attempt's timeout is
@@ -428,9 +430,9 @@ class PosClient(_BaseClient):
             ValueError: If an argument is out of range.
         """
         super().__init__(base_url, terminal_id, secret, timeout=timeout, max_retries=max_retries, deadline=deadline)
-        if transport is None:
-            transport = bounded_transport()
         self._http = httpx.Client(base_url=self._base_url, timeout=self._timeout, transport=transport, follow_redirects=False)
+        if transport is None:
+            bound_attempts(self._http)
         self._sleep: Callable[[float], None] = time.sleep
         self._closed = False
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 DEFAULT_TIMEOUT_S: Final = 5.0
-"""Seconds one attempt may take to read, write or wait for a pooled connection."""
+"""Seconds each read, write or wait for a pooled connection may take; an attempt ends within the sum of its parts."""
 
 DEFAULT_CONNECT_TIMEOUT_S: Final = 2.0
 """Seconds one attempt may take to open a connection."""

@@ -15,6 +15,7 @@ and asyncio tasks each see their own, so one client can serve several at once.
 from __future__ import annotations
 
 import contextvars
+import socket
 import ssl
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,9 @@ import httpx
 _ATTEMPT_END: contextvars.ContextVar[tuple[float, Callable[[], float]] | None] = contextvars.ContextVar(
     "merchant_sdk_attempt_end", default=None
 )
+
+
+_TIME_UP = "the attempt's time is up"
 
 
 @contextmanager
@@ -47,7 +51,7 @@ def _cut(timeout: float | None, error: type[Exception]) -> float | None:
     end, monotonic = current
     left_s = end - monotonic()
     if left_s <= 0:
-        raise error("the attempt's time is up")
+        raise error(_TIME_UP)
     return left_s if timeout is None else min(timeout, left_s)
 
 
@@ -67,7 +71,12 @@ class _Stream(httpcore.NetworkStream):
     def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.NetworkStream:
-        return _Stream(self._inner.start_tls(ssl_context, server_hostname, _cut(timeout, httpcore.ConnectTimeout)))
+        try:
+            timeout = _cut(timeout, httpcore.ConnectTimeout)
+        except httpcore.ConnectTimeout:
+            self._inner.close()  # httpcore closes only the stream it was given back
+            raise
+        return _Stream(self._inner.start_tls(ssl_context, server_hostname, timeout))
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
@@ -85,8 +94,26 @@ class _Backend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        timeout = _cut(timeout, httpcore.ConnectTimeout)
-        return _Stream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+        # The sync backend's socket.create_connection gives each of a name's
+        # addresses the whole timeout in turn: try them here, each cut to what is
+        # left. (Looking the name up has no timeout of its own, as in httpx.)
+        try:
+            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        error: Exception = httpcore.ConnectError(f"{host} has no address")
+        for _family, _type, _proto, _canonname, address in addresses:
+            try:
+                stream = self._inner.connect_tcp(
+                    str(address[0]), port, _cut(timeout, httpcore.ConnectTimeout), local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+                if isinstance(exc, httpcore.ConnectTimeout) and str(exc) == _TIME_UP:
+                    break
+                continue
+            return _Stream(stream)
+        raise error
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
@@ -113,7 +140,12 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
     async def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.AsyncNetworkStream:
-        return _AsyncStream(await self._inner.start_tls(ssl_context, server_hostname, _cut(timeout, httpcore.ConnectTimeout)))
+        try:
+            timeout = _cut(timeout, httpcore.ConnectTimeout)
+        except httpcore.ConnectTimeout:
+            await self._inner.aclose()  # httpcore closes only the stream it was given back
+            raise
+        return _AsyncStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
@@ -143,17 +175,24 @@ class _AsyncBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def bounded_transport() -> httpx.HTTPTransport:
-    """httpx's own transport, its pool reading and writing through the attempt-bounding backend."""
-    transport = httpx.HTTPTransport()
-    pool = transport._pool
-    pool._network_backend = _Backend(pool._network_backend)
-    return transport
+def bound_attempts(client: httpx.Client) -> None:
+    """Make `client`'s own transports (direct, and proxies from the environment) read through the bounding backend.
+
+    httpx takes no backend of ours: it builds each transport's httpcore pool
+    itself, and honours the environment's proxies only when it builds the
+    transports. So the client is built as usual, and then each pool's backend is
+    wrapped (httpcore keeps it as `_network_backend`; the SDK's tests fail if that
+    ever changes).
+    """
+    for transport in (client._transport, *client._mounts.values()):
+        if isinstance(transport, httpx.HTTPTransport):
+            pool = transport._pool
+            pool._network_backend = _Backend(pool._network_backend)
 
 
-def bounded_async_transport() -> httpx.AsyncHTTPTransport:
-    """The async twin of `bounded_transport`."""
-    transport = httpx.AsyncHTTPTransport()
-    pool = transport._pool
-    pool._network_backend = _AsyncBackend(pool._network_backend)
-    return transport
+def bound_async_attempts(client: httpx.AsyncClient) -> None:
+    """The async twin of `bound_attempts`."""
+    for transport in (client._transport, *client._mounts.values()):
+        if isinstance(transport, httpx.AsyncHTTPTransport):
+            pool = transport._pool
+            pool._network_backend = _AsyncBackend(pool._network_backend)
