@@ -30,9 +30,6 @@ _ATTEMPT_END: contextvars.ContextVar[tuple[float, Callable[[], float]] | None] =
 )
 
 
-_TIME_UP = "the attempt's time is up"
-
-
 @contextmanager
 def attempt_ends_at(end: float | None, monotonic: Callable[[], float]) -> Iterator[None]:
     """Run the block's network I/O so that none of it goes on past `end` (monotonic seconds; None: no bound)."""
@@ -51,7 +48,7 @@ def _cut(timeout: float | None, error: type[Exception]) -> float | None:
     end, monotonic = current
     left_s = end - monotonic()
     if left_s <= 0:
-        raise error(_TIME_UP)
+        raise error("the attempt's time is up")
     return left_s if timeout is None else min(timeout, left_s)
 
 
@@ -103,16 +100,11 @@ class _Backend(httpcore.NetworkBackend):
             raise httpcore.ConnectError(str(exc)) from exc
         error: Exception = httpcore.ConnectError(f"{host} has no address")
         for _family, _type, _proto, _canonname, address in addresses:
+            left_s = _cut(timeout, httpcore.ConnectTimeout)  # the time is up: no other address is tried
             try:
-                stream = self._inner.connect_tcp(
-                    str(address[0]), port, _cut(timeout, httpcore.ConnectTimeout), local_address, socket_options
-                )
+                return _Stream(self._inner.connect_tcp(str(address[0]), port, left_s, local_address, socket_options))
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
-                if isinstance(exc, httpcore.ConnectTimeout) and str(exc) == _TIME_UP:
-                    break
-                continue
-            return _Stream(stream)
         raise error
 
     def connect_unix_socket(
