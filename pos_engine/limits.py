@@ -51,6 +51,9 @@ REQUEST_CLAIM_S = 30
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 IMPORT_ROWS_MAX = 2_000_000
+# Bytes an import file may hold: 2,000,000 rows of ~250 bytes fit twice over;
+# a larger file (or a device such as /dev/zero) is refused before it fills memory.
+IMPORT_BYTES_MAX = 1_000_000_000
 
 # The rulebook.
 # Limits on what a rulebook may hold: the loader refuses anything larger, so a

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from pos_engine.domain.registry import CARD_STATUSES, MERCHANT_STATUSES, REGISTRY_ID_HINT, card_hash, is_registry_id
 from pos_engine.domain.rulebook import CATEGORIES, DISTRICTS, ID_HINT, ID_PATTERN, MERCHANT_ID_HINT, MERCHANT_ID_PATTERN
-from pos_engine.limits import CARD_NUMBER_DIGITS_MAX, CARD_NUMBER_DIGITS_MIN, IMPORT_ROWS_MAX
+from pos_engine.limits import CARD_NUMBER_DIGITS_MAX, CARD_NUMBER_DIGITS_MIN, IMPORT_BYTES_MAX, IMPORT_ROWS_MAX
 from pos_engine.store.db import Database
 from pos_engine.store.models import CardRow, MemberRow, MerchantRow, TerminalRow
 
@@ -55,33 +55,60 @@ class ImportResult:
     new_terminal_secrets: dict[str, str] = field(default_factory=dict)
 
 
-def _read(path: Path, columns: tuple[str, ...], optional: set[str]) -> tuple[list[tuple[int, dict[str, str]]], list[str]]:
+def _read_text(path: Path) -> str:
+    """The file as text; a refusal names the line of the first byte that is not UTF-8."""
+    if not path.is_file():
+        raise ImportError_([f"{path}: not a regular file"])
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ImportError_([f"{path}: cannot read: {error}"]) from error
-    reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames or []
+        with path.open("rb") as file:
+            data = file.read(IMPORT_BYTES_MAX + 1)
+    except OSError as error:
+        raise ImportError_([f"{path}: cannot read: {error.strerror}"]) from error
+    if len(data) > IMPORT_BYTES_MAX:
+        raise ImportError_([f"{path}: larger than {IMPORT_BYTES_MAX:,} bytes"])
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ImportError_(
+            [f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x} at byte {column} of the line); save the file as UTF-8"]
+        ) from error
+
+
+def _read(path: Path, columns: tuple[str, ...], optional: set[str]) -> tuple[list[tuple[int, dict[str, str]]], list[str]]:
+    text = _read_text(path)
+    # strict: a quote inside an unquoted field, or text after a closing quote, is an error, not glued on.
+    reader = csv.DictReader(io.StringIO(text), strict=True)
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as error:
+        raise ImportError_([f"{path}:1: {error}"]) from error
     missing = [column for column in columns if column not in header and column not in optional]
     unknown = [column for column in header if column not in columns]
+    repeated = sorted({column for column in header if header.count(column) > 1})
     problems = []
     if missing:
         problems.append(f"{path}:1: missing columns: {', '.join(missing)}")
     if unknown:
         problems.append(f"{path}:1: unknown columns: {', '.join(unknown)}")
+    if repeated:
+        problems.append(f"{path}:1: columns given more than once: {', '.join(repeated)}")
     if problems:
         raise ImportError_(problems)
     rows: list[tuple[int, dict[str, str]]] = []
+    record_start = reader.line_num + 1  # a quoted field may run over several lines: a record is named by its first
     try:
         for row in reader:
             if len(rows) >= IMPORT_ROWS_MAX:
                 raise ImportError_([f"{path}: more than {IMPORT_ROWS_MAX} rows"])
             if None in row:
-                problems.append(f"{path}:{reader.line_num}: more fields than columns")
-                continue
-            rows.append((reader.line_num, {key: (value or "").strip() for key, value in row.items()}))
+                problems.append(f"{path}:{record_start}: more fields than columns")
+            else:
+                rows.append((record_start, {key: (value or "").strip() for key, value in row.items()}))
+            record_start = reader.line_num + 1
     except csv.Error as error:
-        raise ImportError_([f"{path}:{reader.line_num}: {error}"]) from error
+        raise ImportError_([f"{path}:{record_start}: {error} (in the record that starts on this line)"]) from error
     if not rows and not problems:
         problems.append(f"{path}: no rows")
     return rows, problems

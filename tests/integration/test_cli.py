@@ -306,6 +306,65 @@ def test_import_members_updates_a_card_loaded_otherwise_and_keeps_its_id(env: di
     assert len(lost) == 1 and lost[0].card_id in card_id  # the same card, under its own id
 
 
+GOOD_MEMBER = "mem-a,Li Lei,unit-1,union-wujin,wujin,,true,2026,6217000000001111,active\n"
+REST_OF_B = ",unit-1,union-wujin,wujin,,true,2026,6217000000002222,active\n"  # mem-b's line after its name
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        pytest.param(
+            MEMBERS_HEADER.replace("\n", ",name\n").encode() + GOOD_MEMBER.replace("\n", ",Other\n").encode(),
+            ":1: columns given more than once: name",
+            id="a column twice",
+        ),
+        pytest.param(
+            (MEMBERS_HEADER + GOOD_MEMBER + "mem-b," + "x" * 200_000 + REST_OF_B).encode(),
+            ":3: field larger than field limit",
+            id="a field too long, on its own line",
+        ),
+        pytest.param(
+            (MEMBERS_HEADER + GOOD_MEMBER + 'mem-b,"Han' + REST_OF_B + GOOD_MEMBER).encode(),
+            ":3: unexpected end of data (in the record that starts on this line)",
+            id="a quote never closed, named where it opened",
+        ),
+        pytest.param(
+            (MEMBERS_HEADER + 'mem-b,"Han"x' + REST_OF_B).encode(),
+            ":2: ',' expected after '\"'",
+            id="text after a closing quote",
+        ),
+        pytest.param(
+            MEMBERS_HEADER.encode() + GOOD_MEMBER.encode() + ("mem-b,李雷" + REST_OF_B).encode("gbk"),
+            ":3: not UTF-8 text (byte 0xc0 at byte 7 of the line)",
+            id="GBK, named by line",
+        ),
+        pytest.param(
+            (MEMBERS_HEADER + 'mem-b,"Han\nMeimei"' + REST_OF_B + GOOD_MEMBER).encode(),
+            ":2: name: required, at most 200 printable characters",
+            id="a record over two lines, named by its first",
+        ),
+    ],
+)
+def test_import_names_the_line_of_a_malformed_csv_and_imports_nothing(
+    env: dict[str, str], tmp_path: Path, content: bytes, expected: str
+) -> None:
+    run(env, "init-db")
+    path = tmp_path / "members.csv"
+    path.write_bytes(content)
+    result = CliRunner().invoke(main, ["import", "members", str(path)], env=env)
+    assert result.exit_code == 1, result.output
+    assert expected in result.output
+    assert "Traceback" not in result.output
+    assert count(env, MemberRow) == 0
+
+
+def test_import_refuses_a_device_rather_than_reading_it_for_ever(env: dict[str, str]) -> None:
+    run(env, "init-db")
+    result = CliRunner().invoke(main, ["import", "members", "/dev/zero"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "/dev/zero: not a regular file" in result.output
+
+
 def test_import_refuses_a_file_with_missing_columns(env: dict[str, str], tmp_path: Path) -> None:
     run(env, "init-db")
     path = tmp_path / "merchants.csv"
