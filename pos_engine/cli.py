@@ -47,7 +47,46 @@ def _database(settings: Settings) -> Any:
     return Database(settings.database_url)
 
 
-@click.group()
+def _existing_database(settings: Settings) -> Settings:
+    """`settings`, once its SQLite file is known to exist: a command that reads a database never creates an empty one."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") and not Path(url.database).exists():
+        _fail(f"POS_ENGINE_DATABASE_URL ({_redact(settings.database_url)}): no database at {url.database}; run `pos-engine init-db` first")
+    return settings
+
+
+def _service_failure(error: BaseException) -> str | None:
+    """A plain message for the database or Redis failing under a command (unreachable, refusing, no schema); None otherwise."""
+    settings = Settings.from_env()
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    if sqlalchemy_exc is not None and isinstance(error, sqlalchemy_exc.DBAPIError | sqlalchemy_exc.NoSuchModuleError):
+        cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        where = f"POS_ENGINE_DATABASE_URL ({_redact(settings.database_url)})"
+        if "no such table" in cause or ("relation" in cause and "does not exist" in cause):
+            return f"{where}: the database has no schema yet; run `pos-engine init-db` first ({cause})"
+        return f"{where}: the database failed: {cause}"
+    redis_exceptions = sys.modules.get("redis.exceptions")
+    if redis_exceptions is not None and isinstance(error, redis_exceptions.ConnectionError | redis_exceptions.TimeoutError):
+        return f"POS_ENGINE_REDIS_URL ({_redact_redis(settings.redis_url or '')}): Redis failed: {error}"
+    return None
+
+
+class _Main(click.Group):
+    """The command group: a database or Redis that fails under any command gets one plain line and exit 1, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as error:
+            message = _service_failure(error)
+            if message is None:
+                raise
+            _fail(message)
+
+
+@click.group(cls=_Main)
 def main() -> None:
     """pos-engine: the union-card subsidy engine. Configured by POS_ENGINE_* environment variables."""
 
@@ -136,7 +175,7 @@ def counters_rebuild() -> None:
     """Recompute every counter from the ledger (with Redis counters, run it while terminals are quiet)."""
     from pos_engine.service.counters import rebuild_counters
 
-    count = rebuild_counters(_context(_admin_settings()))
+    count = rebuild_counters(_context(_existing_database(_admin_settings())))
     click.echo(f"rebuilt {count} counters from the ledger")
 
 
@@ -145,7 +184,7 @@ def counters_reconcile() -> None:
     """Compare every counter with the ledger; exit 1 and list them if any differ."""
     from pos_engine.service.counters import reconcile_counters
 
-    ctx = _context(_admin_settings())
+    ctx = _context(_existing_database(_admin_settings()))
     differences = reconcile_counters(ctx)
     if not differences:
         click.echo("counters agree with the ledger")
@@ -175,7 +214,7 @@ def import_members_command(file: Path) -> None:
     """
     from pos_engine.jobs.imports import ImportError_, import_members
 
-    settings = _settings()
+    settings = _existing_database(_settings())
     try:
         result = import_members(_database(settings), settings.card_key.encode("utf-8"), file)
     except ImportError_ as error:
@@ -212,7 +251,7 @@ def import_merchants_command(file: Path, secrets_out: Path | None) -> None:
         with os.fdopen(descriptor, "w", encoding="utf-8") as out:
             out.write(json.dumps(new_secrets, indent=2))
 
-    settings = _settings()
+    settings = _existing_database(_settings())
     try:
         result = import_merchants(_database(settings), file, deliver_secrets=deliver)
     except ImportError_ as error:
@@ -224,6 +263,15 @@ def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _redact_redis(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,46 @@ def _seconds(env: os._Environ[str] | dict[str, str], name: str, default: float, 
     return value
 
 
+DATABASE_URL_HINT = "sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis-cluster")
+
+
+def _database_url(url: str) -> str:
+    """`url` if the engine can use it: SQLite or PostgreSQL; the message never repeats it (it may hold a password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        backend = make_url(url).get_backend_name()
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"POS_ENGINE_DATABASE_URL is not a database URL: give {DATABASE_URL_HINT}") from None
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"POS_ENGINE_DATABASE_URL names {backend!r}: the engine runs on SQLite or PostgreSQL ({DATABASE_URL_HINT})")
+    return url
+
+
+def _redis_url(url: str | None) -> str | None:
+    """`url` if it can name a Redis server or cluster; the message never repeats it (it may hold a password)."""
+    if url is None:
+        return None
+    from urllib.parse import urlsplit
+
+    from redis.connection import parse_url
+
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ConfigError(f"POS_ENGINE_REDIS_URL must start with {', '.join(s + '://' for s in REDIS_SCHEMES)}")
+    try:
+        if parts.scheme == "redis-cluster":
+            if not parts.hostname or parts.port is None:
+                raise ValueError("a cluster URL needs a host and a port: redis-cluster://HOST:PORT")
+        else:
+            parse_url(url)  # type: ignore[no-untyped-call]  # redis-py's own reading: port, database, the query's options
+    except ValueError as error:
+        raise ConfigError(f"POS_ENGINE_REDIS_URL cannot be used: {error}") from None
+    return url
+
+
 @dataclass(frozen=True)
 class Settings:
     """How this engine is wired: database, counter store, rulebook, keys."""
@@ -61,8 +101,8 @@ class Settings:
         env = os.environ if environ is None else environ
         defaults = cls()
         return cls(
-            database_url=env.get("POS_ENGINE_DATABASE_URL") or defaults.database_url,
-            redis_url=env.get("POS_ENGINE_REDIS_URL") or None,
+            database_url=_database_url(env.get("POS_ENGINE_DATABASE_URL") or defaults.database_url),
+            redis_url=_redis_url(env.get("POS_ENGINE_REDIS_URL") or None),
             rules_dir=env.get("POS_ENGINE_RULES_DIR") or defaults.rules_dir,
             card_key=env.get("POS_ENGINE_CARD_KEY") or defaults.card_key,
             lookup_cache_ttl_s=_seconds(env, "POS_ENGINE_LOOKUP_CACHE_TTL_S", defaults.lookup_cache_ttl_s, LOOKUP_CACHE_TTL_S_RANGE),

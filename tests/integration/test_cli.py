@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ def test_rules_check_refuses_a_broken_rulebook_with_file_line_and_reason(env: di
 
 
 def test_the_engine_refuses_to_start_on_a_broken_rulebook(env: dict[str, str], tmp_path: Path) -> None:
+    run(env, "init-db")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "funders.yaml").write_text("funders: [\n")
     result = CliRunner().invoke(main, ["counters", "reconcile"], env={**env, "POS_ENGINE_RULES_DIR": str(tmp_path / "broken")})
@@ -308,6 +310,69 @@ def test_import_members_updates_a_card_loaded_otherwise_and_keeps_its_id(env: di
 
 GOOD_MEMBER = "mem-a,Li Lei,unit-1,union-wujin,wujin,,true,2026,6217000000001111,active\n"
 REST_OF_B = ",unit-1,union-wujin,wujin,,true,2026,6217000000002222,active\n"  # mem-b's line after its name
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("POS_ENGINE_DATABASE_URL", "not a url", "POS_ENGINE_DATABASE_URL is not a database URL: give sqlite:///PATH"),
+        (
+            "POS_ENGINE_DATABASE_URL",
+            "mysql://u:secret@127.0.0.1:1/x",
+            "POS_ENGINE_DATABASE_URL names 'mysql': the engine runs on",
+        ),
+        ("POS_ENGINE_REDIS_URL", "http://u:secret@127.0.0.1:1", "POS_ENGINE_REDIS_URL must start with redis://, rediss://, unix://"),
+        ("POS_ENGINE_REDIS_URL", "redis://:secret@127.0.0.1:99999999", "POS_ENGINE_REDIS_URL cannot be used: Port out of range"),
+        ("POS_ENGINE_REDIS_URL", "redis://:secret@127.0.0.1:1/0?socket_connect_timeout=abc", "Invalid value for 'socket_connect_timeout'"),
+        ("POS_ENGINE_REDIS_URL", "redis-cluster://127.0.0.1", "a cluster URL needs a host and a port"),
+    ],
+)
+@pytest.mark.parametrize("command", [["init-db"], ["counters", "reconcile"], ["import", "members", "members.csv"]])
+def test_a_url_the_engine_cannot_use_is_named_without_its_password(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str, command: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "members.csv").write_text(MEMBERS_HEADER + "mem-a,Li Lei,unit-1,union-wujin,wujin,,true,2026,6217000000001111,active\n")
+    result = CliRunner().invoke(main, command, env={**env, variable: value})
+    assert result.exit_code == 1, result.output
+    assert expected in result.output
+    assert "secret" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_database_that_cannot_be_reached_is_one_plain_line_naming_it(env: dict[str, str]) -> None:
+    unreachable = {**env, "POS_ENGINE_DATABASE_URL": "postgresql://postgres:secret@127.0.0.1:1/nothing_listens_here"}
+    for command in (["init-db"], ["counters", "reconcile"], ["counters", "rebuild"]):
+        result = CliRunner().invoke(main, command, env=unreachable)
+        assert result.exit_code == 1, result.output
+        assert "POS_ENGINE_DATABASE_URL (postgresql://postgres:***@127.0.0.1:1/nothing_listens_here): the database failed" in result.output
+        assert "secret" not in result.output
+        assert "Traceback" not in result.output
+
+
+def test_redis_that_cannot_be_reached_is_one_plain_line_naming_it(env: dict[str, str]) -> None:
+    run(env, "init-db")
+    result = CliRunner().invoke(main, ["counters", "reconcile"], env={**env, "POS_ENGINE_REDIS_URL": "redis://:secret@127.0.0.1:1"})
+    assert result.exit_code == 1, result.output
+    assert "POS_ENGINE_REDIS_URL (redis://:***@127.0.0.1:1): Redis failed" in result.output
+    assert "secret" not in result.output
+
+
+def test_a_database_without_its_schema_says_to_run_init_db(env: dict[str, str], tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / "engine.sqlite3").close()  # a file, with no tables
+    result = CliRunner().invoke(main, ["counters", "reconcile"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "the database has no schema yet; run `pos-engine init-db` first" in result.output
+
+
+def test_a_command_that_reads_a_database_never_creates_one(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "members.csv").write_text(MEMBERS_HEADER + "mem-a,Li Lei,unit-1,union-wujin,wujin,,true,2026,6217000000001111,active\n")
+    missing = tmp_path / "typo" / "engine.sqlite3"
+    for command in (["import", "members", str(tmp_path / "members.csv")], ["counters", "reconcile"], ["counters", "rebuild"]):
+        result = CliRunner().invoke(main, command, env={**env, "POS_ENGINE_DATABASE_URL": f"sqlite:///{missing}"})
+        assert result.exit_code == 1, result.output
+        assert f"no database at {missing}; run `pos-engine init-db` first" in result.output
+    assert not (tmp_path / "typo").exists()
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -30,7 +32,7 @@ def test_the_url_overrides_the_engine_s_timeouts() -> None:
 
 
 @pytest.mark.parametrize("command", [["counters", "rebuild"], ["counters", "reconcile"]])
-def test_rebuild_and_reconcile_wait_as_long_as_redis_takes(command: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rebuild_and_reconcile_wait_as_long_as_redis_takes(command: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Deleting a city's counters is one script that runs for seconds: a 1 s limit would fail the rebuild.
     import pos_engine.api.app
 
@@ -41,6 +43,8 @@ def test_rebuild_and_reconcile_wait_as_long_as_redis_takes(command: list[str], m
         raise SystemExit(0)  # the settings are all this test needs
 
     monkeypatch.setenv("POS_ENGINE_REDIS_URL", URL)
+    (tmp_path / "engine.sqlite3").touch()  # these commands refuse a database file that is not there
+    monkeypatch.setenv("POS_ENGINE_DATABASE_URL", f"sqlite:///{tmp_path}/engine.sqlite3")
     monkeypatch.setattr(pos_engine.api.app, "build_context", build_context)
     CliRunner().invoke(cli.main, command)
     assert [settings.redis_socket_timeout_s for settings in seen] == [None]
