@@ -8,7 +8,8 @@ A rulebook is a directory (``rules/`` by default)::
 
 Other files in the directory (``scoring.yaml``, ``README.md``, dot files) are
 not part of the rulebook and not part of its version. Sub-directories of
-``campaigns/`` are refused rather than silently skipped.
+``campaigns/``, and files there whose suffix is ``.yaml`` or ``.yml`` in
+another case (``c.YAML``), are refused rather than silently skipped.
 
 ``funders.yaml``::
 
@@ -370,6 +371,9 @@ def _read_yaml(text: str) -> _Document:
         mark = error.problem_mark or error.context_mark
         reason = " ".join(part for part in (error.context, error.problem) if part)
         raise _YamlRefused(mark.line + 1 if mark is not None else None, f"YAML syntax: {reason}") from error
+    except yaml.reader.ReaderError as error:  # a character YAML does not allow (a NUL, a control character)
+        line = text.count("\n", 0, error.position) + 1
+        raise _YamlRefused(line, f"YAML syntax: character #x{error.character:04x} is not allowed in YAML") from error
     except yaml.YAMLError as error:
         raise _YamlRefused(None, f"YAML syntax: {error}") from error
     return _Document(root, lines, duplicates)
@@ -549,6 +553,8 @@ class _List(fields.List[_T]):
         self.items_max = items_max
         self.items_min = items_min
         self.unique = unique
+        if self.required:  # a required list cannot be left out
+            self.error_messages["null"] = "has no value; give a list"
 
     def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> list[_T | None]:
         if not isinstance(value, list):
@@ -556,7 +562,9 @@ class _List(fields.List[_T]):
         if len(value) > self.items_max:
             raise ValidationError(f"has {len(value)} items; at most {self.items_max} are allowed")
         if len(value) < self.items_min:
-            raise ValidationError("must not be empty; leave the field out to mean 'any'" if self.items_min == 1 else "is too short")
+            if self.items_min == 1:
+                raise ValidationError("must not be empty" if self.required else "must not be empty; leave the field out to mean 'any'")
+            raise ValidationError("is too short")
         items = super()._deserialize(value, attr, data, **kwargs)
         if self.unique:
             seen: set[Any] = set()
@@ -881,9 +889,12 @@ def _find_files(root: Path, problems: _Problems) -> list[_File]:
         problems.add(_File(0, "", str(root)), (), "is not a directory")
         return []
     if not (root / FUNDERS_FILE).is_file():
-        problems.add(funders, (), "missing: a rulebook needs funders.yaml")
+        exists = (root / FUNDERS_FILE).exists()
+        problems.add(funders, (), "is not a file" if exists else "missing: a rulebook needs funders.yaml")
         funders.missing = True
     campaigns_dir = root / CAMPAIGNS_DIR
+    if campaigns_dir.exists() and not campaigns_dir.is_dir():
+        problems.add(_File(1, CAMPAIGNS_DIR, str(campaigns_dir)), (), "is not a directory; campaign files go in campaigns/")
     entries = sorted(campaigns_dir.iterdir()) if campaigns_dir.is_dir() else []
     files = [funders]
     for entry in entries:
@@ -894,6 +905,8 @@ def _find_files(root: Path, problems: _Problems) -> list[_File]:
             problems.add(_File(len(files), relative, str(entry)), (), "sub-directories of campaigns/ are not read; move the files up")
         elif entry.suffix in RULE_FILE_SUFFIXES:
             files.append(_File(len(files), relative, str(entry)))
+        elif entry.suffix.lower() in RULE_FILE_SUFFIXES:  # c.YAML: meant as a rule file, and easily missed if skipped
+            problems.add(_File(len(files), relative, str(entry)), (), "rule files end in .yaml or .yml, in lower case; rename it")
     if len(files) - 1 > RULE_FILES_MAX:
         problems.add(
             _File(1, CAMPAIGNS_DIR, str(campaigns_dir)), (), f"holds {len(files) - 1} rule files; at most {RULE_FILES_MAX} are allowed"

@@ -523,6 +523,42 @@ def test_a_sub_directory_of_campaigns_is_refused_rather_than_skipped(tmp_path: P
     assert problems_of(root) == [f"{root / 'campaigns' / 'archive'}: sub-directories of campaigns/ are not read; move the files up"]
 
 
+def test_a_campaigns_file_instead_of_a_directory_is_refused(tmp_path: Path) -> None:
+    root = write_rulebook(tmp_path, {})
+    (root / "campaigns").rmdir()
+    (root / "campaigns").write_text(CAMPAIGN_YAML, encoding="utf-8")
+
+    assert problems_of(root) == [f"{root / 'campaigns'}: is not a directory; campaign files go in campaigns/"]
+
+
+def test_a_rule_file_with_an_upper_case_suffix_is_refused_rather_than_skipped(tmp_path: Path) -> None:
+    root = write_rulebook(tmp_path, {"test.YAML": CAMPAIGN_YAML, "notes.md": "not a rule file\n"})
+
+    assert problems_of(root) == [f"{root / 'campaigns' / 'test.YAML'}: rule files end in .yaml or .yml, in lower case; rename it"]
+
+
+def test_a_funders_yaml_that_is_a_directory_is_named_as_such(tmp_path: Path) -> None:
+    root = write_rulebook(tmp_path, {}, funders=None)
+    (root / "funders.yaml").mkdir()
+
+    assert problems_of(root) == [f"{root / 'funders.yaml'}: is not a file"]
+
+
+def test_a_character_yaml_does_not_allow_is_named_by_its_line(tmp_path: Path) -> None:
+    root = write_rulebook(tmp_path, {}, funders=FUNDERS_YAML + "  - {id: other, name: A\x00B, kind: employer}\n")
+
+    assert problems_of(root) == [f"{root / 'funders.yaml'}:4: YAML syntax: character #x0000 is not allowed in YAML"]
+
+
+@pytest.mark.parametrize(
+    ("funders", "expected"), [("funders: []\n", "funders: must not be empty"), ("funders:\n", "funders: has no value; give a list")]
+)
+def test_an_empty_list_that_is_required_is_not_told_to_be_left_out(tmp_path: Path, funders: str, expected: str) -> None:
+    root = write_rulebook(tmp_path, {}, funders=funders)
+
+    assert problems_of(root) == [f"{root / 'funders.yaml'}:1: {expected}"]
+
+
 def test_a_directory_with_several_broken_files_reports_all_of_them(tmp_path: Path) -> None:
     funders = FUNDERS_YAML.replace("kind: partner_bank", "kind: bank")
     first = broken("weekdays: [mon, tue, wed, thu, fri]", "weekdays: [sunday]").replace("budget_fen: 1000000", "budget_fen: -1")
