@@ -59,7 +59,10 @@ def _existing_database(settings: Settings) -> Settings:
 
 def _service_failure(error: BaseException) -> str | None:
     """A plain message for the database or Redis failing under a command (unreachable, refusing, no schema); None otherwise."""
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ConfigError:  # the command read them once already; if they changed under it, keep the original error
+        return None
     sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
     if sqlalchemy_exc is not None and isinstance(error, sqlalchemy_exc.DBAPIError | sqlalchemy_exc.NoSuchModuleError):
         cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
@@ -266,12 +269,12 @@ def _redact(url: str) -> str:
 
 
 def _redact_redis(url: str) -> str:
+    """`url` without what could be a secret: the user part (`redis://PASSWORD@host` is a password too) and the query."""
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+    _user, at, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"***@{host}" if at else host, query="", fragment=""))
 
 
 if __name__ == "__main__":

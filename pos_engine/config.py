@@ -48,7 +48,7 @@ def _database_url(url: str) -> str:
         backend = make_url(url).get_backend_name()
     except (ArgumentError, ValueError):
         raise ConfigError(f"POS_ENGINE_DATABASE_URL is not a database URL: give {DATABASE_URL_HINT}") from None
-    if backend not in ("sqlite", "postgresql"):
+    if backend not in ("sqlite", "postgresql", "postgres"):  # postgres:// is read as postgresql:// (store.db.normalise_url)
         raise ConfigError(f"POS_ENGINE_DATABASE_URL names {backend!r}: the engine runs on SQLite or PostgreSQL ({DATABASE_URL_HINT})")
     return url
 

@@ -352,10 +352,11 @@ def test_a_database_that_cannot_be_reached_is_one_plain_line_naming_it(env: dict
 
 def test_redis_that_cannot_be_reached_is_one_plain_line_naming_it(env: dict[str, str]) -> None:
     run(env, "init-db")
-    result = CliRunner().invoke(main, ["counters", "reconcile"], env={**env, "POS_ENGINE_REDIS_URL": "redis://:secret@127.0.0.1:1"})
-    assert result.exit_code == 1, result.output
-    assert "POS_ENGINE_REDIS_URL (redis://:***@127.0.0.1:1): Redis failed" in result.output
-    assert "secret" not in result.output
+    for url in ("redis://:secret@127.0.0.1:1", "redis://secret@127.0.0.1:1", "redis://127.0.0.1:1/0?password=secret"):
+        result = CliRunner().invoke(main, ["counters", "reconcile"], env={**env, "POS_ENGINE_REDIS_URL": url})
+        assert result.exit_code == 1, result.output
+        assert "POS_ENGINE_REDIS_URL (redis://" in result.output and "): Redis failed: Error 111 connecting to 127.0.0.1:1" in result.output
+        assert "secret" not in result.output
 
 
 def test_a_database_without_its_schema_says_to_run_init_db(env: dict[str, str], tmp_path: Path) -> None:
