@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -52,28 +53,44 @@ def _existing_database(settings: Settings) -> Settings:
     from sqlalchemy.engine import make_url
 
     url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") and not Path(url.database).exists():
+    uri_mode = url.query.get("uri") in ("true", "1")  # sqlite:///file:PATH?mode=…&uri=true: SQLite reads the name itself
+    named = url.database not in (None, "", ":memory:")
+    if url.get_backend_name() == "sqlite" and named and not uri_mode and not Path(str(url.database)).exists():
         _fail(f"POS_ENGINE_DATABASE_URL ({_redact(settings.database_url)}): no database at {url.database}; run `pos-engine init-db` first")
     return settings
 
 
 def _service_failure(error: BaseException) -> str | None:
-    """A plain message for the database or Redis failing under a command (unreachable, refusing, no schema); None otherwise."""
+    """A plain message for the database or Redis failing under a command (unreachable, refusing, no schema); None otherwise.
+
+    Only failures of the service itself: any other database error (a broken
+    constraint, bad SQL) is a bug, and keeps its traceback.
+    """
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    redis_exceptions = sys.modules.get("redis.exceptions")
+    if sqlalchemy_exc is not None and isinstance(error, sqlalchemy_exc.DBAPIError):
+        lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+        cause = lines[0] if lines else type(getattr(error, "orig", None) or error).__name__
+        if "no such table" in cause or ("relation" in cause and "does not exist" in cause):
+            what = f"the database has no schema yet; run `pos-engine init-db` first ({cause})"
+        elif isinstance(error, sqlalchemy_exc.OperationalError | sqlalchemy_exc.InterfaceError):
+            what = f"the database failed: {cause}"
+        else:
+            return None
+        return _naming("POS_ENGINE_DATABASE_URL", lambda settings: _redact(settings.database_url), what)
+    if redis_exceptions is not None and isinstance(
+        error, redis_exceptions.ConnectionError | redis_exceptions.TimeoutError | redis_exceptions.RedisClusterException
+    ):
+        return _naming("POS_ENGINE_REDIS_URL", lambda settings: _redact_redis(settings.redis_url or ""), f"Redis failed: {error}")
+    return None
+
+
+def _naming(variable: str, shown_url: Callable[[Settings], str], what: str) -> str | None:
     try:
         settings = Settings.from_env()
     except ConfigError:  # the command read them once already; if they changed under it, keep the original error
         return None
-    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
-    if sqlalchemy_exc is not None and isinstance(error, sqlalchemy_exc.DBAPIError | sqlalchemy_exc.NoSuchModuleError):
-        cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        where = f"POS_ENGINE_DATABASE_URL ({_redact(settings.database_url)})"
-        if "no such table" in cause or ("relation" in cause and "does not exist" in cause):
-            return f"{where}: the database has no schema yet; run `pos-engine init-db` first ({cause})"
-        return f"{where}: the database failed: {cause}"
-    redis_exceptions = sys.modules.get("redis.exceptions")
-    if redis_exceptions is not None and isinstance(error, redis_exceptions.ConnectionError | redis_exceptions.TimeoutError):
-        return f"POS_ENGINE_REDIS_URL ({_redact_redis(settings.redis_url or '')}): Redis failed: {error}"
-    return None
+    return f"{variable} ({shown_url(settings)}): {what}"
 
 
 class _Main(click.Group):
@@ -265,7 +282,8 @@ def import_merchants_command(file: Path, secrets_out: Path | None) -> None:
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    # libpq also takes a password as a query parameter (?password=…)
+    return make_url(url).difference_update_query(["password"]).render_as_string(hide_password=True)
 
 
 def _redact_redis(url: str) -> str:

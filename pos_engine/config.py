@@ -37,6 +37,8 @@ def _seconds(env: os._Environ[str] | dict[str, str], name: str, default: float, 
 
 DATABASE_URL_HINT = "sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis-cluster")
+# The drivers the engine is built and tested with; postgres:// is read as postgresql:// (store.db.normalise_url).
+DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg")
 
 
 def _database_url(url: str) -> str:
@@ -45,11 +47,13 @@ def _database_url(url: str) -> str:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        backend = make_url(url).get_backend_name()
+        driver = make_url(url).drivername
     except (ArgumentError, ValueError):
         raise ConfigError(f"POS_ENGINE_DATABASE_URL is not a database URL: give {DATABASE_URL_HINT}") from None
-    if backend not in ("sqlite", "postgresql", "postgres"):  # postgres:// is read as postgresql:// (store.db.normalise_url)
-        raise ConfigError(f"POS_ENGINE_DATABASE_URL names {backend!r}: the engine runs on SQLite or PostgreSQL ({DATABASE_URL_HINT})")
+    if driver not in DATABASE_DRIVERS:
+        raise ConfigError(
+            f"POS_ENGINE_DATABASE_URL names {driver!r}: the engine runs on SQLite or PostgreSQL through psycopg ({DATABASE_URL_HINT})"
+        )
     return url
 
 

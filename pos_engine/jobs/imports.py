@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import secrets
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +58,12 @@ class ImportResult:
 
 def _read_text(path: Path) -> str:
     """The file as text; a refusal names the line of the first byte that is not UTF-8."""
-    if not path.is_file():
-        raise ImportError_([f"{path}: not a regular file"])
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        raise ImportError_([f"{path}: cannot read: {error.strerror}"]) from error
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # a file, or a pipe (`<(zcat members.csv.gz)`); never a device
+        raise ImportError_([f"{path}: not a regular file or a pipe"])
     try:
         with path.open("rb") as file:
             data = file.read(IMPORT_BYTES_MAX + 1)
@@ -78,34 +83,40 @@ def _read_text(path: Path) -> str:
 
 def _read(path: Path, columns: tuple[str, ...], optional: set[str]) -> tuple[list[tuple[int, dict[str, str]]], list[str]]:
     text = _read_text(path)
+    # newline=None reads \r, \r\n and \n line ends alike (old Mac and Windows exports);
     # strict: a quote inside an unquoted field, or text after a closing quote, is an error, not glued on.
-    reader = csv.DictReader(io.StringIO(text), strict=True)
+    reader = csv.reader(io.StringIO(text, newline=None), strict=True)
     try:
-        header = reader.fieldnames or []
+        header = next((fields for fields in reader if fields), [])
     except csv.Error as error:
-        raise ImportError_([f"{path}:1: {error}"]) from error
+        raise ImportError_([f"{path}:{reader.line_num}: {error}"]) from error
+    header_line = reader.line_num
     missing = [column for column in columns if column not in header and column not in optional]
     unknown = [column for column in header if column not in columns]
     repeated = sorted({column for column in header if header.count(column) > 1})
     problems = []
     if missing:
-        problems.append(f"{path}:1: missing columns: {', '.join(missing)}")
+        problems.append(f"{path}:{header_line or 1}: missing columns: {', '.join(missing)}")
     if unknown:
-        problems.append(f"{path}:1: unknown columns: {', '.join(unknown)}")
+        problems.append(f"{path}:{header_line}: unknown columns: {', '.join(unknown)}")
     if repeated:
-        problems.append(f"{path}:1: columns given more than once: {', '.join(repeated)}")
+        problems.append(f"{path}:{header_line}: columns given more than once: {', '.join(repeated)}")
     if problems:
         raise ImportError_(problems)
     rows: list[tuple[int, dict[str, str]]] = []
     record_start = reader.line_num + 1  # a quoted field may run over several lines: a record is named by its first
     try:
-        for row in reader:
+        for fields in reader:
+            if not fields:  # a blank line
+                record_start = reader.line_num + 1
+                continue
             if len(rows) >= IMPORT_ROWS_MAX:
                 raise ImportError_([f"{path}: more than {IMPORT_ROWS_MAX} rows"])
-            if None in row:
+            if len(fields) > len(header):
                 problems.append(f"{path}:{record_start}: more fields than columns")
             else:
-                rows.append((record_start, {key: (value or "").strip() for key, value in row.items()}))
+                fields += [""] * (len(header) - len(fields))
+                rows.append((record_start, {name: value.strip() for name, value in zip(header, fields, strict=True)}))
             record_start = reader.line_num + 1
     except csv.Error as error:
         raise ImportError_([f"{path}:{record_start}: {error} (in the record that starts on this line)"]) from error

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from pos_engine.cli import main
 from pos_engine.store.db import Database
@@ -350,12 +353,57 @@ def test_a_database_that_cannot_be_reached_is_one_plain_line_naming_it(env: dict
         assert "Traceback" not in result.output
 
 
+def test_a_password_in_the_query_is_not_shown_either(env: dict[str, str]) -> None:
+    url = "postgresql://postgres@127.0.0.1:1/nothing_listens_here?password=secret"
+    result = CliRunner().invoke(main, ["counters", "reconcile"], env={**env, "POS_ENGINE_DATABASE_URL": url})
+    assert result.exit_code == 1, result.output
+    assert "the database failed" in result.output
+    assert "secret" not in result.output
+
+
+def test_a_database_error_that_is_a_bug_keeps_its_traceback(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    run(env, "init-db")
+
+    def broken(_ctx: Any) -> int:
+        raise IntegrityError("INSERT INTO counters …", {}, sqlite3.IntegrityError("UNIQUE constraint failed: counters.key"))
+
+    monkeypatch.setattr("pos_engine.service.counters.rebuild_counters", broken)
+    result = CliRunner().invoke(main, ["counters", "rebuild"], env=env)
+    assert isinstance(result.exception, IntegrityError)  # not turned into "the database failed"
+
+
+def test_a_database_failure_with_no_message_is_still_one_line(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    run(env, "init-db")
+
+    def failing(_ctx: Any) -> int:
+        raise OperationalError("SELECT …", {}, sqlite3.OperationalError(""))
+
+    monkeypatch.setattr("pos_engine.service.counters.rebuild_counters", failing)
+    result = CliRunner().invoke(main, ["counters", "rebuild"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "the database failed: OperationalError" in result.output
+
+
+def test_an_sqlite_uri_filename_is_left_to_sqlite(env: dict[str, str], tmp_path: Path) -> None:
+    run(env, "init-db")
+    uri = f"sqlite:///file:{tmp_path}/engine.sqlite3?mode=rw&uri=true"
+    result = CliRunner().invoke(main, ["counters", "reconcile"], env={**env, "POS_ENGINE_DATABASE_URL": uri})
+    assert result.exit_code == 0, result.output
+    assert "counters agree with the ledger" in result.output
+
+
 def test_redis_that_cannot_be_reached_is_one_plain_line_naming_it(env: dict[str, str]) -> None:
     run(env, "init-db")
-    for url in ("redis://:secret@127.0.0.1:1", "redis://secret@127.0.0.1:1", "redis://127.0.0.1:1/0?password=secret"):
+    for url in (
+        "redis://:secret@127.0.0.1:1",
+        "redis://secret@127.0.0.1:1",
+        "redis://127.0.0.1:1/0?password=secret",
+        "redis-cluster://127.0.0.1:1",
+    ):
         result = CliRunner().invoke(main, ["counters", "reconcile"], env={**env, "POS_ENGINE_REDIS_URL": url})
         assert result.exit_code == 1, result.output
-        assert "POS_ENGINE_REDIS_URL (redis://" in result.output and "): Redis failed: Error 111 connecting to 127.0.0.1:1" in result.output
+        assert result.output.startswith("POS_ENGINE_REDIS_URL (redis")
+        assert "): Redis failed: " in result.output and "Error 111 connecting to 127.0.0.1:1" in result.output
         assert "secret" not in result.output
 
 
@@ -405,6 +453,11 @@ def test_a_command_that_reads_a_database_never_creates_one(env: dict[str, str], 
             id="GBK, named by line",
         ),
         pytest.param(
+            (MEMBERS_HEADER + "\n" + "mem-b,Han,unit-1,union-wujin,nowhere,,true,2026,6217000000002222,active\n").encode(),
+            ":3: district",
+            id="a blank line before a bad record",
+        ),
+        pytest.param(
             (MEMBERS_HEADER + 'mem-b,"Han\nMeimei"' + REST_OF_B + GOOD_MEMBER).encode(),
             ":2: name: required, at most 200 printable characters",
             id="a record over two lines, named by its first",
@@ -421,6 +474,34 @@ def test_import_names_the_line_of_a_malformed_csv_and_imports_nothing(
     assert result.exit_code == 1, result.output
     assert expected in result.output
     assert "Traceback" not in result.output
+    assert count(env, MemberRow) == 0
+
+
+def test_import_reads_old_mac_line_ends_and_a_pipe(env: dict[str, str], tmp_path: Path) -> None:
+    run(env, "init-db")
+    mac = tmp_path / "mac.csv"
+    mac.write_bytes((MEMBERS_HEADER + GOOD_MEMBER).replace("\n", "\r").encode())
+    result = run(env, "import", "members", str(mac))
+    assert result.exit_code == 0, result.output
+
+    pipe = tmp_path / "members.pipe"  # as `pos-engine import members <(zcat members.csv.gz)` gives it
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=pipe.write_text, args=(MEMBERS_HEADER + GOOD_MEMBER.replace("mem-a", "mem-p"),))
+    writer.start()
+    result = run(env, "import", "members", str(pipe))
+    writer.join(10)
+    assert result.exit_code == 0, result.output
+    assert count(env, MemberRow) == 2
+
+
+def test_import_refuses_a_file_over_its_byte_limit(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run(env, "init-db")
+    monkeypatch.setattr("pos_engine.jobs.imports.IMPORT_BYTES_MAX", 100)
+    path = tmp_path / "members.csv"
+    path.write_text(MEMBERS_HEADER + GOOD_MEMBER)
+    result = CliRunner().invoke(main, ["import", "members", str(path)], env=env)
+    assert result.exit_code == 1, result.output
+    assert "larger than 100 bytes" in result.output
     assert count(env, MemberRow) == 0
 
 

@@ -41,6 +41,7 @@ def test_a_redis_url_the_engine_can_use_is_taken_as_given(url: str) -> None:
     [
         ("POS_ENGINE_DATABASE_URL", "mysql://u:secret@127.0.0.1/x"),
         ("POS_ENGINE_DATABASE_URL", "secret"),
+        ("POS_ENGINE_DATABASE_URL", "postgresql+asyncpg://u:secret@127.0.0.1/x"),  # a driver the engine is not built on
         ("POS_ENGINE_REDIS_URL", "memcached://u:secret@127.0.0.1:11211"),
         ("POS_ENGINE_REDIS_URL", "redis://:secret@127.0.0.1:70000"),
     ],
