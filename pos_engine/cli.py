@@ -268,14 +268,26 @@ def import_merchants_command(file: Path, secrets_out: Path | None) -> None:
             raise ImportError_([f"{secrets_out}: already exists; secrets go to a new file (move the old one away first)"]) from None
         except OSError as error:
             raise ImportError_([f"{secrets_out}: cannot write: {error.strerror}"]) from error
-        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
-            out.write(json.dumps(new_secrets, indent=2))
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+                out.write(json.dumps(new_secrets, indent=2))
+        except OSError as error:  # a full disk: no half-written secrets file, and no import
+            secrets_out.unlink(missing_ok=True)
+            raise ImportError_([f"{secrets_out}: cannot write: {error.strerror}"]) from error
+        delivered.append(secrets_out)
 
+    delivered: list[Path] = []
     settings = _existing_database(_settings())
     try:
         result = import_merchants(_database(settings), file, deliver_secrets=deliver)
     except ImportError_ as error:
         _fail(f"{file} refused, nothing imported:\n{error}")
+    except BaseException:
+        # The secrets went out before the commit, which then failed: whether the terminals exist is
+        # for the operator to check (a commit whose answer was lost may still have happened).
+        for path in delivered:
+            click.echo(f"{path} was written before the import failed: check that its terminals exist before handing it out", err=True)
+        raise
     click.echo(f"imported {result.rows} merchants, {len(result.new_terminal_secrets)} new terminals")
 
 

@@ -554,6 +554,25 @@ def test_import_merchants_refuses_new_terminals_whose_secrets_would_be_lost(env:
     assert again.exit_code == 0, again.output
 
 
+def test_a_secrets_file_written_before_a_failed_commit_is_pointed_out(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(env, "init-db")
+
+    def import_then_fail_to_commit(_database: Any, _file: Path, deliver_secrets: Any) -> Any:
+        deliver_secrets({"t-new": "s3cr3t"})
+        raise OperationalError("COMMIT", {}, sqlite3.OperationalError("disk I/O error"))
+
+    monkeypatch.setattr("pos_engine.jobs.imports.import_merchants", import_then_fail_to_commit)
+    path = tmp_path / "merchants.csv"
+    path.write_text("merchant_id,name,category,district,status,terminal_id\nm-new,New Noodles,dining,jintan,active,t-new\n")
+    secrets = tmp_path / "secrets.json"
+    result = CliRunner().invoke(main, ["import", "merchants", str(path), "--secrets-out", str(secrets)], env=env)
+    assert result.exit_code == 1, result.output
+    assert f"{secrets} was written before the import failed: check that its terminals exist" in result.output
+    assert "the database failed: disk I/O error" in result.output
+
+
 def test_import_merchants_names_every_line_whose_terminal_is_bound_elsewhere(env: dict[str, str], tmp_path: Path) -> None:
     run(env, "init-db")
     first = tmp_path / "first.csv"
