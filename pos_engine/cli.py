@@ -137,8 +137,14 @@ def demo(out: Path, reset: bool) -> None:
     credentials = load_demo(_database(settings), settings.card_key.encode("utf-8"), year, reset=reset)
     if reset:
         ctx.counters.replace_all({})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(credentials.as_json(), indent=2))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(credentials.as_json(), indent=2))
+    except OSError as error:
+        _fail(
+            f"{out}: cannot write: {error.strerror}. The demo world is loaded; "
+            "`pos-engine demo --out FILE` again (without --reset) writes its credentials, the same ones"
+        )
     cards = credentials.cards
     click.echo(
         f"demo world ready: {len(credentials.terminals)} terminals, {len(cards['usable'])} usable cards "

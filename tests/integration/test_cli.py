@@ -59,6 +59,14 @@ def test_demo_writes_credentials_in_the_documented_shape_and_is_repeatable(env: 
     assert json.loads((tmp_path / "again.json").read_text()) == credentials  # same world, same secrets
 
 
+def test_demo_credentials_that_cannot_be_written_are_one_line_and_written_again_the_same(env: dict[str, str], tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["demo", "--out", "/dev/full"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "/dev/full: cannot write: No space left on device. The demo world is loaded" in result.output
+    assert run(env, "demo", "--out", str(tmp_path / "demo.json")).exit_code == 0
+    assert json.loads((tmp_path / "demo.json").read_text())["terminals"]
+
+
 def test_init_db_creates_and_then_keeps_the_schema(env: dict[str, str]) -> None:
     assert run(env, "init-db").exit_code == 0
     assert run(env, "init-db").exit_code == 0
