@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 
@@ -57,3 +59,44 @@ class ProcessThread:
     def driven_by_hand(self) -> None:
         """Never start the thread in this process: the caller runs the work itself (tests, one-off tools)."""
         self._started_in = this_process()
+
+
+REPEATED_FAILURE_QUIET_S = 300.0  # a failure that goes on is logged again, as one line, this often
+
+
+class RepeatedFailure:
+    """The log of a background task that retries: an outage is a few lines, not a traceback every poll.
+
+    A new failure (or one of another kind than the last) is logged with its
+    traceback; the same failure again only as one line every `quiet_s`, saying
+    how many times it happened since; and the first success after it, once.
+    """
+
+    def __init__(
+        self, log: logging.Logger, what: str, quiet_s: float = REPEATED_FAILURE_QUIET_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._log = log
+        self._what = what
+        self._quiet_s = quiet_s
+        self._clock = clock
+        self._failing: str | None = None  # the failure being repeated, as "Type: message"
+        self._logged_at = 0.0
+        self._since = 0  # repeats not logged since
+
+    def failed(self, error: BaseException) -> None:
+        lines = str(error).strip().splitlines()
+        failure = f"{type(error).__name__}: {lines[0] if lines else ''}"
+        now = self._clock()
+        if failure != self._failing:
+            self._log.error("%s", self._what, exc_info=error)
+            self._failing, self._logged_at, self._since = failure, now, 0
+        elif now - self._logged_at >= self._quiet_s:
+            self._log.error("%s, still (%d times more in %.0f s): %s", self._what, self._since + 1, now - self._logged_at, failure)
+            self._logged_at, self._since = now, 0
+        else:
+            self._since += 1
+
+    def succeeded(self) -> None:
+        if self._failing is not None:
+            self._log.warning("%s: works again", self._what.split(";")[0])
+            self._failing = None

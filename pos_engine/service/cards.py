@@ -33,7 +33,7 @@ from typing import Protocol, TypeAlias
 
 from pos_engine.domain.registry import CardHolder, split_groups
 from pos_engine.limits import CARD_CHANGES_KEEP_S, CARD_CHANGES_POLL_S, CARD_CHANGES_RELOAD_MIN, CARD_OVERLAY_MAX
-from pos_engine.service.background import ProcessThread
+from pos_engine.service.background import ProcessThread, RepeatedFailure
 
 log = logging.getLogger(__name__)
 
@@ -262,18 +262,21 @@ class CardDirectory:
         return len(hashes)
 
     def _run(self) -> None:
+        loading = RepeatedFailure(log, "card directory load failed; swipes ask the database meanwhile")
         while self._state is None:
             try:
                 self.load()
                 self.last_error = None
+                loading.succeeded()
             except Exception as error:
                 self.last_error = f"card directory load failed: {error}"
-                log.exception("card directory load failed; swipes ask the database meanwhile")
+                loading.failed(error)
                 time.sleep(max(self.poll_s, 5.0))
         # What the worker holds now (its modules, app, registry and this table) lives as long as
         # the worker: moved out of the cyclic collector's reach, the first full collection after
         # the load no longer stops every swipe for ~140 ms (docs/performance.md).
         gc.freeze()
+        polling = RepeatedFailure(log, "card directory poll failed; retrying")
         while True:
             time.sleep(self.poll_s)
             try:
@@ -282,6 +285,7 @@ class CardDirectory:
                     self._pruned_at = time.monotonic()
                     self.source.prune_card_changes(CARD_CHANGES_KEEP_S)
                 self.last_error = None
+                polling.succeeded()
             except Exception as error:
                 self.last_error = f"card directory poll failed: {error}"
-                log.exception("card directory poll failed; retrying")
+                polling.failed(error)

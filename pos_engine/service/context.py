@@ -11,7 +11,7 @@ from pos_engine.domain.clock import Clock
 from pos_engine.domain.registry import CardHolder, Merchant, Terminal, card_hash
 from pos_engine.domain.rulebook import Rulebook
 from pos_engine.limits import LOOKUP_CACHE_TTL_S
-from pos_engine.service.background import ProcessThread
+from pos_engine.service.background import ProcessThread, RepeatedFailure
 from pos_engine.service.cards import CardDirectory
 from pos_engine.service.ports import CounterStore, Registry, SwipeUnitOfWork, UnitOfWork
 
@@ -61,12 +61,14 @@ class RegistrySnapshot:
         self._fingerprint = fingerprint
 
     def _run(self) -> None:
+        reloading = RepeatedFailure(log, "registry snapshot reload failed; keeping the previous one")
         while True:
             time.sleep(self.refresh_s)
             try:
                 self.reload()
-            except Exception:
-                log.exception("registry snapshot reload failed; keeping the previous one")
+                reloading.succeeded()
+            except Exception as error:
+                reloading.failed(error)
 
     def start(self) -> None:
         """Load the snapshot and start its refresher in this process now, rather than on its first swipe."""

@@ -1,11 +1,14 @@
-"""A process thread starts once per process: once in the parent, once again in each forked child."""
+"""Background threads: started once per process (again in each forked child); their repeated failures logged without flooding."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
-from pos_engine.service.background import ProcessThread
+import pytest
+
+from pos_engine.service.background import ProcessThread, RepeatedFailure
 
 
 def test_a_thread_starts_once_in_a_process_and_once_again_in_a_forked_child() -> None:
@@ -32,3 +35,27 @@ def test_a_thread_starts_once_in_a_process_and_once_again_in_a_forked_child() ->
 
     assert answer == b"True"
     assert started_in == [os.getpid()]  # the child's start changed nothing here
+
+
+def test_a_background_failure_that_repeats_is_logged_in_full_once_then_as_a_line_now_and_then(caplog: pytest.LogCaptureFixture) -> None:
+    now = [1000.0]
+    failures = RepeatedFailure(logging.getLogger("test.background"), "directory load failed; retrying", quiet_s=300.0, clock=lambda: now[0])
+    refused = ConnectionRefusedError("connection refused\nDETAIL: more")
+
+    with caplog.at_level(logging.WARNING, logger="test.background"):
+        for _ in range(10):  # an outage, polled every 5 s: 50 s
+            failures.failed(refused)
+            now[0] += 5.0
+        now[0] = 1000.0 + 300.0
+        failures.failed(refused)  # still failing, five minutes on
+        failures.failed(TimeoutError("timed out"))  # another kind of failure: in full again
+        failures.succeeded()
+        failures.succeeded()  # said once
+
+    logged = [(record.levelname, record.getMessage(), record.exc_info is not None) for record in caplog.records]
+    assert logged == [
+        ("ERROR", "directory load failed; retrying", True),
+        ("ERROR", "directory load failed; retrying, still (10 times more in 300 s): ConnectionRefusedError: connection refused", False),
+        ("ERROR", "directory load failed; retrying", True),
+        ("WARNING", "directory load failed: works again", False),
+    ]
