@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -69,20 +70,38 @@ def _service_failure(error: BaseException) -> str | None:
     sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
     redis_exceptions = sys.modules.get("redis.exceptions")
     if sqlalchemy_exc is not None and isinstance(error, sqlalchemy_exc.DBAPIError):
-        lines = str(getattr(error, "orig", None) or error).strip().splitlines()
-        cause = lines[0] if lines else type(getattr(error, "orig", None) or error).__name__
-        if "no such table" in cause or ("relation" in cause and "does not exist" in cause):
+        orig = getattr(error, "orig", None)
+        lines = str(orig or error).strip().splitlines()
+        cause = lines[0] if lines else type(orig or error).__name__
+        sqlite_error = getattr(orig, "sqlite_errorname", None)  # sqlite3 raises OperationalError for bad SQL too
+        if getattr(orig, "sqlstate", None) == "42P01" or (sqlite_error == "SQLITE_ERROR" and cause.startswith("no such table")):
             what = f"the database has no schema yet; run `pos-engine init-db` first ({cause})"
-        elif isinstance(error, sqlalchemy_exc.OperationalError | sqlalchemy_exc.InterfaceError):
+        elif isinstance(error, sqlalchemy_exc.OperationalError | sqlalchemy_exc.InterfaceError) and (
+            sqlite_error is None or sqlite_error.startswith(_SQLITE_SERVICE_ERRORS)
+        ):
             what = f"the database failed: {cause}"
         else:
             return None
         return _naming("POS_ENGINE_DATABASE_URL", lambda settings: _redact(settings.database_url), what)
-    if redis_exceptions is not None and isinstance(
-        error, redis_exceptions.ConnectionError | redis_exceptions.TimeoutError | redis_exceptions.RedisClusterException
+    if redis_exceptions is not None and (
+        isinstance(error, redis_exceptions.ConnectionError | redis_exceptions.TimeoutError)
+        or (isinstance(error, redis_exceptions.RedisClusterException) and str(error).startswith("Redis Cluster cannot be connected"))
     ):
         return _naming("POS_ENGINE_REDIS_URL", lambda settings: _redact_redis(settings.redis_url or ""), f"Redis failed: {error}")
     return None
+
+
+# SQLite's result codes for a file it cannot use (locked, unreadable, full, damaged), not for a statement that is wrong.
+_SQLITE_SERVICE_ERRORS = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_FULL",
+    "SQLITE_READONLY",
+    "SQLITE_CORRUPT",
+    "SQLITE_NOTADB",
+)
 
 
 def _naming(variable: str, shown_url: Callable[[Settings], str], what: str) -> str | None:
@@ -142,7 +161,7 @@ def demo(out: Path, reset: bool) -> None:
         out.write_text(json.dumps(credentials.as_json(), indent=2))
     except OSError as error:
         _fail(
-            f"{out}: cannot write: {error.strerror}. The demo world is loaded; "
+            f"{out}: cannot write: {error.strerror or error}. The demo world is loaded; "
             "`pos-engine demo --out FILE` again (without --reset) writes its credentials, the same ones"
         )
     cards = credentials.cards
@@ -277,9 +296,12 @@ def import_merchants_command(file: Path, secrets_out: Path | None) -> None:
         try:
             with os.fdopen(descriptor, "w", encoding="utf-8") as out:
                 out.write(json.dumps(new_secrets, indent=2))
-        except OSError as error:  # a full disk: no half-written secrets file, and no import
-            secrets_out.unlink(missing_ok=True)
-            raise ImportError_([f"{secrets_out}: cannot write: {error.strerror}"]) from error
+        except BaseException as error:  # a full disk, an interrupt: no half-written secrets file, and no import
+            with contextlib.suppress(OSError):
+                secrets_out.unlink()
+            if isinstance(error, OSError):
+                raise ImportError_([f"{secrets_out}: cannot write: {error.strerror or error}"]) from error
+            raise
         delivered.append(secrets_out)
 
     delivered: list[Path] = []
@@ -300,8 +322,8 @@ def import_merchants_command(file: Path, secrets_out: Path | None) -> None:
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
-    # libpq also takes a password as a query parameter (?password=…)
-    return make_url(url).difference_update_query(["password"]).render_as_string(hide_password=True)
+    # libpq also takes secrets as query parameters (?password=…, ?sslpassword=…)
+    return make_url(url).difference_update_query(["password", "sslpassword"]).render_as_string(hide_password=True)
 
 
 def _redact_redis(url: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import secrets
 import stat
 from collections.abc import Callable, Iterable
@@ -56,6 +57,9 @@ class ImportResult:
     new_terminal_secrets: dict[str, str] = field(default_factory=dict)
 
 
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
 def _read_text(path: Path) -> str:
     """The file as text; a refusal names the line of the first byte that is not UTF-8."""
     try:
@@ -74,8 +78,9 @@ def _read_text(path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        line_ends = list(_LINE_END.finditer(data, 0, error.start))  # \r\n, \r or \n, as the reader below takes them
+        line = len(line_ends) + 1
+        column = error.start - (line_ends[-1].end() if line_ends else 0) + 1
         raise ImportError_(
             [f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x} at byte {column} of the line); save the file as UTF-8"]
         ) from error

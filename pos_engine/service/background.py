@@ -67,36 +67,51 @@ REPEATED_FAILURE_QUIET_S = 300.0  # a failure that goes on is logged again, as o
 class RepeatedFailure:
     """The log of a background task that retries: an outage is a few lines, not a traceback every poll.
 
-    A new failure (or one of another kind than the last) is logged with its
-    traceback; the same failure again only as one line every `quiet_s`, saying
+    A new failure (an exception of another type than the last) is logged with
+    its traceback; the same kind again only as one line every `quiet_s`, saying
     how many times it happened since; and the first success after it, once.
+    Failures are told apart by type, not by message, which may name a changing
+    address or process.
     """
 
     def __init__(
-        self, log: logging.Logger, what: str, quiet_s: float = REPEATED_FAILURE_QUIET_S, clock: Callable[[], float] = time.monotonic
+        self,
+        log: logging.Logger,
+        subject: str,
+        consequence: str,
+        quiet_s: float = REPEATED_FAILURE_QUIET_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._log = log
-        self._what = what
+        self._subject = subject
+        self._consequence = consequence
         self._quiet_s = quiet_s
         self._clock = clock
-        self._failing: str | None = None  # the failure being repeated, as "Type: message"
+        self._failing: tuple[str, ...] | None = None  # the kind of failure being repeated: its type, and its cause's
         self._logged_at = 0.0
         self._since = 0  # repeats not logged since
 
     def failed(self, error: BaseException) -> None:
-        lines = str(error).strip().splitlines()
-        failure = f"{type(error).__name__}: {lines[0] if lines else ''}"
+        kind = (type(error).__name__, type(error.__cause__).__name__)
         now = self._clock()
-        if failure != self._failing:
-            self._log.error("%s", self._what, exc_info=error)
-            self._failing, self._logged_at, self._since = failure, now, 0
+        if kind != self._failing:
+            self._log.error("%s failed; %s", self._subject, self._consequence, exc_info=error)
+            self._failing, self._logged_at, self._since = kind, now, 0
         elif now - self._logged_at >= self._quiet_s:
-            self._log.error("%s, still (%d times more in %.0f s): %s", self._what, self._since + 1, now - self._logged_at, failure)
+            lines = str(error).strip().splitlines()
+            self._log.error(
+                "%s still failing (%d times more in %.0f s): %s: %s",
+                self._subject,
+                self._since + 1,
+                now - self._logged_at,
+                type(error).__name__,
+                lines[0] if lines else "",
+            )
             self._logged_at, self._since = now, 0
         else:
             self._since += 1
 
     def succeeded(self) -> None:
         if self._failing is not None:
-            self._log.warning("%s: works again", self._what.split(";")[0])
+            self._log.warning("%s works again", self._subject)
             self._failing = None

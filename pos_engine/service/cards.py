@@ -262,7 +262,7 @@ class CardDirectory:
         return len(hashes)
 
     def _run(self) -> None:
-        loading = RepeatedFailure(log, "card directory load failed; swipes ask the database meanwhile")
+        loading = RepeatedFailure(log, "card directory load", "swipes ask the database meanwhile")
         while self._state is None:
             try:
                 self.load()
@@ -276,7 +276,7 @@ class CardDirectory:
         # the worker: moved out of the cyclic collector's reach, the first full collection after
         # the load no longer stops every swipe for ~140 ms (docs/performance.md).
         gc.freeze()
-        polling = RepeatedFailure(log, "card directory poll failed; retrying")
+        polling = RepeatedFailure(log, "card directory poll", "retrying")
         while True:
             time.sleep(self.poll_s)
             try:

@@ -61,7 +61,7 @@ class RegistrySnapshot:
         self._fingerprint = fingerprint
 
     def _run(self) -> None:
-        reloading = RepeatedFailure(log, "registry snapshot reload failed; keeping the previous one")
+        reloading = RepeatedFailure(log, "registry snapshot reload", "keeping the previous one")
         while True:
             time.sleep(self.refresh_s)
             try:

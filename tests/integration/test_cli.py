@@ -362,7 +362,7 @@ def test_a_database_that_cannot_be_reached_is_one_plain_line_naming_it(env: dict
 
 
 def test_a_password_in_the_query_is_not_shown_either(env: dict[str, str]) -> None:
-    url = "postgresql://postgres@127.0.0.1:1/nothing_listens_here?password=secret"
+    url = "postgresql://postgres@127.0.0.1:1/nothing_listens_here?password=secret&sslpassword=secret"
     result = CliRunner().invoke(main, ["counters", "reconcile"], env={**env, "POS_ENGINE_DATABASE_URL": url})
     assert result.exit_code == 1, result.output
     assert "the database failed" in result.output
@@ -378,6 +378,21 @@ def test_a_database_error_that_is_a_bug_keeps_its_traceback(env: dict[str, str],
     monkeypatch.setattr("pos_engine.service.counters.rebuild_counters", broken)
     result = CliRunner().invoke(main, ["counters", "rebuild"], env=env)
     assert isinstance(result.exception, IntegrityError)  # not turned into "the database failed"
+
+
+def test_bad_sql_on_sqlite_keeps_its_traceback(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    run(env, "init-db")
+
+    def bad_sql(_ctx: Any) -> int:
+        try:
+            sqlite3.connect(":memory:").execute("SELEC 1")
+        except sqlite3.OperationalError as error:  # sqlite3 says OperationalError for a syntax error too
+            raise OperationalError("SELEC 1", {}, error) from error
+        raise AssertionError("SQLite took SELEC")
+
+    monkeypatch.setattr("pos_engine.service.counters.rebuild_counters", bad_sql)
+    result = CliRunner().invoke(main, ["counters", "rebuild"], env=env)
+    assert isinstance(result.exception, OperationalError)  # a bug: not "the database failed"
 
 
 def test_a_database_failure_with_no_message_is_still_one_line(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -461,6 +476,11 @@ def test_a_command_that_reads_a_database_never_creates_one(env: dict[str, str], 
             id="GBK, named by line",
         ),
         pytest.param(
+            (MEMBERS_HEADER + GOOD_MEMBER).replace("\n", "\r").encode() + "mem-b,李雷".encode("gbk") + REST_OF_B.encode(),
+            ":3: not UTF-8 text (byte 0xc0 at byte 7 of the line)",
+            id="GBK in an old Mac file, named by line",
+        ),
+        pytest.param(
             (MEMBERS_HEADER + "\n" + "mem-b,Han,unit-1,union-wujin,nowhere,,true,2026,6217000000002222,active\n").encode(),
             ":3: district",
             id="a blank line before a bad record",
@@ -494,7 +514,7 @@ def test_import_reads_old_mac_line_ends_and_a_pipe(env: dict[str, str], tmp_path
 
     pipe = tmp_path / "members.pipe"  # as `pos-engine import members <(zcat members.csv.gz)` gives it
     os.mkfifo(pipe)
-    writer = threading.Thread(target=pipe.write_text, args=(MEMBERS_HEADER + GOOD_MEMBER.replace("mem-a", "mem-p"),))
+    writer = threading.Thread(target=pipe.write_text, args=(MEMBERS_HEADER + GOOD_MEMBER.replace("mem-a", "mem-p"),), daemon=True)
     writer.start()
     result = run(env, "import", "members", str(pipe))
     writer.join(10)
