@@ -369,42 +369,46 @@ def test_a_password_in_the_query_is_not_shown_either(env: dict[str, str]) -> Non
     assert "secret" not in result.output
 
 
-def test_a_database_error_that_is_a_bug_keeps_its_traceback(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def _sqlite_syntax_error() -> OperationalError:
+    try:
+        sqlite3.connect(":memory:").execute("SELEC 1")
+    except sqlite3.OperationalError as error:  # sqlite3 says OperationalError for a syntax error too
+        return OperationalError("SELEC 1", {}, error)
+    raise AssertionError("SQLite took SELEC")
+
+
+@pytest.mark.parametrize(
+    ("make_error", "one_line"),
+    [
+        pytest.param(
+            lambda: IntegrityError("INSERT …", {}, sqlite3.IntegrityError("UNIQUE constraint failed: counters.key")),
+            None,
+            id="a broken constraint is a bug: it keeps its traceback",
+        ),
+        pytest.param(_sqlite_syntax_error, None, id="so is bad SQL on SQLite"),
+        pytest.param(
+            lambda: OperationalError("SELECT …", {}, sqlite3.OperationalError("")),
+            "the database failed: OperationalError",
+            id="a failing database with no message is still one line",
+        ),
+    ],
+)
+def test_only_a_failing_database_loses_its_traceback(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, make_error: Any, one_line: str | None
+) -> None:
     run(env, "init-db")
-
-    def broken(_ctx: Any) -> int:
-        raise IntegrityError("INSERT INTO counters …", {}, sqlite3.IntegrityError("UNIQUE constraint failed: counters.key"))
-
-    monkeypatch.setattr("pos_engine.service.counters.rebuild_counters", broken)
-    result = CliRunner().invoke(main, ["counters", "rebuild"], env=env)
-    assert isinstance(result.exception, IntegrityError)  # not turned into "the database failed"
-
-
-def test_bad_sql_on_sqlite_keeps_its_traceback(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    run(env, "init-db")
-
-    def bad_sql(_ctx: Any) -> int:
-        try:
-            sqlite3.connect(":memory:").execute("SELEC 1")
-        except sqlite3.OperationalError as error:  # sqlite3 says OperationalError for a syntax error too
-            raise OperationalError("SELEC 1", {}, error) from error
-        raise AssertionError("SQLite took SELEC")
-
-    monkeypatch.setattr("pos_engine.service.counters.rebuild_counters", bad_sql)
-    result = CliRunner().invoke(main, ["counters", "rebuild"], env=env)
-    assert isinstance(result.exception, OperationalError)  # a bug: not "the database failed"
-
-
-def test_a_database_failure_with_no_message_is_still_one_line(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    run(env, "init-db")
+    error = make_error()
 
     def failing(_ctx: Any) -> int:
-        raise OperationalError("SELECT …", {}, sqlite3.OperationalError(""))
+        raise error
 
     monkeypatch.setattr("pos_engine.service.counters.rebuild_counters", failing)
     result = CliRunner().invoke(main, ["counters", "rebuild"], env=env)
-    assert result.exit_code == 1, result.output
-    assert "the database failed: OperationalError" in result.output
+    if one_line is None:
+        assert result.exception is error
+    else:
+        assert result.exit_code == 1, result.output
+        assert one_line in result.output
 
 
 def test_an_sqlite_uri_filename_is_left_to_sqlite(env: dict[str, str], tmp_path: Path) -> None:

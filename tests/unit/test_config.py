@@ -8,32 +8,24 @@ from pos_engine.config import ConfigError, Settings
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("variable", "url"),
     [
-        "postgresql://postgres@127.0.0.1:5432/pos",
-        "postgres://u:p%40ss@127.0.0.1/pos",  # read as postgresql:// by store.db.normalise_url
-        "postgresql+psycopg://u@127.0.0.1/pos?connect_timeout=5",
-        "sqlite://",
-        "sqlite:///var/relative.sqlite3",
-        "sqlite+pysqlite:////tmp/absolute.sqlite3",
+        ("POS_ENGINE_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/pos"),
+        ("POS_ENGINE_DATABASE_URL", "postgres://u:p%40ss@127.0.0.1/pos"),  # read as postgresql:// by store.db.normalise_url
+        ("POS_ENGINE_DATABASE_URL", "postgresql+psycopg://u@127.0.0.1/pos?connect_timeout=5"),
+        ("POS_ENGINE_DATABASE_URL", "sqlite://"),
+        ("POS_ENGINE_DATABASE_URL", "sqlite:///var/relative.sqlite3"),
+        ("POS_ENGINE_DATABASE_URL", "sqlite+pysqlite:////tmp/absolute.sqlite3"),
+        ("POS_ENGINE_REDIS_URL", "redis://127.0.0.1:6379/2"),
+        ("POS_ENGINE_REDIS_URL", "redis://user:p%40ss@127.0.0.1:6379/0?socket_timeout=3"),
+        ("POS_ENGINE_REDIS_URL", "rediss://:secret@127.0.0.1:6380/0?ssl_cert_reqs=none"),
+        ("POS_ENGINE_REDIS_URL", "unix:///run/redis.sock?db=1"),
+        ("POS_ENGINE_REDIS_URL", "redis-cluster://127.0.0.1:7000"),
     ],
 )
-def test_a_database_url_the_engine_can_use_is_taken_as_given(url: str) -> None:
-    assert Settings.from_env({"POS_ENGINE_DATABASE_URL": url}).database_url == url
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "redis://127.0.0.1:6379/2",
-        "redis://user:p%40ss@127.0.0.1:6379/0?socket_timeout=3",
-        "rediss://:secret@127.0.0.1:6380/0?ssl_cert_reqs=none",
-        "unix:///run/redis.sock?db=1",
-        "redis-cluster://127.0.0.1:7000",
-    ],
-)
-def test_a_redis_url_the_engine_can_use_is_taken_as_given(url: str) -> None:
-    assert Settings.from_env({"POS_ENGINE_REDIS_URL": url}).redis_url == url
+def test_a_url_the_engine_can_use_is_taken_as_given(variable: str, url: str) -> None:
+    settings = Settings.from_env({variable: url})
+    assert (settings.database_url if variable == "POS_ENGINE_DATABASE_URL" else settings.redis_url) == url
 
 
 @pytest.mark.parametrize(
