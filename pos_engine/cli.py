@@ -36,11 +36,14 @@ def _fail(message: str) -> NoReturn:
 def _context(settings: Settings) -> Any:
     from pos_engine.api.app import build_context
     from pos_engine.rules_loader import RulebookError
+    from pos_engine.store.migrate import SchemaNotCurrent
 
     try:
         return build_context(settings)
     except RulebookError as error:
         _fail(f"the rulebook in {settings.rules_dir} is invalid:\n{error}")
+    except SchemaNotCurrent as error:
+        _fail(f"POS_ENGINE_DATABASE_URL ({_redact(settings.database_url)}): {error}")
 
 
 def _database(settings: Settings) -> Any:
@@ -179,7 +182,7 @@ def serve(host: str, port: int) -> None:
     """Run a local server (production runs `gunicorn pos_engine.wsgi:app`)."""
     from pos_engine.api.app import create_app
 
-    settings = _settings()
+    settings = _existing_database(_settings())
     app = create_app(settings, _context(settings), watch_rules=True)  # reloads a changed rulebook, as gunicorn's workers do
     click.echo(f"pos-engine serving on http://{host}:{port} (rules {app.extensions['pos_engine'].rulebook.version})")
     app.run(host=host, port=port, threaded=True)

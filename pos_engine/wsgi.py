@@ -17,6 +17,7 @@ from typing import NoReturn
 from pos_engine.api import create_app
 from pos_engine.config import ConfigError
 from pos_engine.rules_loader import RulebookError
+from pos_engine.store.migrate import SchemaNotCurrent
 
 WORKER_BOOT_ERROR = 3  # gunicorn's arbiter halts on it
 RESPAWN_PAUSE_S = 5.0  # a worker that cannot load the rulebook waits this long before gunicorn starts another
@@ -45,7 +46,7 @@ def _halt_gunicorn() -> NoReturn:
 
 try:
     app = create_app()
-except ConfigError as error:
+except (ConfigError, SchemaNotCurrent) as error:
     print(f"pos-engine cannot start: {error}", file=sys.stderr)
     _halt_gunicorn()
 except RulebookError as error:

@@ -93,8 +93,10 @@ def build_context(settings: Settings) -> EngineContext:
     from pos_engine.rules_loader import load_rulebook
     from pos_engine.store.counters import counter_store_from_url
     from pos_engine.store.db import Database, SqlRegistry
+    from pos_engine.store.migrate import check_schema
 
     database = Database(settings.database_url, statement_timeout_ms=settings.statement_timeout_ms)
+    check_schema(database.engine)  # raises SchemaNotCurrent if `pos-engine init-db` must run first
     return EngineContext(
         unit_of_work=database.unit_of_work,
         single_statement=database.single_statement,

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from pos_engine.cli import main
 from pos_engine.store.db import Database
+from pos_engine.store.migrate import upgrade
 from pos_engine.store.models import CardRow, MemberRow, MerchantRow, TerminalRow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,6 +142,41 @@ def test_gunicorn_stops_with_a_plain_message_when_the_engine_cannot_start(
     assert finished.returncode != 0  # the arbiter stops, rather than restarting workers that cannot start
     assert message in finished.stderr, finished.stderr
     assert "Traceback" not in finished.stderr, finished.stderr
+
+
+def test_gunicorn_and_the_cli_refuse_a_schema_this_release_must_migrate_first(env: dict[str, str], tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    behind = f"sqlite:///{tmp_path}/behind.sqlite3"
+    upgrade(behind, "0003")
+    message = "the database's schema is at 0003, this release needs 0004; run `pos-engine init-db` to migrate it"
+    served = {**os.environ, **env, "POS_ENGINE_DATABASE_URL": behind}
+    finished = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", "2", "-b", "127.0.0.1:0", "pos_engine.wsgi:app"],
+        env=served,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert finished.returncode != 0
+    assert f"pos-engine cannot start: {message}" in finished.stderr, finished.stderr
+    assert "Traceback" not in finished.stderr, finished.stderr
+    result = CliRunner().invoke(main, ["counters", "reconcile"], env={**env, "POS_ENGINE_DATABASE_URL": behind})
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert run({**env, "POS_ENGINE_DATABASE_URL": behind}, "init-db").exit_code == 0
+    assert CliRunner().invoke(main, ["counters", "reconcile"], env={**env, "POS_ENGINE_DATABASE_URL": behind}).exit_code == 0
+
+
+def test_serve_without_a_database_says_to_create_it_and_creates_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    missing = tmp_path / "fresh" / "engine.sqlite3"
+    result = CliRunner().invoke(main, ["serve", "--port", "1"], env={**env, "POS_ENGINE_DATABASE_URL": f"sqlite:///{missing}"})
+    assert result.exit_code == 1, result.output
+    assert f"no database at {missing}; run `pos-engine init-db` first" in result.output
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_serve_reloads_a_changed_rulebook_and_keeps_the_one_it_had_when_a_new_one_is_broken(
