@@ -49,9 +49,9 @@ def check_schema(engine: Any) -> None:
     saying to run `pos-engine init-db`. A revision this code does not know
     (a newer release migrated the database first, as a rolling deploy does)
     is logged and served: each migration must leave the release before it able
-    to run (README, "Production"). A
-    database that does not answer is left to the engine's own retries (its
-    workers start, answer 503 and recover), so the check raises nothing then.
+    to run (README, "Production"). A database that does not answer is left to
+    the engine's own retries (its workers start, answer 503 and recover), so
+    the check raises nothing then.
     """
     from sqlalchemy.exc import OperationalError
 
