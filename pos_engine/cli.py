@@ -47,9 +47,16 @@ def _context(settings: Settings) -> Any:
 
 
 def _database(settings: Settings) -> Any:
+    """The database, once its schema is known to be the one this release needs (as `build_context` checks it)."""
     from pos_engine.store.db import Database
+    from pos_engine.store.migrate import SchemaNotCurrent, check_schema
 
-    return Database(settings.database_url)
+    database = Database(settings.database_url)
+    try:
+        check_schema(database.engine)
+    except SchemaNotCurrent as error:
+        _fail(f"POS_ENGINE_DATABASE_URL ({_redact(settings.database_url)}): {error}")
+    return database
 
 
 def _existing_database(settings: Settings) -> Settings:
@@ -65,7 +72,7 @@ def _existing_database(settings: Settings) -> Settings:
 
 
 def _service_failure(error: BaseException) -> str | None:
-    """A plain message for the database or Redis failing under a command (unreachable, refusing, no schema); None otherwise.
+    """A plain message for the database or Redis failing under a command (unreachable, refusing); None otherwise.
 
     Only failures of the service itself: any other database error (a broken
     constraint, bad SQL) is a bug, and keeps its traceback.
@@ -77,15 +84,12 @@ def _service_failure(error: BaseException) -> str | None:
         lines = str(orig or error).strip().splitlines()
         cause = lines[0] if lines else type(orig or error).__name__
         sqlite_error = getattr(orig, "sqlite_errorname", None)  # sqlite3 raises OperationalError for bad SQL too
-        if getattr(orig, "sqlstate", None) == "42P01" or (sqlite_error == "SQLITE_ERROR" and cause.startswith("no such table")):
-            what = f"the database has no schema yet; run `pos-engine init-db` first ({cause})"
-        elif isinstance(error, sqlalchemy_exc.OperationalError | sqlalchemy_exc.InterfaceError) and (
-            sqlite_error is None or sqlite_error.startswith(_SQLITE_SERVICE_ERRORS)
+        # (A missing schema never gets here: _context and _database check it first, store.migrate.check_schema.)
+        if not isinstance(error, sqlalchemy_exc.OperationalError | sqlalchemy_exc.InterfaceError) or (
+            sqlite_error is not None and not sqlite_error.startswith(_SQLITE_SERVICE_ERRORS)
         ):
-            what = f"the database failed: {cause}"
-        else:
             return None
-        return _naming("POS_ENGINE_DATABASE_URL", lambda settings: _redact(settings.database_url), what)
+        return _naming("POS_ENGINE_DATABASE_URL", lambda settings: _redact(settings.database_url), f"the database failed: {cause}")
     if redis_exceptions is not None and (
         isinstance(error, redis_exceptions.ConnectionError | redis_exceptions.TimeoutError)
         or (isinstance(error, redis_exceptions.RedisClusterException) and str(error).startswith("Redis Cluster cannot be connected"))
