@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -164,8 +165,7 @@ def demo(out: Path, reset: bool) -> None:
     if reset:
         ctx.counters.replace_all({})
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(credentials.as_json(), indent=2))
+        _write_private(out, json.dumps(credentials.as_json(), indent=2))
     except OSError as error:
         _fail(
             f"{out}: cannot write: {error.strerror or error}. The demo world is loaded; "
@@ -177,6 +177,31 @@ def demo(out: Path, reset: bool) -> None:
         f"(+{len(cards['lost'])} lost, {len(cards['review_due'])} review due, {len(cards['not_in_service'])} not in service); "
         f"credentials in {out}"
     )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable by its owner only, whole or not at all.
+
+    A regular file (new, or an older one replaced) is written beside itself and renamed into place,
+    so a full disk or an interrupt leaves the old file or none, never half of one. A path that is
+    not a regular file (/dev/stdout, a pipe) is written as it is.
+    """
+    target = Path(os.path.realpath(path))  # a symbolic link's target is replaced, not the link
+    if target.exists() and not target.is_file():
+        target.write_text(text, encoding="utf-8")
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 @main.command()

@@ -68,6 +68,30 @@ def test_demo_credentials_that_cannot_be_written_are_one_line_and_written_again_
     assert json.loads((tmp_path / "demo.json").read_text())["terminals"]
 
 
+def test_demo_credentials_are_private_and_replaced_whole(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "creds" / "demo.json"
+    assert run(env, "demo", "--out", str(out)).exit_code == 0
+    assert out.stat().st_mode & 0o777 == 0o600  # terminal secrets: the owner's only
+    written = out.read_text()
+    link = tmp_path / "link.json"
+    link.symlink_to(out)
+    assert run(env, "demo", "--out", str(link)).exit_code == 0
+    assert link.is_symlink() and out.read_text() == written  # the link's target was written, the link kept
+
+    real_fsync = os.fsync
+
+    def disk_full(descriptor: int) -> None:
+        real_fsync(descriptor)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    result = CliRunner().invoke(main, ["demo", "--out", str(out)], env=env)
+    assert result.exit_code == 1
+    assert f"{out}: cannot write: No space left on device" in result.output
+    assert out.read_text() == written  # the earlier file is whole
+    assert sorted(path.name for path in out.parent.iterdir()) == ["demo.json"]  # and nothing was left beside it
+
+
 def test_init_db_creates_and_then_keeps_the_schema(env: dict[str, str]) -> None:
     assert run(env, "init-db").exit_code == 0
     assert run(env, "init-db").exit_code == 0
