@@ -70,8 +70,10 @@ class RepeatedFailure:
     A new failure (an exception of another type than the last) is logged with
     its traceback; the same kind again only as one line every `quiet_s`, saying
     how many times it happened since; and the first success after it, once.
-    Failures are told apart by type, not by message, which may name a changing
-    address or process.
+    A service that comes and goes (fails, works, fails again) shows each kind's
+    traceback at most once every `quiet_s`: in between, a failure after a
+    success is one line. Failures are told apart by type, not by message, which
+    may name a changing address or process.
     """
 
     def __init__(
@@ -90,22 +92,26 @@ class RepeatedFailure:
         self._failing: tuple[str, ...] | None = None  # the kind of failure being repeated: its type, and its cause's
         self._logged_at = 0.0
         self._since = 0  # repeats not logged since
+        self._traced: dict[tuple[str, ...], float] = {}  # when each kind's traceback was last logged
 
     def failed(self, error: BaseException) -> None:
         kind = (type(error).__name__, type(error.__cause__).__name__)
         now = self._clock()
         if kind != self._failing:
-            self._log.error("%s failed; %s", self._subject, self._consequence, exc_info=error)
+            traced_at = self._traced.get(kind)
+            if traced_at is not None and now - traced_at < self._quiet_s:
+                self._log.error("%s failed again; %s: %s", self._subject, self._consequence, _first_line(error))
+            else:
+                self._log.error("%s failed; %s", self._subject, self._consequence, exc_info=error)
+                self._traced[kind] = now
             self._failing, self._logged_at, self._since = kind, now, 0
         elif now - self._logged_at >= self._quiet_s:
-            lines = str(error).strip().splitlines()
             self._log.error(
-                "%s still failing (%d times more in %.0f s): %s: %s",
+                "%s still failing (%d times more in %.0f s): %s",
                 self._subject,
                 self._since + 1,
                 now - self._logged_at,
-                type(error).__name__,
-                lines[0] if lines else "",
+                _first_line(error),
             )
             self._logged_at, self._since = now, 0
         else:
@@ -115,3 +121,9 @@ class RepeatedFailure:
         if self._failing is not None:
             self._log.warning("%s works again", self._subject)
             self._failing = None
+
+
+def _first_line(error: BaseException) -> str:
+    """'ConnectionRefusedError: connection to 10.0.0.1 refused': the type and the message's first line."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"

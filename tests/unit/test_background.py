@@ -58,3 +58,34 @@ def test_a_background_failure_that_repeats_is_logged_in_full_once_then_as_a_line
         ("ERROR", "directory load failed; retrying", True),
         ("WARNING", "directory load works again", False),
     ]
+
+
+def test_a_service_that_comes_and_goes_shows_its_traceback_once_in_the_quiet_period(caplog: pytest.LogCaptureFixture) -> None:
+    now = [1000.0]
+    failures = RepeatedFailure(logging.getLogger("test.background"), "directory poll", "retrying", quiet_s=300.0, clock=lambda: now[0])
+
+    with caplog.at_level(logging.WARNING, logger="test.background"):
+        for _flap in range(3):  # a database that drops every other poll
+            failures.failed(ConnectionResetError("server closed the connection\nunexpectedly"))
+            now[0] += 5.0
+            failures.succeeded()
+            now[0] += 5.0
+        failures.failed(TimeoutError("timed out"))  # another kind: in full
+        failures.succeeded()
+        now[0] = 1000.0 + 300.0  # the quiet period is over: in full again
+        failures.failed(ConnectionResetError("server closed the connection"))
+
+    logged = [(record.levelname, record.getMessage(), record.exc_info is not None) for record in caplog.records]
+    again = ("ERROR", "directory poll failed again; retrying: ConnectionResetError: server closed the connection", False)
+    works = ("WARNING", "directory poll works again", False)
+    assert logged == [
+        ("ERROR", "directory poll failed; retrying", True),
+        works,
+        again,
+        works,
+        again,
+        works,
+        ("ERROR", "directory poll failed; retrying", True),
+        works,
+        ("ERROR", "directory poll failed; retrying", True),
+    ]
