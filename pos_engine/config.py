@@ -36,7 +36,6 @@ def _seconds(env: os._Environ[str] | dict[str, str], name: str, default: float, 
 
 
 DATABASE_URL_HINT = "sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis-cluster")
 # The drivers the engine is built and tested with; postgres:// is read as postgresql:// (store.db.normalise_url).
 DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg")
 
@@ -61,21 +60,12 @@ def _redis_url(url: str | None) -> str | None:
     """`url` if it can name a Redis server or cluster; the message never repeats it (it may hold a password)."""
     if url is None:
         return None
-    from urllib.parse import urlsplit
+    from pos_engine.store.redis_counters import check_url
 
-    from redis.connection import parse_url
-
-    parts = urlsplit(url)
-    if parts.scheme not in REDIS_SCHEMES:
-        raise ConfigError(f"POS_ENGINE_REDIS_URL must start with {', '.join(s + '://' for s in REDIS_SCHEMES)}")
     try:
-        if parts.scheme == "redis-cluster":
-            if not parts.hostname or parts.port is None:
-                raise ValueError("a cluster URL needs a host and a port: redis-cluster://HOST:PORT")
-        else:
-            parse_url(url)  # type: ignore[no-untyped-call]  # redis-py's own reading: port, database, the query's options
+        check_url(url)
     except ValueError as error:
-        raise ConfigError(f"POS_ENGINE_REDIS_URL cannot be used: {error}") from None
+        raise ConfigError(f"POS_ENGINE_REDIS_URL {error}") from None
     return url
 
 

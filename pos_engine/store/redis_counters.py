@@ -36,7 +36,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.connection import ConnectionPool
+from redis.connection import ConnectionPool, parse_url
 from redis.exceptions import NoScriptError
 
 from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, Plan, StepOutcome
@@ -56,6 +56,27 @@ MGET_BATCH_KEYS = 1_000  # keys per MGET in `snapshot`
 REPLACE_ATOMIC_KEYS_MAX = 50_000  # counters a rebuild writes in one atomic script
 REPLACE_BATCH_KEYS = 10_000  # counters per pipelined batch beyond that
 CLUSTER_SCHEME = "redis-cluster"
+SCHEMES = ("redis", "rediss", "unix", CLUSTER_SCHEME)
+
+
+def check_url(url: str) -> None:
+    """Raise ValueError if `url` cannot name a Redis server or cluster; the message never repeats it (it may hold a password).
+
+    The message reads after the URL's name: "must start with …" or "cannot be used: …".
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise ValueError(f"must start with {', '.join(scheme + '://' for scheme in SCHEMES)}")
+    try:
+        if parts.scheme == CLUSTER_SCHEME:
+            if not parts.hostname or parts.port is None:
+                raise ValueError(f"a cluster URL needs a host and a port: {CLUSTER_SCHEME}://HOST:PORT")
+        else:
+            parse_url(url)  # type: ignore[no-untyped-call]  # redis-py's own reading: port, database, the query's options
+    except ValueError as error:
+        raise ValueError(f"cannot be used: {error}") from None
+
+
 _GLOB_SPECIALS = "\\*?[]"
 
 if TYPE_CHECKING:
@@ -157,10 +178,13 @@ class RedisCounterStore:
         A call that takes longer than `socket_timeout_s` raises redis' TimeoutError (a 503 on the API)
         instead of holding its thread; None waits as long as Redis takes (a whole-namespace rebuild).
         """
+        try:
+            check_url(url)
+        except ValueError as error:
+            raise ValueError(f"the Redis URL {error}") from None
         parts = urlsplit(url)
         if parts.scheme == CLUSTER_SCHEME:
-            if not parts.hostname or parts.port is None:
-                raise ValueError(f"{url!r}: a cluster URL needs a host and a port: redis-cluster://host:port")
+            assert parts.hostname and parts.port is not None  # check_url
             client: RedisClient = RedisCluster(
                 host=parts.hostname,
                 port=parts.port,
@@ -169,11 +193,9 @@ class RedisCounterStore:
                 socket_timeout=socket_timeout_s,
                 socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
             )
-        elif parts.scheme in ("redis", "rediss", "unix"):
+        else:
             # The URL's own socket_timeout / socket_connect_timeout, if it has them, win over these.
             client = redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
-        else:
-            raise ValueError(f"{url!r}: the scheme must be redis, rediss, unix or {CLUSTER_SCHEME}")
         return cls(client, namespace=namespace)
 
     def _key(self, key: str) -> str:
