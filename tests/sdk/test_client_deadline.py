@@ -189,7 +189,9 @@ def test_each_address_of_a_name_gets_what_is_left_of_the_attempt_not_the_whole_c
     clock = [100.0]
     addresses = ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
     monkeypatch.setattr(
-        socket, "getaddrinfo", lambda host, port, type=0: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+        socket,
+        "getaddrinfo",
+        lambda host, port, **_: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses],
     )
     inner = _Refusing(clock, timing_out={"192.0.2.1"})
     backend = _deadline._Backend(inner)
@@ -207,3 +209,38 @@ def test_each_address_of_a_name_gets_what_is_left_of_the_attempt_not_the_whole_c
         backend.connect_tcp("engine.example", 443, timeout=2.0)
 
     assert inner.tried == [(address, 1.5) for address in addresses]  # refused at once: each tried in turn
+
+
+@pytest.mark.parametrize("client_class", [PosClient, AsyncPosClient])
+def test_a_name_whose_lookup_hangs_is_cut_off_at_the_deadline(monkeypatch, client_class):
+    real_getaddrinfo = socket.getaddrinfo
+    looked_up = []
+
+    def hanging(host, port, *args, **kwargs):
+        if host not in ("engine.example", b"engine.example"):  # anyio (the async client) passes bytes
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        if kwargs.get("flags", 0) & socket.AI_NUMERICHOST:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        looked_up.append("engine.example")
+        time.sleep(DRIP_FOR_S / 6)  # a resolver whose server does not answer: 5 s, past the 1 s deadline
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    started = time.monotonic()
+    if client_class is PosClient:
+        client = PosClient("http://engine.example:8080", "t-1", "secret", timeout=3.0, deadline=1.0, max_retries=0)
+        with client, pytest.raises(APITimeoutError) as raised:
+            client.get("au-1")
+    else:
+
+        async def call():
+            async with AsyncPosClient("http://engine.example:8080", "t-1", "secret", timeout=3.0, deadline=1.0, max_retries=0) as client:
+                await client.get("au-1")
+
+        with pytest.raises(APITimeoutError) as raised:
+            asyncio.run(call())
+    took_s = time.monotonic() - started
+
+    assert 1.0 <= took_s < 1.0 + SLACK_S, f"the call took {took_s:.1f} s against a 1 s deadline"
+    assert looked_up == ["engine.example"]
+    assert not raised.value.may_have_reached_server

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,6 +29,10 @@ import httpx
 _ATTEMPT_END: contextvars.ContextVar[tuple[float, Callable[[], float]] | None] = contextvars.ContextVar(
     "merchant_sdk_attempt_end", default=None
 )
+
+
+LOOKUP_POLL_FIRST_S = 0.0005  # the async client looks for a name's addresses after this, then twice as long each time
+LOOKUP_POLL_MAX_S = 0.02
 
 
 @contextmanager
@@ -79,6 +84,50 @@ class _Stream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+class _Lookup:
+    """A name's addresses, looked up on a thread of its own so that the attempt can stop waiting for them.
+
+    The C library's lookup cannot be interrupted: one that takes too long runs
+    on, its answer dropped, while the attempt fails with a connect timeout.
+    An address written as one is read at once, with no thread.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self._answer: list[Any] = []
+        self._done = threading.Event()
+        try:
+            self._answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST))
+            self._done.set()
+        except (OSError, UnicodeError):  # a name
+            threading.Thread(target=self._look_up, args=(port,), name=f"merchant_sdk lookup {host}", daemon=True).start()
+
+    def _look_up(self, port: int) -> None:
+        try:
+            self._answer.append(socket.getaddrinfo(self.host, port, type=socket.SOCK_STREAM))
+        except Exception as exc:  # handed to the waiting attempt
+            self._answer.append(exc)
+        self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None) -> None:
+        self._done.wait(timeout)
+
+    def addresses(self) -> list[Any]:
+        """The addresses; httpcore's connect errors for a lookup that failed or is not done."""
+        if not self._done.is_set():
+            raise httpcore.ConnectTimeout(f"looking up {self.host} took longer than the attempt's time")
+        found = self._answer[0]
+        if isinstance(found, OSError):
+            raise httpcore.ConnectError(str(found)) from found
+        if isinstance(found, Exception):
+            raise httpcore.ConnectError(f"looking up {self.host}: {found}") from found
+        return list(found)
+
+
 class _Backend(httpcore.NetworkBackend):
     def __init__(self, inner: httpcore.NetworkBackend) -> None:
         self._inner = inner
@@ -92,12 +141,13 @@ class _Backend(httpcore.NetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
         # The sync backend's socket.create_connection gives each of a name's
-        # addresses the whole timeout in turn: try them here, each cut to what is
-        # left. (Looking the name up has no timeout of its own, as in httpx.)
-        try:
-            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
+        # addresses the whole timeout in turn, and waits on the name's lookup as
+        # long as the resolver takes: look up and try them here, each cut to what
+        # is left.
+        lookup = _Lookup(host, port)
+        if not lookup.done:
+            lookup.wait(_cut(timeout, httpcore.ConnectTimeout))
+        addresses = lookup.addresses()
         error: Exception = httpcore.ConnectError(f"{host} has no address")
         for _family, _type, _proto, _canonname, address in addresses:
             left_s = _cut(timeout, httpcore.ConnectTimeout)  # the time is up: no other address is tried
@@ -155,8 +205,23 @@ class _AsyncBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        timeout = _cut(timeout, httpcore.ConnectTimeout)
-        return _AsyncStream(await self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+        # As in the sync backend, and more so: httpcore's async backends look the
+        # name up on a worker thread that their own timeout does not cut short.
+        lookup = _Lookup(host, port)
+        pause_s = LOOKUP_POLL_FIRST_S
+        while not lookup.done:
+            left_s = _cut(timeout, httpcore.ConnectTimeout)
+            # The event loop may not wait on a thread: look again, soon at first, then less often.
+            await self._inner.sleep(pause_s if left_s is None else min(pause_s, left_s))
+            pause_s = min(pause_s * 2, LOOKUP_POLL_MAX_S)
+        error: Exception = httpcore.ConnectError(f"{host} has no address")
+        for _family, _type, _proto, _canonname, address in lookup.addresses():
+            left_s = _cut(timeout, httpcore.ConnectTimeout)
+            try:
+                return _AsyncStream(await self._inner.connect_tcp(str(address[0]), port, left_s, local_address, socket_options))
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        raise error
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
