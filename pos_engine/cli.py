@@ -133,6 +133,9 @@ class _Main(click.Group):
             _fail(message)
 
 
+MOVED_CARDS_SHOWN = 50  # lines of an import's moved cards shown; the rest are counted
+
+
 @click.group(cls=_Main)
 def main() -> None:
     """pos-engine: the union-card subsidy engine. Configured by POS_ENGINE_* environment variables."""
@@ -298,6 +301,13 @@ def import_members_command(file: Path) -> None:
         _fail(f"{file} refused, nothing imported:\n{error}")
         return
     click.echo(f"imported {result.rows} members")
+    if result.moved_cards:
+        # Imported as the file says; but a card number under another member is as often a typo as a transfer.
+        click.echo(f"warning: {len(result.moved_cards)} cards moved from another member; check that each was meant:", err=True)
+        for moved in result.moved_cards[:MOVED_CARDS_SHOWN]:
+            click.echo(f"  {moved}", err=True)
+        if len(result.moved_cards) > MOVED_CARDS_SHOWN:
+            click.echo(f"  … and {len(result.moved_cards) - MOVED_CARDS_SHOWN} more", err=True)
 
 
 @import_.command("merchants")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -55,6 +56,8 @@ class ImportError_(Exception):
 class ImportResult:
     rows: int
     new_terminal_secrets: dict[str, str] = field(default_factory=dict)
+    # Cards that another member held before this import, one line each, naming the file's line.
+    moved_cards: list[str] = field(default_factory=list)
 
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -165,6 +168,7 @@ def import_members(database: Database, card_key: bytes, path: Path) -> ImportRes
     """Insert or update members and their cards from a CSV file; all lines or none."""
     rows, problems = _read(path, MEMBER_COLUMNS, optional={"groups"})
     members, cards = [], []
+    card_lines: dict[str, int] = {}
     for line, row in rows:
         where, problems_before = f"{path}:{line}", len(problems)
         _check(problems, where, "member_id", is_registry_id(row["member_id"]), REGISTRY_ID_HINT)
@@ -209,6 +213,7 @@ def import_members(database: Database, card_key: bytes, path: Path) -> ImportRes
                 "annual_review_year": int(year) if year else None,
             }
         )
+        card_lines[hashed] = line
         cards.append(
             {
                 "card_id": "card-" + hashed[:24],
@@ -222,11 +227,20 @@ def import_members(database: Database, card_key: bytes, path: Path) -> ImportRes
     problems += _duplicates(((line, row["card_number"]) for line, row in rows), path, "card_number")
     if problems:
         raise ImportError_(problems)
+    moved: list[tuple[int, str]] = []
     with database.sessions() as session, session.begin():
+        for start in range(0, len(cards), IMPORT_BATCH_ROWS):
+            batch = {card["card_hash"]: card for card in cards[start : start + IMPORT_BATCH_ROWS]}
+            held = session.execute(select(CardRow.card_hash, CardRow.member_id).where(CardRow.card_hash.in_(batch)))
+            for hashed, member_id in held:
+                card = batch[hashed]
+                if member_id != card["member_id"]:
+                    line = card_lines[hashed]
+                    moved.append((line, f"{path}:{line}: card ending {card['last4']} moved from member {member_id} to {card['member_id']}"))
         _upsert(database, MemberRow, members, ["member_id"], session)
         # A card is its number: one loaded otherwise (the demo's, an earlier import's) keeps its id, which the ledger uses.
         _upsert(database, CardRow, cards, ["card_hash"], session, kept=("card_id",))
-    return ImportResult(rows=len(members))
+    return ImportResult(rows=len(members), moved_cards=[text for _line, text in sorted(moved)])
 
 
 def import_merchants(

@@ -358,17 +358,26 @@ def test_import_members_updates_a_card_loaded_otherwise_and_keeps_its_id(env: di
     number = json.loads((tmp_path / "demo.json").read_text())["cards"]["usable"][0]
     database = Database(env["POS_ENGINE_DATABASE_URL"])
     with database.sessions() as session:
-        card_id = session.execute(select(CardRow.card_id).where(CardRow.last4 == number[-4:])).scalars().all()
+        same_last4 = session.execute(select(CardRow.card_id, CardRow.member_id).where(CardRow.last4 == number[-4:]))
+        holders = {row.card_id: row.member_id for row in same_last4}
     path = tmp_path / "members.csv"
     path.write_text(MEMBERS_HEADER + f"mem-lost,Li Lei,unit-1,union-wujin,wujin,,true,2026,{number},lost\n")
     cards_before = count(env, CardRow)
-    result = run(env, "import", "members", str(path))
+    result = CliRunner().invoke(main, ["import", "members", str(path)], env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert count(env, CardRow) == cards_before
     with database.sessions() as session:
         lost = session.execute(select(CardRow.card_id).where(CardRow.status == "lost", CardRow.member_id == "mem-lost")).all()
     database.dispose()
-    assert len(lost) == 1 and lost[0].card_id in card_id  # the same card, under its own id
+    assert len(lost) == 1 and lost[0].card_id in holders  # the same card, under its own id
+    # Another member held it: imported, and the clerk is told which line moved it, from whom.
+    assert result.stdout == "imported 1 members\n"
+    assert result.stderr == (
+        "warning: 1 cards moved from another member; check that each was meant:\n"
+        f"  {path}:2: card ending {number[-4:]} moved from member {holders[lost[0].card_id]} to mem-lost\n"
+    )
+    again = CliRunner().invoke(main, ["import", "members", str(path)], env=env, catch_exceptions=False)
+    assert (again.exit_code, again.stderr) == (0, "")  # now it is that member's: nothing moved
 
 
 GOOD_MEMBER = "mem-a,Li Lei,unit-1,union-wujin,wujin,,true,2026,6217000000001111,active\n"
