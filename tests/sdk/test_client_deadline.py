@@ -9,9 +9,11 @@ gave up within its bound, and said why.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 
 import httpcore
@@ -76,6 +78,12 @@ class DrippingServer:
         self._listener.close()
         for thread in self._threads:
             thread.join()
+
+
+@pytest.fixture(autouse=True)
+def no_lookup_left_running(monkeypatch):
+    """A lookup an earlier test left hanging (its resolver stand-in still asleep) is not this test's to share."""
+    monkeypatch.setattr(_deadline._Lookup, "_running", {})
 
 
 @pytest.fixture
@@ -185,30 +193,109 @@ class _Refusing(httpcore.NetworkBackend):
         raise httpcore.ConnectError("refused")
 
 
-def test_each_address_of_a_name_gets_what_is_left_of_the_attempt_not_the_whole_connect_timeout(monkeypatch):
+def _resolving_to(addresses, looked_up=None, hang_s=0.0):
+    """A stand-in for socket.getaddrinfo: a name (not a written address) resolves to `addresses`, after `hang_s`."""
+
+    def getaddrinfo(host, port, *args, flags=0, **kwargs):
+        if flags & socket.AI_NUMERICHOST:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        if looked_up is not None:
+            looked_up.append(host)
+        time.sleep(hang_s)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in addresses]
+
+    return getaddrinfo
+
+
+ADDRESSES = ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+
+
+@pytest.mark.parametrize("backend_class", [_deadline._Backend, _deadline._AsyncBackend])
+def test_each_address_of_a_name_gets_a_share_of_what_is_left_of_the_attempt_not_the_whole_connect_timeout(monkeypatch, backend_class):
+    monkeypatch.setattr(socket, "getaddrinfo", _resolving_to(ADDRESSES))
     clock = [100.0]
-    addresses = ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
-    monkeypatch.setattr(
-        socket,
-        "getaddrinfo",
-        lambda host, port, **_: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses],
-    )
-    inner = _Refusing(clock, timing_out={"192.0.2.1"})
-    backend = _deadline._Backend(inner)
 
-    with _deadline.attempt_ends_at(101.5, lambda: clock[0]), pytest.raises(httpcore.ConnectTimeout):
-        backend.connect_tcp("engine.example", 443, timeout=2.0)
+    def connect(inner):
+        backend = backend_class(inner if backend_class is _deadline._Backend else _AsyncRefusing(inner))
+        with _deadline.attempt_ends_at(101.5, lambda: clock[0]):
+            if backend_class is _deadline._Backend:
+                return backend.connect_tcp("engine.example", 443, timeout=2.0)
+            return asyncio.run(backend.connect_tcp("engine.example", 443, timeout=2.0))
 
-    # The first address gets the 1.5 s left, not the 2 s connect timeout; it uses them up, so no other is tried.
-    assert inner.tried == [("192.0.2.1", 1.5)]
+    # None answers: each but the last gets half of what is left, the last the rest; then the time is up.
+    inner = _Refusing(clock, timing_out=set(ADDRESSES))
+    with pytest.raises(httpcore.ConnectTimeout):
+        connect(inner)
+    assert inner.tried == [("192.0.2.1", 0.75), ("192.0.2.2", 0.375), ("192.0.2.3", 0.375)]
+    assert clock[0] == 101.5
 
+    # Refused at once: each tried in turn, none past the attempt's end, none given the 2 s connect timeout.
     inner = _Refusing(clock, timing_out=set())
-    backend = _deadline._Backend(inner)
     clock[0] = 100.0
-    with _deadline.attempt_ends_at(101.5, lambda: clock[0]), pytest.raises(httpcore.ConnectError, match="refused"):
-        backend.connect_tcp("engine.example", 443, timeout=2.0)
+    with pytest.raises(httpcore.ConnectError, match="refused"):
+        connect(inner)
+    assert inner.tried == [("192.0.2.1", 0.75), ("192.0.2.2", 0.75), ("192.0.2.3", 1.5)]
 
-    assert inner.tried == [(address, 1.5) for address in addresses]  # refused at once: each tried in turn
+
+class _AsyncRefusing(httpcore.AsyncNetworkBackend):
+    def __init__(self, inner: _Refusing) -> None:
+        self.inner = inner
+
+    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        return self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
+
+    async def sleep(self, seconds):
+        await asyncio.sleep(seconds)
+
+
+def test_attempts_that_want_a_name_meanwhile_share_its_one_lookup(monkeypatch):
+    looked_up = []
+    monkeypatch.setattr(socket, "getaddrinfo", _resolving_to(["192.0.2.1"], looked_up, hang_s=1.0))
+    inner = _Refusing([0.0], timing_out=set())
+    backend = _deadline._Backend(inner)
+    errors = []
+
+    def attempt():
+        with _deadline.attempt_ends_at(time.monotonic() + 3.0, time.monotonic):
+            try:
+                backend.connect_tcp("engine.example", 443, timeout=2.0)
+            except httpcore.ConnectError as error:
+                errors.append(error)
+
+    attempts = [threading.Thread(target=attempt) for _ in range(5)]
+    for thread in attempts:
+        thread.start()
+    for thread in attempts:
+        thread.join()
+
+    assert looked_up == ["engine.example"]  # one lookup (one thread) for the five attempts
+    assert len(errors) == 5 and [host for host, _timeout in inner.tried] == ["192.0.2.1"] * 5
+    attempt()  # once it is done, the next attempt looks the name up again: nothing is cached
+    assert looked_up == ["engine.example"] * 2
+
+
+def test_without_an_attempt_end_the_async_lookup_still_keeps_to_the_connect_timeout(monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", _resolving_to(["192.0.2.1"], hang_s=DRIP_FOR_S / 6))
+    backend = _deadline._AsyncBackend(_AsyncRefusing(_Refusing([0.0], timing_out=set())))
+    started = time.monotonic()
+    with pytest.raises(httpcore.ConnectTimeout, match=r"looking up engine\.example"):
+        asyncio.run(backend.connect_tcp("engine.example", 443, timeout=1.0))  # no attempt_ends_at around it
+    took_s = time.monotonic() - started
+    assert 1.0 <= took_s < 1.0 + SLACK_S
+
+
+def test_a_lookup_that_cannot_start_its_thread_looks_the_name_up_on_the_caller_s(monkeypatch):
+    looked_up = []
+    monkeypatch.setattr(socket, "getaddrinfo", _resolving_to(["192.0.2.1"], looked_up))
+
+    def no_new_threads(self):
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", no_new_threads)
+    inner = _Refusing([0.0], timing_out=set())
+    with _deadline.attempt_ends_at(time.monotonic() + 3.0, time.monotonic), pytest.raises(httpcore.ConnectError, match="refused"):
+        _deadline._Backend(inner).connect_tcp("engine.example", 443, timeout=2.0)
+    assert looked_up == ["engine.example"] and inner.tried == [("192.0.2.1", 2.0)]
 
 
 @pytest.mark.parametrize("client_class", [PosClient, AsyncPosClient])
@@ -244,3 +331,27 @@ def test_a_name_whose_lookup_hangs_is_cut_off_at_the_deadline(monkeypatch, clien
     assert 1.0 <= took_s < 1.0 + SLACK_S, f"the call took {took_s:.1f} s against a 1 s deadline"
     assert looked_up == ["engine.example"]
     assert not raised.value.may_have_reached_server
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_looks_a_name_up_itself_not_waiting_on_its_parent_s_lookup(monkeypatch):
+    looked_up = []
+    monkeypatch.setattr(socket, "getaddrinfo", _resolving_to(["192.0.2.1"], looked_up, hang_s=2.0))
+    parent_s = _deadline._Lookup.of("engine.example", 443)  # running on a thread the child will not have
+    reading, writing = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a process with threads (Python 3.12+)
+        child = os.fork()
+    if child == 0:  # the child: its own lookup, done within the parent's 2 s
+        try:
+            lookup = _deadline._Lookup.of("engine.example", 443)
+            lookup.wait(5.0)
+            os.write(writing, f"{lookup is not parent_s} {lookup.done} {lookup.addresses()[0][4][0]}".encode())
+        finally:
+            os._exit(0)
+    os.close(writing)
+    with os.fdopen(reading) as answer:
+        said = answer.read()
+    os.waitpid(child, 0)
+    parent_s.wait(5.0)
+    assert said == "True True 192.0.2.1"

@@ -15,12 +15,14 @@ and asyncio tasks each see their own, so one client can serve several at once.
 from __future__ import annotations
 
 import contextvars
+import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import httpcore
 import httpx
@@ -85,29 +87,60 @@ class _Stream(httpcore.NetworkStream):
 
 
 class _Lookup:
-    """A name's addresses, looked up on a thread of its own so that the attempt can stop waiting for them.
+    """A name's addresses, looked up on a thread of its own so that an attempt can stop waiting for them.
 
     The C library's lookup cannot be interrupted: one that takes too long runs
     on, its answer dropped, while the attempt fails with a connect timeout.
-    An address written as one is read at once, with no thread.
+    Attempts that want the same name meanwhile wait on the same lookup, so a
+    resolver that hangs holds one thread per name, not one per attempt.
     """
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self._answer: list[Any] = []
-        self._done = threading.Event()
+    _running: ClassVar[dict[tuple[str, int], _Lookup]] = {}
+    _running_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def of(cls, host: str, port: int) -> _Lookup:
+        """The lookup of `host`: done at once for an address written as one, else the one running or a new one."""
         try:
-            self._answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST))
-            self._done.set()
+            numeric = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
         except (OSError, UnicodeError):  # a name
-            threading.Thread(target=self._look_up, args=(port,), name=f"merchant_sdk lookup {host}", daemon=True).start()
+            pass
+        else:
+            return cls(host, numeric)
+        with cls._running_lock:
+            running = cls._running.get((host, port))
+            if running is not None:
+                return running
+            lookup = cls._running[(host, port)] = cls(host)
+        try:
+            threading.Thread(target=lookup._look_up, args=(port,), name=f"merchant_sdk lookup {host}", daemon=True).start()
+        except RuntimeError:  # no new threads (the interpreter is shutting down): look it up here, as httpcore would
+            lookup._look_up(port)
+        return lookup
+
+    @classmethod
+    def _forget_running(cls) -> None:
+        """In a forked child: the parent's lookup threads are not here, and its lock may have been held."""
+        cls._running = {}
+        cls._running_lock = threading.Lock()
+
+    def __init__(self, host: str, addresses: list[Any] | None = None) -> None:
+        self.host = host
+        self._answer: list[Any] = [] if addresses is None else [addresses]
+        self._done = threading.Event()
+        if addresses is not None:
+            self._done.set()
 
     def _look_up(self, port: int) -> None:
         try:
             self._answer.append(socket.getaddrinfo(self.host, port, type=socket.SOCK_STREAM))
-        except Exception as exc:  # handed to the waiting attempt
+        except Exception as exc:  # handed to the waiting attempts
             self._answer.append(exc)
-        self._done.set()
+        finally:
+            with self._running_lock:
+                if self._running.get((self.host, port)) is self:
+                    del self._running[(self.host, port)]
+            self._done.set()
 
     @property
     def done(self) -> bool:
@@ -120,12 +153,28 @@ class _Lookup:
         """The addresses; httpcore's connect errors for a lookup that failed or is not done."""
         if not self._done.is_set():
             raise httpcore.ConnectTimeout(f"looking up {self.host} took longer than the attempt's time")
+        if not self._answer:  # the lookup's thread ended by something other than an Exception
+            raise httpcore.ConnectError(f"looking up {self.host} failed")
         found = self._answer[0]
         if isinstance(found, OSError):
             raise httpcore.ConnectError(str(found)) from found
         if isinstance(found, Exception):
             raise httpcore.ConnectError(f"looking up {self.host}: {found}") from found
         return list(found)
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_Lookup._forget_running)
+
+
+def _share(timeout: float | None, error: type[Exception], later: int) -> float | None:
+    """What an address may take of what is left: at most half while `later` addresses remain after it.
+
+    A first address that never answers (an IPv6 route that goes nowhere, a
+    server that is down) then leaves the next one time to connect.
+    """
+    left_s = _cut(timeout, error)
+    return left_s if later == 0 or left_s is None else left_s / 2
 
 
 class _Backend(httpcore.NetworkBackend):
@@ -142,15 +191,15 @@ class _Backend(httpcore.NetworkBackend):
     ) -> httpcore.NetworkStream:
         # The sync backend's socket.create_connection gives each of a name's
         # addresses the whole timeout in turn, and waits on the name's lookup as
-        # long as the resolver takes: look up and try them here, each cut to what
-        # is left.
-        lookup = _Lookup(host, port)
+        # long as the resolver takes: look up and try them here, within what is
+        # left (and the connect timeout).
+        lookup = _Lookup.of(host, port)
         if not lookup.done:
             lookup.wait(_cut(timeout, httpcore.ConnectTimeout))
         addresses = lookup.addresses()
         error: Exception = httpcore.ConnectError(f"{host} has no address")
-        for _family, _type, _proto, _canonname, address in addresses:
-            left_s = _cut(timeout, httpcore.ConnectTimeout)  # the time is up: no other address is tried
+        for index, (_family, _type, _proto, _canonname, address) in enumerate(addresses):
+            left_s = _share(timeout, httpcore.ConnectTimeout, len(addresses) - index - 1)  # time up: no other address tried
             try:
                 return _Stream(self._inner.connect_tcp(str(address[0]), port, left_s, local_address, socket_options))
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
@@ -207,16 +256,23 @@ class _AsyncBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         # As in the sync backend, and more so: httpcore's async backends look the
         # name up on a worker thread that their own timeout does not cut short.
-        lookup = _Lookup(host, port)
+        lookup = _Lookup.of(host, port)
+        given_up_at = None if timeout is None else time.monotonic() + timeout  # the connect timeout, with no attempt end
         pause_s = LOOKUP_POLL_FIRST_S
         while not lookup.done:
-            left_s = _cut(timeout, httpcore.ConnectTimeout)
+            left_s = _cut(timeout, httpcore.ConnectTimeout)  # the attempt's time is up: raised here
+            if given_up_at is not None:
+                own_s = given_up_at - time.monotonic()
+                if own_s <= 0:
+                    break  # addresses() raises the timeout
+                left_s = own_s if left_s is None else min(left_s, own_s)
             # The event loop may not wait on a thread: look again, soon at first, then less often.
             await self._inner.sleep(pause_s if left_s is None else min(pause_s, left_s))
             pause_s = min(pause_s * 2, LOOKUP_POLL_MAX_S)
+        addresses = lookup.addresses()
         error: Exception = httpcore.ConnectError(f"{host} has no address")
-        for _family, _type, _proto, _canonname, address in lookup.addresses():
-            left_s = _cut(timeout, httpcore.ConnectTimeout)
+        for index, (_family, _type, _proto, _canonname, address) in enumerate(addresses):
+            left_s = _share(timeout, httpcore.ConnectTimeout, len(addresses) - index - 1)
             try:
                 return _AsyncStream(await self._inner.connect_tcp(str(address[0]), port, left_s, local_address, socket_options))
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
