@@ -168,7 +168,7 @@ def demo(out: Path, reset: bool) -> None:
     if reset:
         ctx.counters.replace_all({})
     try:
-        _write_private(out, json.dumps(credentials.as_json(), indent=2))
+        _write_private(out, json.dumps(credentials.as_json(), indent=2) + "\n")
     except OSError as error:
         _fail(
             f"{out}: cannot write: {error.strerror or error}. The demo world is loaded; "
@@ -186,15 +186,26 @@ def _write_private(path: Path, text: str) -> None:
     """Write `text` to `path`, readable by its owner only, whole or not at all.
 
     A regular file (new, or an older one replaced) is written beside itself and renamed into place,
-    so a full disk or an interrupt leaves the old file or none, never half of one. A path that is
-    not a regular file (/dev/stdout, a pipe) is written as it is.
+    so a full disk or an interrupt leaves the old file or none, never half of one. What is not a
+    regular file (`/dev/stdout`, a pipe, `<(…)`) is written as it is. An existing file in a directory
+    its owner may not write is rewritten in place (made owner-only first), as before.
     """
     target = Path(os.path.realpath(path))  # a symbolic link's target is replaced, not the link
-    if target.exists() and not target.is_file():
-        target.write_text(text, encoding="utf-8")
+    devices = ("/dev/", "/proc/")  # /dev/stdout names the process's output, whatever it is: written as it is
+    if os.path.abspath(path).startswith(devices) or str(target).startswith(devices) or (target.exists() and not target.is_file()):
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(text)
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")  # mode 0600
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")  # mode 0600
+    except PermissionError:
+        if not target.is_file():
+            raise
+        with contextlib.suppress(OSError):
+            os.chmod(target, 0o600)
+        target.write_text(text, encoding="utf-8")
+        return
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:
             file.write(text)
@@ -205,6 +216,12 @@ def _write_private(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+    with contextlib.suppress(OSError):  # the rename itself outlives a crash once its directory is flushed
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 @main.command()
@@ -303,7 +320,11 @@ def import_members_command(file: Path) -> None:
     click.echo(f"imported {result.rows} members")
     if result.moved_cards:
         # Imported as the file says; but a card number under another member is as often a typo as a transfer.
-        click.echo(f"warning: {len(result.moved_cards)} cards moved from another member; check that each was meant:", err=True)
+        moved_count = len(result.moved_cards)
+        click.echo(
+            f"warning: {moved_count} {'card' if moved_count == 1 else 'cards'} moved from another member; check that each was meant:",
+            err=True,
+        )
         for moved in result.moved_cards[:MOVED_CARDS_SHOWN]:
             click.echo(f"  {moved}", err=True)
         if len(result.moved_cards) > MOVED_CARDS_SHOWN:

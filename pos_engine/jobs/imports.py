@@ -231,7 +231,7 @@ def import_members(database: Database, card_key: bytes, path: Path) -> ImportRes
     with database.sessions() as session, session.begin():
         for start in range(0, len(cards), IMPORT_BATCH_ROWS):
             batch = {card["card_hash"]: card for card in cards[start : start + IMPORT_BATCH_ROWS]}
-            held = session.execute(select(CardRow.card_hash, CardRow.member_id).where(CardRow.card_hash.in_(batch)))
+            held = session.execute(select(CardRow.card_hash, CardRow.member_id).where(CardRow.card_hash.in_(list(batch))))
             for hashed, member_id in held:
                 card = batch[hashed]
                 if member_id != card["member_id"]:

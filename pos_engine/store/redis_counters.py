@@ -62,19 +62,30 @@ SCHEMES = ("redis", "rediss", "unix", CLUSTER_SCHEME)
 def check_url(url: str) -> None:
     """Raise ValueError if `url` cannot name a Redis server or cluster; the message never repeats it (it may hold a password).
 
-    The message reads after the URL's name: "must start with …" or "cannot be used: …".
+    The message reads after the URL's name: "must start with …" or "cannot be used: …". Only
+    messages of our own, and redis-py's about a query option by its name, are passed on: urllib's
+    and int()'s quote the part they could not read, which is a password when it holds a '/', '?',
+    '#' or '@' that was not percent-encoded.
     """
-    parts = urlsplit(url)
+    unreadable = "cannot be used: its host or port cannot be read (a password's '/', '?', '#', '@' and '[' must be percent-encoded)"
+    try:
+        parts = urlsplit(url)
+        parts.hostname, parts.port  # noqa: B018  (read here, where their errors are caught)
+    except ValueError:
+        raise ValueError(unreadable) from None
     if parts.scheme not in SCHEMES:
         raise ValueError(f"must start with {', '.join(scheme + '://' for scheme in SCHEMES)}")
+    if parts.scheme == CLUSTER_SCHEME:
+        if not parts.hostname or parts.port is None:
+            raise ValueError(f"cannot be used: a cluster URL needs a host and a port: {CLUSTER_SCHEME}://HOST:PORT")
+        return
     try:
-        if parts.scheme == CLUSTER_SCHEME:
-            if not parts.hostname or parts.port is None:
-                raise ValueError(f"a cluster URL needs a host and a port: {CLUSTER_SCHEME}://HOST:PORT")
-        else:
-            parse_url(url)  # type: ignore[no-untyped-call]  # redis-py's own reading: port, database, the query's options
+        parse_url(url)  # type: ignore[no-untyped-call]  # redis-py's own reading: port, database, the query's options
     except ValueError as error:
-        raise ValueError(f"cannot be used: {error}") from None
+        said = str(error)
+        if said.startswith("Invalid value for '") and said.endswith("' in connection URL."):
+            raise ValueError(f"cannot be used: {said}") from None
+        raise ValueError("cannot be used: redis-py cannot read it (its database number after the host, or a query option)") from None
 
 
 _GLOB_SPECIALS = "\\*?[]"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -72,11 +74,12 @@ def test_demo_credentials_are_private_and_replaced_whole(env: dict[str, str], tm
     out = tmp_path / "creds" / "demo.json"
     assert run(env, "demo", "--out", str(out)).exit_code == 0
     assert out.stat().st_mode & 0o777 == 0o600  # terminal secrets: the owner's only
-    written = out.read_text()
+    written, first = out.read_text(), out.stat().st_ino
     link = tmp_path / "link.json"
     link.symlink_to(out)
     assert run(env, "demo", "--out", str(link)).exit_code == 0
-    assert link.is_symlink() and out.read_text() == written  # the link's target was written, the link kept
+    assert link.is_symlink() and out.read_text() == written  # the link kept, its target written again (same world, same text)
+    assert out.stat().st_ino != first and out.stat().st_mode & 0o777 == 0o600  # a new file, renamed into place
 
     real_fsync = os.fsync
 
@@ -90,6 +93,14 @@ def test_demo_credentials_are_private_and_replaced_whole(env: dict[str, str], tm
     assert f"{out}: cannot write: No space left on device" in result.output
     assert out.read_text() == written  # the earlier file is whole
     assert sorted(path.name for path in out.parent.iterdir()) == ["demo.json"]  # and nothing was left beside it
+
+
+def test_demo_writes_credentials_to_its_standard_output_when_that_is_a_pipe(env: dict[str, str]) -> None:
+    command = [str(Path(sys.executable).parent / "pos-engine"), "demo", "--out", "/dev/stdout"]
+    result = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    credentials, _, summary = result.stdout.rpartition("\ndemo world ready: ")
+    assert json.loads(credentials)["terminals"] and "credentials in /dev/stdout" in summary
 
 
 def test_init_db_creates_and_then_keeps_the_schema(env: dict[str, str]) -> None:
@@ -373,7 +384,7 @@ def test_import_members_updates_a_card_loaded_otherwise_and_keeps_its_id(env: di
     # Another member held it: imported, and the clerk is told which line moved it, from whom.
     assert result.stdout == "imported 1 members\n"
     assert result.stderr == (
-        "warning: 1 cards moved from another member; check that each was meant:\n"
+        "warning: 1 card moved from another member; check that each was meant:\n"
         f"  {path}:2: card ending {number[-4:]} moved from member {holders[lost[0].card_id]} to mem-lost\n"
     )
     again = CliRunner().invoke(main, ["import", "members", str(path)], env=env, catch_exceptions=False)
@@ -394,7 +405,7 @@ REST_OF_B = ",unit-1,union-wujin,wujin,,true,2026,6217000000002222,active\n"  # 
             "POS_ENGINE_DATABASE_URL names 'mysql': the engine runs on",
         ),
         ("POS_ENGINE_REDIS_URL", "http://u:secret@127.0.0.1:1", "POS_ENGINE_REDIS_URL must start with redis://, rediss://, unix://"),
-        ("POS_ENGINE_REDIS_URL", "redis://:secret@127.0.0.1:99999999", "POS_ENGINE_REDIS_URL cannot be used: Port out of range"),
+        ("POS_ENGINE_REDIS_URL", "redis://:secret@127.0.0.1:99999999", "POS_ENGINE_REDIS_URL cannot be used: its host or port"),
         ("POS_ENGINE_REDIS_URL", "redis://:secret@127.0.0.1:1/0?socket_connect_timeout=abc", "Invalid value for 'socket_connect_timeout'"),
         ("POS_ENGINE_REDIS_URL", "redis-cluster://127.0.0.1", "a cluster URL needs a host and a port"),
     ],

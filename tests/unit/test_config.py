@@ -36,6 +36,12 @@ def test_a_url_the_engine_can_use_is_taken_as_given(variable: str, url: str) -> 
         ("POS_ENGINE_DATABASE_URL", "postgresql+asyncpg://u:secret@127.0.0.1/x"),  # a driver the engine is not built on
         ("POS_ENGINE_REDIS_URL", "memcached://u:secret@127.0.0.1:11211"),
         ("POS_ENGINE_REDIS_URL", "redis://:secret@127.0.0.1:70000"),
+        # A password's '#', '/', '?' not percent-encoded: urllib reads what follows as the port and quotes it.
+        ("POS_ENGINE_REDIS_URL", "redis://:secret#x@127.0.0.1:6379"),
+        ("POS_ENGINE_REDIS_URL", "redis://user:sec/ret@127.0.0.1"),
+        ("POS_ENGINE_REDIS_URL", "rediss://:secret?@127.0.0.1:6380"),
+        ("POS_ENGINE_REDIS_URL", "redis://[secret]:6379"),
+        ("POS_ENGINE_REDIS_URL", "redis-cluster://:secret#x@127.0.0.1:7000"),
     ],
 )
 def test_a_url_the_engine_cannot_use_names_its_variable_and_not_its_secret(variable: str, url: str) -> None:

@@ -49,3 +49,19 @@ def test_rebuild_and_reconcile_wait_as_long_as_redis_takes(command: list[str], m
     CliRunner().invoke(cli.main, command)
     assert [settings.redis_socket_timeout_s for settings in seen] == [None]
     assert seen[0].redis_url == URL
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://:s3cret@127.0.0.1:6379",
+        "redis-cluster://:s3cret@127.0.0.1",
+        "memcached://s3cret@x",
+        "redis://:s3cret@127.0.0.1:port",
+        "redis://:s3cret#x@127.0.0.1:6379",
+    ],
+)
+def test_from_url_refuses_what_cannot_name_redis_without_repeating_the_url(url: str) -> None:
+    with pytest.raises(ValueError, match=r"^the Redis URL (must start with redis://|cannot be used: )") as refused:
+        RedisCounterStore.from_url(url)
+    assert "s3cret" not in str(refused.value)
