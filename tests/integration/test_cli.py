@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,24 @@ def test_demo_credentials_are_private_and_replaced_whole(env: dict[str, str], tm
     assert f"{out}: cannot write: No space left on device" in result.output
     assert out.read_text() == written  # the earlier file is whole
     assert sorted(path.name for path in out.parent.iterdir()) == ["demo.json"]  # and nothing was left beside it
+
+
+def test_demo_credentials_in_a_directory_their_owner_may_not_write_are_rewritten_in_place(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "demo.json"
+    out.write_text("an older file, made by an operator\n")
+    out.chmod(0o644)
+
+    def no_new_files(*_args: Any, **_kwargs: Any) -> Any:  # as for a user who may write the file, not its directory
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_new_files)
+    assert run(env, "demo", "--out", str(out)).exit_code == 0
+    assert json.loads(out.read_text())["terminals"] and out.stat().st_mode & 0o777 == 0o600
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "new.json")], env=env)
+    assert result.exit_code == 1
+    assert "new.json: cannot write: Permission denied. The demo world is loaded" in result.output
 
 
 def test_demo_writes_credentials_to_its_standard_output_when_that_is_a_pipe(env: dict[str, str]) -> None:
