@@ -390,12 +390,15 @@ def _redact(url: str) -> str:
 
 
 def _redact_redis(url: str) -> str:
-    """`url` without what could be a secret: the user part (`redis://PASSWORD@host` is a password too) and the query."""
-    from urllib.parse import urlsplit, urlunsplit
+    """`url` without what could be a secret: all before the last '@' (`redis://PASSWORD@host` is a password too) and the query.
 
-    parts = urlsplit(url)
-    _user, at, host = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"***@{host}" if at else host, query="", fragment=""))
+    The last '@' of the whole URL, not of urllib's host part: a password's unencoded '/' would end that early.
+    """
+    scheme, separator, rest = url.partition("://")
+    _user, at, after = rest.rpartition("@")
+    shown = after if at else rest
+    shown = shown.partition("?")[0].partition("#")[0]
+    return f"{scheme}{separator}{'***@' if at else ''}{shown}"
 
 
 if __name__ == "__main__":

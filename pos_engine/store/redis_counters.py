@@ -75,6 +75,8 @@ def check_url(url: str) -> None:
         raise ValueError(unreadable) from None
     if parts.scheme not in SCHEMES:
         raise ValueError(f"must start with {', '.join(scheme + '://' for scheme in SCHEMES)}")
+    if "@" in url.partition("://")[2][len(parts.netloc) :]:  # what urllib took for a path, a query or a fragment
+        raise ValueError(unreadable)
     if parts.scheme == CLUSTER_SCHEME:
         if not parts.hostname or parts.port is None:
             raise ValueError(f"cannot be used: a cluster URL needs a host and a port: {CLUSTER_SCHEME}://HOST:PORT")

@@ -42,6 +42,10 @@ def test_a_url_the_engine_can_use_is_taken_as_given(variable: str, url: str) -> 
         ("POS_ENGINE_REDIS_URL", "rediss://:secret?@127.0.0.1:6380"),
         ("POS_ENGINE_REDIS_URL", "redis://[secret]:6379"),
         ("POS_ENGINE_REDIS_URL", "redis-cluster://:secret#x@127.0.0.1:7000"),
+        # Readable by urllib, wrongly: host 'admin', port 7000, and the rest, password included, a path or a fragment.
+        ("POS_ENGINE_REDIS_URL", "redis://admin:7000/secret@127.0.0.1:6379"),
+        ("POS_ENGINE_REDIS_URL", "redis://:6380#secret@127.0.0.1:6379"),
+        ("POS_ENGINE_REDIS_URL", "redis-cluster://admin:7000/secret@127.0.0.1:7000"),
     ],
 )
 def test_a_url_the_engine_cannot_use_names_its_variable_and_not_its_secret(variable: str, url: str) -> None:
@@ -49,3 +53,20 @@ def test_a_url_the_engine_cannot_use_names_its_variable_and_not_its_secret(varia
         Settings.from_env({variable: url})
     assert str(refused.value).startswith(variable)
     assert "secret" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:secret@127.0.0.1:6379/0?password=secret", "redis://***@127.0.0.1:6379/0"),
+        ("redis://user:sec/ret@127.0.0.1:6379", "redis://***@127.0.0.1:6379"),
+        ("redis://admin:7000/secret@127.0.0.1:6379", "redis://***@127.0.0.1:6379"),
+        ("redis-cluster://:se#cret@127.0.0.1:7000", "redis-cluster://***@127.0.0.1:7000"),
+        ("redis://127.0.0.1:6379/2", "redis://127.0.0.1:6379/2"),
+        ("unix:///run/redis.sock?db=1", "unix:///run/redis.sock"),
+    ],
+)
+def test_a_redis_url_in_a_message_shows_no_password_however_it_is_written(url: str, shown: str) -> None:
+    from pos_engine.cli import _redact_redis
+
+    assert _redact_redis(url) == shown
