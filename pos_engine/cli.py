@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -186,35 +187,49 @@ def _write_private(path: Path, text: str) -> None:
     """Write `text` to `path`, readable by its owner only, whole or not at all.
 
     A regular file (new, or an older one replaced) is written beside itself and renamed into place,
-    so a full disk or an interrupt leaves the old file or none, never half of one. What is not a
-    regular file (`/dev/stdout`, a pipe, `<(…)`) is written as it is. An existing file in a directory
-    its owner may not write is rewritten in place (made owner-only first), as before.
+    so a full disk or an interrupt leaves the old file or none, never half of one. The command's own
+    output (`/dev/stdout`, whatever it is redirected to) is written through it; another file that
+    is not a regular one (a pipe, `<(…)`, a device) is written as it is. An existing file in a
+    directory its owner may not write is rewritten in place, once it is made owner-only.
     """
+    try:
+        status: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        status = None
+    if status is not None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                own = os.path.samestat(status, os.fstat(stream.fileno()))
+            except (OSError, ValueError, AttributeError):  # a stream with no file behind it (io.UnsupportedOperation is an OSError)
+                own = False
+            if own:
+                stream.write(text)
+                stream.flush()
+                return
+        if not stat.S_ISREG(status.st_mode):
+            with open(path, "w", encoding="utf-8") as stream:
+                stream.write(text)
+            return
     target = Path(os.path.realpath(path))  # a symbolic link's target is replaced, not the link
-    devices = ("/dev/", "/proc/")  # /dev/stdout names the process's output, whatever it is: written as it is
-    if os.path.abspath(path).startswith(devices) or str(target).startswith(devices) or (target.exists() and not target.is_file()):
-        with open(path, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        return
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")  # mode 0600
     except PermissionError:
-        if not target.is_file():
+        if status is None:
             raise
-        with contextlib.suppress(OSError):
-            os.chmod(target, 0o600)
-        target.write_text(text, encoding="utf-8")
-        return
+        os.chmod(target, 0o600)  # not the owner: refused here, before any secret is written
+        descriptor, temporary = os.open(target, os.O_WRONLY | os.O_TRUNC), ""
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, target)
+        if temporary:
+            os.replace(temporary, target)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+        if temporary:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
         raise
     with contextlib.suppress(OSError):  # the rename itself outlives a crash once its directory is flushed
         directory = os.open(target.parent, os.O_RDONLY)
@@ -317,7 +332,7 @@ def import_members_command(file: Path) -> None:
     except ImportError_ as error:
         _fail(f"{file} refused, nothing imported:\n{error}")
         return
-    click.echo(f"imported {result.rows} members")
+    click.echo(f"imported {result.rows} {'member' if result.rows == 1 else 'members'}")
     if result.moved_cards:
         # Imported as the file says; but a card number under another member is as often a typo as a transfer.
         moved_count = len(result.moved_cards)

@@ -107,6 +107,16 @@ def test_demo_credentials_in_a_directory_their_owner_may_not_write_are_rewritten
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(tempfile, "mkstemp", no_new_files)
+    real_chmod = os.chmod
+
+    def not_the_owner(*_args: Any, **_kwargs: Any) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", not_the_owner)  # a file it may write but not make owner-only: refused, untouched
+    result = CliRunner().invoke(main, ["demo", "--out", str(out)], env=env)
+    assert result.exit_code == 1 and "demo.json: cannot write: Operation not permitted" in result.output
+    assert out.read_text() == "an older file, made by an operator\n"
+    monkeypatch.setattr(os, "chmod", real_chmod)
     assert run(env, "demo", "--out", str(out)).exit_code == 0
     assert json.loads(out.read_text())["terminals"] and out.stat().st_mode & 0o777 == 0o600
     result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "new.json")], env=env)
@@ -114,12 +124,21 @@ def test_demo_credentials_in_a_directory_their_owner_may_not_write_are_rewritten
     assert "new.json: cannot write: Permission denied. The demo world is loaded" in result.output
 
 
-def test_demo_writes_credentials_to_its_standard_output_when_that_is_a_pipe(env: dict[str, str]) -> None:
+def test_demo_writes_credentials_to_its_standard_output_a_pipe_or_a_file_it_appends_to(env: dict[str, str], tmp_path: Path) -> None:
     command = [str(Path(sys.executable).parent / "pos-engine"), "demo", "--out", "/dev/stdout"]
     result = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     credentials, _, summary = result.stdout.rpartition("\ndemo world ready: ")
     assert json.loads(credentials)["terminals"] and "credentials in /dev/stdout" in summary
+
+    log = tmp_path / "log.txt"
+    log.write_text("an earlier line\n")
+    with log.open("a") as appended:  # `>> log.txt`
+        result = subprocess.run(command, env={**os.environ, **env}, stdout=appended, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    earlier, _, rest = log.read_text().partition("\n")
+    credentials, _, summary = rest.rpartition("\ndemo world ready: ")
+    assert earlier == "an earlier line" and json.loads(credentials)["terminals"] and summary.endswith("credentials in /dev/stdout\n")
 
 
 def test_init_db_creates_and_then_keeps_the_schema(env: dict[str, str]) -> None:
@@ -401,7 +420,7 @@ def test_import_members_updates_a_card_loaded_otherwise_and_keeps_its_id(env: di
     database.dispose()
     assert len(lost) == 1 and lost[0].card_id in holders  # the same card, under its own id
     # Another member held it: imported, and the clerk is told which line moved it, from whom.
-    assert result.stdout == "imported 1 members\n"
+    assert result.stdout == "imported 1 member\n"
     assert result.stderr == (
         "warning: 1 card moved from another member; check that each was meant:\n"
         f"  {path}:2: card ending {number[-4:]} moved from member {holders[lost[0].card_id]} to mem-lost\n"
