@@ -211,7 +211,7 @@ ADDRESSES = ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
 
 
 @pytest.mark.parametrize("backend_class", [_deadline._Backend, _deadline._AsyncBackend])
-def test_each_address_of_a_name_gets_a_share_of_what_is_left_of_the_attempt_not_the_whole_connect_timeout(monkeypatch, backend_class):
+def test_each_address_of_a_name_gets_an_even_share_of_what_is_left_not_the_whole_connect_timeout(monkeypatch, backend_class):
     monkeypatch.setattr(socket, "getaddrinfo", _resolving_to(ADDRESSES))
     clock = [100.0]
 
@@ -222,11 +222,11 @@ def test_each_address_of_a_name_gets_a_share_of_what_is_left_of_the_attempt_not_
                 return backend.connect_tcp("engine.example", 443, timeout=2.0)
             return asyncio.run(backend.connect_tcp("engine.example", 443, timeout=2.0))
 
-    # None answers: each but the last gets half of what is left, the last the rest; then the time is up.
+    # None answers: each gets an even share of what is left; then the time is up.
     inner = _Refusing(clock, timing_out=set(ADDRESSES))
     with pytest.raises(httpcore.ConnectTimeout):
         connect(inner)
-    assert inner.tried == [("192.0.2.1", 0.75), ("192.0.2.2", 0.375), ("192.0.2.3", 0.375)]
+    assert inner.tried == [("192.0.2.1", 0.5), ("192.0.2.2", 0.5), ("192.0.2.3", 0.5)]
     assert clock[0] == 101.5
 
     # Refused at once: each tried in turn, none past the attempt's end, none given the 2 s connect timeout.
@@ -234,7 +234,7 @@ def test_each_address_of_a_name_gets_a_share_of_what_is_left_of_the_attempt_not_
     clock[0] = 100.0
     with pytest.raises(httpcore.ConnectError, match="refused"):
         connect(inner)
-    assert inner.tried == [("192.0.2.1", 0.75), ("192.0.2.2", 0.75), ("192.0.2.3", 1.5)]
+    assert inner.tried == [("192.0.2.1", 0.5), ("192.0.2.2", 0.75), ("192.0.2.3", 1.5)]
 
 
 class _AsyncRefusing(httpcore.AsyncNetworkBackend):
@@ -278,7 +278,7 @@ def test_without_an_attempt_end_the_async_lookup_still_keeps_to_the_connect_time
     monkeypatch.setattr(socket, "getaddrinfo", _resolving_to(["192.0.2.1"], hang_s=DRIP_FOR_S / 6))
     backend = _deadline._AsyncBackend(_AsyncRefusing(_Refusing([0.0], timing_out=set())))
     started = time.monotonic()
-    with pytest.raises(httpcore.ConnectTimeout, match=r"looking up engine\.example"):
+    with pytest.raises(httpcore.ConnectTimeout, match="time to connect"):
         asyncio.run(backend.connect_tcp("engine.example", 443, timeout=1.0))  # no attempt_ends_at around it
     took_s = time.monotonic() - started
     assert 1.0 <= took_s < 1.0 + SLACK_S
@@ -295,7 +295,9 @@ def test_a_lookup_that_cannot_start_its_thread_looks_the_name_up_on_the_caller_s
     inner = _Refusing([0.0], timing_out=set())
     with _deadline.attempt_ends_at(time.monotonic() + 3.0, time.monotonic), pytest.raises(httpcore.ConnectError, match="refused"):
         _deadline._Backend(inner).connect_tcp("engine.example", 443, timeout=2.0)
-    assert looked_up == ["engine.example"] and inner.tried == [("192.0.2.1", 2.0)]
+    [(address, given_s)] = inner.tried
+    assert looked_up == ["engine.example"] and address == "192.0.2.1" and 1.9 < given_s <= 2.0
+    assert _deadline._Lookup._running == {}
 
 
 @pytest.mark.parametrize("client_class", [PosClient, AsyncPosClient])
@@ -355,3 +357,36 @@ def test_a_forked_child_looks_a_name_up_itself_not_waiting_on_its_parent_s_looku
     os.waitpid(child, 0)
     parent_s.wait(5.0)
     assert said == "True True 192.0.2.1"
+
+
+def test_the_lookup_s_time_counts_against_the_connect_timeout(monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", _resolving_to(["192.0.2.1"], hang_s=0.6))
+    inner = _Refusing([0.0], timing_out=set())
+    with _deadline.attempt_ends_at(time.monotonic() + 10.0, time.monotonic), pytest.raises(httpcore.ConnectError):
+        _deadline._Backend(inner).connect_tcp("engine.example", 443, timeout=1.0)
+    [(_address, given_s)] = inner.tried
+    assert given_s <= 0.4 + 0.01  # what the 0.6 s lookup left of the 1 s, not another whole second
+
+
+def test_a_lookup_left_hanging_since_before_the_connect_timeout_is_not_joined_but_started_again(monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", _resolving_to(["192.0.2.1"], hang_s=DRIP_FOR_S / 6))  # the network was down
+    stale = _deadline._Lookup.of("engine.example", 443, fresh_s=0.3)
+    assert _deadline._Lookup.of("engine.example", 443, fresh_s=0.3) is stale  # young: joined
+    time.sleep(0.4)
+    monkeypatch.setattr(socket, "getaddrinfo", _resolving_to(["192.0.2.2"]))  # the network is back
+    fresh = _deadline._Lookup.of("engine.example", 443, fresh_s=0.3)
+    fresh.wait(2.0)
+    assert fresh is not stale and not stale.done
+    assert [entry[4][0] for entry in fresh.addresses()] == ["192.0.2.2"]
+
+
+def test_an_interrupt_while_a_lookup_starts_leaves_no_lookup_for_others_to_wait_on(monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", _resolving_to(["192.0.2.1"]))
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _deadline._Lookup.of("engine.example", 443)
+    assert _deadline._Lookup._running == {}

@@ -33,8 +33,8 @@ _ATTEMPT_END: contextvars.ContextVar[tuple[float, Callable[[], float]] | None] =
 )
 
 
-LOOKUP_POLL_FIRST_S = 0.0005  # the async client looks for a name's addresses after this, then twice as long each time
-LOOKUP_POLL_MAX_S = 0.02
+LOOKUP_POLL_FIRST_S = 0.0002  # the async client looks for a name's addresses after this, then twice as long each time,
+LOOKUP_POLL_MAX_S = 0.002  # up to this: a lookup's answer waits at most this long for its reader
 
 
 @contextmanager
@@ -99,8 +99,12 @@ class _Lookup:
     _running_lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
-    def of(cls, host: str, port: int) -> _Lookup:
-        """The lookup of `host`: done at once for an address written as one, else the one running or a new one."""
+    def of(cls, host: str, port: int, fresh_s: float | None = None) -> _Lookup:
+        """The lookup of `host`: done at once for an address written as one, else one running or a new one.
+
+        A running lookup older than `fresh_s` is not joined but replaced: asked while the network was
+        down, it may hang for the resolver's whole timeout (tens of seconds) after the network is back.
+        """
         try:
             numeric = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
         except (OSError, UnicodeError):  # a name
@@ -109,13 +113,18 @@ class _Lookup:
             return cls(host, numeric)
         with cls._running_lock:
             running = cls._running.get((host, port))
-            if running is not None:
+            if running is not None and (fresh_s is None or time.monotonic() - running.started < fresh_s):
                 return running
             lookup = cls._running[(host, port)] = cls(host)
+        thread = threading.Thread(target=lookup._look_up, args=(port,), name=f"merchant_sdk lookup {host}", daemon=True)
         try:
-            threading.Thread(target=lookup._look_up, args=(port,), name=f"merchant_sdk lookup {host}", daemon=True).start()
+            thread.start()
         except RuntimeError:  # no new threads (the interpreter is shutting down): look it up here, as httpcore would
             lookup._look_up(port)
+        except BaseException as exc:  # an interrupt: no lookup is left for others to wait on
+            lookup._answer.append(exc)
+            lookup._finish(port)
+            raise
         return lookup
 
     @classmethod
@@ -126,6 +135,7 @@ class _Lookup:
 
     def __init__(self, host: str, addresses: list[Any] | None = None) -> None:
         self.host = host
+        self.started = time.monotonic()
         self._answer: list[Any] = [] if addresses is None else [addresses]
         self._done = threading.Event()
         if addresses is not None:
@@ -137,10 +147,13 @@ class _Lookup:
         except Exception as exc:  # handed to the waiting attempts
             self._answer.append(exc)
         finally:
-            with self._running_lock:
-                if self._running.get((self.host, port)) is self:
-                    del self._running[(self.host, port)]
-            self._done.set()
+            self._finish(port)
+
+    def _finish(self, port: int) -> None:
+        with self._running_lock:
+            if self._running.get((self.host, port)) is self:
+                del self._running[(self.host, port)]
+        self._done.set()
 
     @property
     def done(self) -> bool:
@@ -152,14 +165,14 @@ class _Lookup:
     def addresses(self) -> list[Any]:
         """The addresses; httpcore's connect errors for a lookup that failed or is not done."""
         if not self._done.is_set():
-            raise httpcore.ConnectTimeout(f"looking up {self.host} took longer than the attempt's time")
+            raise httpcore.ConnectTimeout(f"looking up {self.host} took longer than the time to connect")
         if not self._answer:  # the lookup's thread ended by something other than an Exception
             raise httpcore.ConnectError(f"looking up {self.host} failed")
         found = self._answer[0]
         if isinstance(found, OSError):
             raise httpcore.ConnectError(str(found)) from found
-        if isinstance(found, Exception):
-            raise httpcore.ConnectError(f"looking up {self.host}: {found}") from found
+        if isinstance(found, BaseException):
+            raise httpcore.ConnectError(f"looking up {self.host}: {found!r}") from found
         return list(found)
 
 
@@ -167,14 +180,27 @@ if hasattr(os, "register_at_fork"):  # not on Windows
     os.register_at_fork(after_in_child=_Lookup._forget_running)
 
 
-def _share(timeout: float | None, error: type[Exception], later: int) -> float | None:
-    """What an address may take of what is left: at most half while `later` addresses remain after it.
+class _ConnectBudget:
+    """What is left to open a connection: the connect timeout from the start, lookup included, and the attempt's end."""
 
-    A first address that never answers (an IPv6 route that goes nowhere, a
-    server that is down) then leaves the next one time to connect.
-    """
-    left_s = _cut(timeout, error)
-    return left_s if later == 0 or left_s is None else left_s / 2
+    def __init__(self, timeout: float | None) -> None:
+        self._timeout = timeout
+        self._end = None if timeout is None else time.monotonic() + timeout
+
+    def left(self) -> float | None:
+        left_s = _cut(self._timeout, httpcore.ConnectTimeout)  # the attempt's time is up: raised here
+        if self._end is not None:
+            own_s = self._end - time.monotonic()
+            if own_s <= 0:
+                raise httpcore.ConnectTimeout("the time to connect is up")
+            left_s = own_s if left_s is None else min(left_s, own_s)
+        return left_s
+
+    def share(self, addresses_left: int) -> float | None:
+        """An even share of what is left among the addresses still to try, so that one that never
+        answers (an IPv6 route that goes nowhere, a server that is down) leaves the others time."""
+        left_s = self.left()
+        return None if left_s is None else left_s / addresses_left
 
 
 class _Backend(httpcore.NetworkBackend):
@@ -193,15 +219,16 @@ class _Backend(httpcore.NetworkBackend):
         # addresses the whole timeout in turn, and waits on the name's lookup as
         # long as the resolver takes: look up and try them here, within what is
         # left (and the connect timeout).
-        lookup = _Lookup.of(host, port)
+        budget = _ConnectBudget(timeout)
+        lookup = _Lookup.of(host, port, fresh_s=timeout)
         if not lookup.done:
-            lookup.wait(_cut(timeout, httpcore.ConnectTimeout))
+            lookup.wait(budget.left())
         addresses = lookup.addresses()
         error: Exception = httpcore.ConnectError(f"{host} has no address")
         for index, (_family, _type, _proto, _canonname, address) in enumerate(addresses):
-            left_s = _share(timeout, httpcore.ConnectTimeout, len(addresses) - index - 1)  # time up: no other address tried
+            share_s = budget.share(len(addresses) - index)  # the time is up: no other address is tried
             try:
-                return _Stream(self._inner.connect_tcp(str(address[0]), port, left_s, local_address, socket_options))
+                return _Stream(self._inner.connect_tcp(str(address[0]), port, share_s, local_address, socket_options))
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
         raise error
@@ -256,25 +283,20 @@ class _AsyncBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         # As in the sync backend, and more so: httpcore's async backends look the
         # name up on a worker thread that their own timeout does not cut short.
-        lookup = _Lookup.of(host, port)
-        given_up_at = None if timeout is None else time.monotonic() + timeout  # the connect timeout, with no attempt end
+        budget = _ConnectBudget(timeout)
+        lookup = _Lookup.of(host, port, fresh_s=timeout)
         pause_s = LOOKUP_POLL_FIRST_S
         while not lookup.done:
-            left_s = _cut(timeout, httpcore.ConnectTimeout)  # the attempt's time is up: raised here
-            if given_up_at is not None:
-                own_s = given_up_at - time.monotonic()
-                if own_s <= 0:
-                    break  # addresses() raises the timeout
-                left_s = own_s if left_s is None else min(left_s, own_s)
-            # The event loop may not wait on a thread: look again, soon at first, then less often.
+            left_s = budget.left()
+            # The event loop may not wait on a thread: look again, soon at first, then a little less often.
             await self._inner.sleep(pause_s if left_s is None else min(pause_s, left_s))
             pause_s = min(pause_s * 2, LOOKUP_POLL_MAX_S)
         addresses = lookup.addresses()
         error: Exception = httpcore.ConnectError(f"{host} has no address")
         for index, (_family, _type, _proto, _canonname, address) in enumerate(addresses):
-            left_s = _share(timeout, httpcore.ConnectTimeout, len(addresses) - index - 1)
+            share_s = budget.share(len(addresses) - index)
             try:
-                return _AsyncStream(await self._inner.connect_tcp(str(address[0]), port, left_s, local_address, socket_options))
+                return _AsyncStream(await self._inner.connect_tcp(str(address[0]), port, share_s, local_address, socket_options))
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
         raise error
