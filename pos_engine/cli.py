@@ -410,6 +410,8 @@ def _redact_redis(url: str) -> str:
     The last '@' of the whole URL, not of urllib's host part: a password's unencoded '/' would end that early.
     """
     scheme, separator, rest = url.partition("://")
+    if not separator:  # not a URL that the settings let through: nothing of it is shown
+        return "***"
     _user, at, after = rest.rpartition("@")
     shown = after if at else rest
     shown = shown.partition("?")[0].partition("#")[0]

@@ -390,3 +390,32 @@ def test_an_interrupt_while_a_lookup_starts_leaves_no_lookup_for_others_to_wait_
     with pytest.raises(KeyboardInterrupt):
         _deadline._Lookup.of("engine.example", 443)
     assert _deadline._Lookup._running == {}
+
+
+def test_an_ipv6_link_local_address_keeps_its_zone(monkeypatch):
+    loopback = socket.if_nameindex()[0]  # (index, name) of an interface this machine has
+    monkeypatch.setattr(
+        socket,
+        "getaddrinfo",
+        lambda host, port, *args, flags=0, **kwargs: [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fe80::1", port, 0, loopback[0]))],
+    )
+    inner = _Refusing([0.0], timing_out=set())
+    with _deadline.attempt_ends_at(time.monotonic() + 3.0, time.monotonic), pytest.raises(httpcore.ConnectError):
+        _deadline._Backend(inner).connect_tcp("engine.example", 443, timeout=2.0)
+    assert [host for host, _timeout in inner.tried] == [f"fe80::1%{loopback[1]}"]
+    assert _deadline._host_of(("192.0.2.1", 443)) == "192.0.2.1"
+
+
+def test_the_async_client_with_no_thread_to_look_up_fails_at_once_rather_than_block_its_event_loop(monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", _resolving_to(["192.0.2.1"], hang_s=1.0))
+
+    def no_new_threads(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_new_threads)
+    backend = _deadline._AsyncBackend(_AsyncRefusing(_Refusing([0.0], timing_out=set())))
+    started = time.monotonic()
+    with pytest.raises(httpcore.ConnectError, match="can't start new thread"):
+        asyncio.run(backend.connect_tcp("engine.example", 443, timeout=2.0))
+    assert time.monotonic() - started < 0.5  # the resolver's 1 s was not waited for
+    assert _deadline._Lookup._running == {}

@@ -64,6 +64,7 @@ def test_a_url_the_engine_cannot_use_names_its_variable_and_not_its_secret(varia
         ("redis-cluster://:se#cret@127.0.0.1:7000", "redis-cluster://***@127.0.0.1:7000"),
         ("redis://127.0.0.1:6379/2", "redis://127.0.0.1:6379/2"),
         ("unix:///run/redis.sock?db=1", "unix:///run/redis.sock"),
+        ("redis:secret@127.0.0.1", "***"),
     ],
 )
 def test_a_redis_url_in_a_message_shows_no_password_however_it_is_written(url: str, shown: str) -> None:

@@ -99,11 +99,13 @@ class _Lookup:
     _running_lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
-    def of(cls, host: str, port: int, fresh_s: float | None = None) -> _Lookup:
+    def of(cls, host: str, port: int, fresh_s: float | None = None, *, inline: bool = True) -> _Lookup:
         """The lookup of `host`: done at once for an address written as one, else one running or a new one.
 
         A running lookup older than `fresh_s` is not joined but replaced: asked while the network was
         down, it may hang for the resolver's whole timeout (tens of seconds) after the network is back.
+        When no thread can be started, the name is looked up on the caller's thread if `inline`, else
+        the lookup fails (an event loop must not wait on the resolver).
         """
         try:
             numeric = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
@@ -119,8 +121,12 @@ class _Lookup:
         thread = threading.Thread(target=lookup._look_up, args=(port,), name=f"merchant_sdk lookup {host}", daemon=True)
         try:
             thread.start()
-        except RuntimeError:  # no new threads (the interpreter is shutting down): look it up here, as httpcore would
-            lookup._look_up(port)
+        except RuntimeError as exc:  # no new threads (out of them, or the interpreter is shutting down)
+            if inline:
+                lookup._look_up(port)  # as httpcore would; the caller's connect budget is checked after it
+            else:
+                lookup._answer.append(exc)
+                lookup._finish(port)
         except BaseException as exc:  # an interrupt: no lookup is left for others to wait on
             lookup._answer.append(exc)
             lookup._finish(port)
@@ -180,6 +186,17 @@ if hasattr(os, "register_at_fork"):  # not on Windows
     os.register_at_fork(after_in_child=_Lookup._forget_running)
 
 
+def _host_of(address: Any) -> str:
+    """An address from getaddrinfo as a host to connect to: an IPv6 link-local one keeps its zone (`fe80::1%eth0`)."""
+    host = str(address[0])
+    if len(address) >= 4 and address[3]:
+        try:
+            return f"{host}%{socket.if_indextoname(address[3])}"
+        except (OSError, AttributeError):
+            return f"{host}%{address[3]}"
+    return host
+
+
 class _ConnectBudget:
     """What is left to open a connection: the connect timeout from the start, lookup included, and the attempt's end."""
 
@@ -228,7 +245,7 @@ class _Backend(httpcore.NetworkBackend):
         for index, (_family, _type, _proto, _canonname, address) in enumerate(addresses):
             share_s = budget.share(len(addresses) - index)  # the time is up: no other address is tried
             try:
-                return _Stream(self._inner.connect_tcp(str(address[0]), port, share_s, local_address, socket_options))
+                return _Stream(self._inner.connect_tcp(_host_of(address), port, share_s, local_address, socket_options))
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
         raise error
@@ -284,7 +301,7 @@ class _AsyncBackend(httpcore.AsyncNetworkBackend):
         # As in the sync backend, and more so: httpcore's async backends look the
         # name up on a worker thread that their own timeout does not cut short.
         budget = _ConnectBudget(timeout)
-        lookup = _Lookup.of(host, port, fresh_s=timeout)
+        lookup = _Lookup.of(host, port, fresh_s=timeout, inline=False)
         pause_s = LOOKUP_POLL_FIRST_S
         while not lookup.done:
             left_s = budget.left()
@@ -296,7 +313,7 @@ class _AsyncBackend(httpcore.AsyncNetworkBackend):
         for index, (_family, _type, _proto, _canonname, address) in enumerate(addresses):
             share_s = budget.share(len(addresses) - index)
             try:
-                return _AsyncStream(await self._inner.connect_tcp(str(address[0]), port, share_s, local_address, socket_options))
+                return _AsyncStream(await self._inner.connect_tcp(_host_of(address), port, share_s, local_address, socket_options))
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
         raise error
