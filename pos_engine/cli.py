@@ -137,6 +137,11 @@ class _Main(click.Group):
 MOVED_CARDS_SHOWN = 50  # lines of an import's moved cards shown; the rest are counted
 
 
+def _counted(count: int, noun: str) -> str:
+    """'1 member', '2 members'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 @click.group(cls=_Main)
 def main() -> None:
     """pos-engine: the union-card subsidy engine. Configured by POS_ENGINE_* environment variables."""
@@ -332,14 +337,10 @@ def import_members_command(file: Path) -> None:
     except ImportError_ as error:
         _fail(f"{file} refused, nothing imported:\n{error}")
         return
-    click.echo(f"imported {result.rows} {'member' if result.rows == 1 else 'members'}")
+    click.echo(f"imported {_counted(result.rows, 'member')}")
     if result.moved_cards:
         # Imported as the file says; but a card number under another member is as often a typo as a transfer.
-        moved_count = len(result.moved_cards)
-        click.echo(
-            f"warning: {moved_count} {'card' if moved_count == 1 else 'cards'} moved from another member; check that each was meant:",
-            err=True,
-        )
+        click.echo(f"warning: {_counted(len(result.moved_cards), 'card')} moved from another member; check that each was meant:", err=True)
         for moved in result.moved_cards[:MOVED_CARDS_SHOWN]:
             click.echo(f"  {moved}", err=True)
         if len(result.moved_cards) > MOVED_CARDS_SHOWN:

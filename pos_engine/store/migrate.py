@@ -15,6 +15,8 @@ from alembic.util.exc import CommandError
 
 from pos_engine.store.db import normalise_url
 
+log = logging.getLogger(__name__)
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -28,9 +30,6 @@ def alembic_config(database_url: str) -> Config:
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Bring the database at `database_url` to `revision`."""
     command.upgrade(alembic_config(database_url), revision)
-
-
-log = logging.getLogger(__name__)
 
 
 class SchemaNotCurrent(Exception):

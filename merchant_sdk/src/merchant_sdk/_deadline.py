@@ -213,11 +213,14 @@ class _ConnectBudget:
             left_s = own_s if left_s is None else min(left_s, own_s)
         return left_s
 
-    def share(self, addresses_left: int) -> float | None:
-        """An even share of what is left among the addresses still to try, so that one that never
-        answers (an IPv6 route that goes nowhere, a server that is down) leaves the others time."""
-        left_s = self.left()
-        return None if left_s is None else left_s / addresses_left
+    def attempts(self, lookup: _Lookup) -> Iterator[tuple[str, float | None]]:
+        """Each of the lookup's addresses to connect to, with an even share of what is left among those
+        still to try, so that one that never answers (an IPv6 route that goes nowhere, a server that is
+        down) leaves the others time. When the time is up, ConnectTimeout: no other address is tried."""
+        addresses = lookup.addresses()
+        for index, (_family, _type, _proto, _canonname, address) in enumerate(addresses):
+            left_s = self.left()
+            yield _host_of(address), None if left_s is None else left_s / (len(addresses) - index)
 
 
 class _Backend(httpcore.NetworkBackend):
@@ -240,12 +243,10 @@ class _Backend(httpcore.NetworkBackend):
         lookup = _Lookup.of(host, port, fresh_s=timeout)
         if not lookup.done:
             lookup.wait(budget.left())
-        addresses = lookup.addresses()
         error: Exception = httpcore.ConnectError(f"{host} has no address")
-        for index, (_family, _type, _proto, _canonname, address) in enumerate(addresses):
-            share_s = budget.share(len(addresses) - index)  # the time is up: no other address is tried
+        for address, share_s in budget.attempts(lookup):
             try:
-                return _Stream(self._inner.connect_tcp(_host_of(address), port, share_s, local_address, socket_options))
+                return _Stream(self._inner.connect_tcp(address, port, share_s, local_address, socket_options))
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
         raise error
@@ -308,12 +309,10 @@ class _AsyncBackend(httpcore.AsyncNetworkBackend):
             # The event loop may not wait on a thread: look again, soon at first, then a little less often.
             await self._inner.sleep(pause_s if left_s is None else min(pause_s, left_s))
             pause_s = min(pause_s * 2, LOOKUP_POLL_MAX_S)
-        addresses = lookup.addresses()
         error: Exception = httpcore.ConnectError(f"{host} has no address")
-        for index, (_family, _type, _proto, _canonname, address) in enumerate(addresses):
-            share_s = budget.share(len(addresses) - index)
+        for address, share_s in budget.attempts(lookup):
             try:
-                return _AsyncStream(await self._inner.connect_tcp(_host_of(address), port, share_s, local_address, socket_options))
+                return _AsyncStream(await self._inner.connect_tcp(address, port, share_s, local_address, socket_options))
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
         raise error
