@@ -288,11 +288,32 @@ def counters() -> None:
 
 
 @counters.command("rebuild")
-def counters_rebuild() -> None:
-    """Recompute every counter from the ledger (with Redis counters, run it while terminals are quiet)."""
-    from pos_engine.service.counters import rebuild_counters
+@click.option(
+    "--under-traffic",
+    is_flag=True,
+    help="Redis counters: write at once, without waiting for quiet terminals; a swipe meanwhile is lost from its counters.",
+)
+def counters_rebuild(under_traffic: bool) -> None:
+    """Recompute every counter from the ledger.
 
-    count = rebuild_counters(_context(_existing_database(_admin_settings())))
+    With Redis counters it first waits until terminals are quiet (no swipe has reserved caps for
+    as long as a request's claim lasts, then a few seconds more), and stops, exit 1, if a swipe
+    changes a counter before it has written.
+    """
+    from pos_engine.limits import REBUILD_SETTLE_S, REQUEST_CLAIM_S
+    from pos_engine.service.counters import rebuild_counters
+    from pos_engine.service.errors import CountersBusy
+
+    ctx = _context(_existing_database(_admin_settings()))
+    if not ctx.counters.transactional and not under_traffic:
+        click.echo(
+            f"waiting until terminals are quiet (no swipe has reserved caps for {REQUEST_CLAIM_S} s, then {REBUILD_SETTLE_S:g} s more)",
+            err=True,
+        )
+    try:
+        count = rebuild_counters(ctx, under_traffic=under_traffic)
+    except CountersBusy as error:
+        _fail(str(error))
     click.echo(f"rebuilt {count} counters from the ledger")
 
 
@@ -312,7 +333,7 @@ def counters_reconcile() -> None:
         _fail(f"{len(differences)} counters differ from the ledger; `pos-engine counters rebuild` restores them")
     _fail(
         f"{len(differences)} counters differ from the ledger. Under traffic, swipes in flight show as counters ahead of it:"
-        " run reconcile again, and `pos-engine counters rebuild` (which restores them) while terminals are quiet"
+        " run reconcile again when terminals are quiet, and `pos-engine counters rebuild` (which waits for quiet) restores them"
     )
 
 

@@ -48,6 +48,13 @@ REDIS_CONNECT_TIMEOUT_S = 1.0
 # POSTGRESQL_DEAD_HOST_S; dropping the claim, one Redis call); past it the ledger's key still refuses a
 # duplicate. It is also how long the request of a worker killed mid-swipe answers 409 request_in_progress.
 REQUEST_CLAIM_S = 30
+# `counters rebuild` on Redis, which is not in the ledger's transaction, starts only once terminals are quiet: no
+# request claim left (none made in the last REQUEST_CLAIM_S, so no reservation is still in flight), then this long
+# more with no counter changed, for a record whose claim was dropped while its outcome was unknown (the server's
+# statement timeout bounds it) and for an adjustment's give-back that follows its commit. It waits at most
+# COUNTERS_QUIET_WAIT_S_MAX for that, then gives up.
+REBUILD_SETTLE_S = 5.0
+COUNTERS_QUIET_WAIT_S_MAX = 120.0
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 IMPORT_ROWS_MAX = 2_000_000

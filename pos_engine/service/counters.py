@@ -32,18 +32,22 @@ def counters_from_ledger(ctx: EngineContext) -> dict[str, int]:
         return _totals(uow.repo.all_counter_deltas())
 
 
-def rebuild_counters(ctx: EngineContext) -> int:
+def rebuild_counters(ctx: EngineContext, *, under_traffic: bool = False) -> int:
     """Replace every counter with the ledger's value; return how many are non-zero.
 
     With the SQL counter store, in one transaction that keeps swipes from changing counters
-    between the ledger read and the replace (they wait, up to their statement limit). With
-    Redis it cannot: run it while terminals are quiet, since swipes that land between the
-    ledger read and the replace would be missing from the rebuilt counters.
+    between the ledger read and the replace (they wait, up to their statement limit). Redis is
+    not in that transaction: the rebuild first waits until terminals are quiet, then writes only
+    while no swipe has changed a counter since, and raises CountersBusy if one has (each counter
+    is then either rebuilt or as it was). `under_traffic` skips the wait and the check: a swipe
+    between the ledger read and the write is then lost from the counters it touched (for when
+    Redis lost its counters and caps must hold again at once; run it again when quiet).
     """
+    unchanged_since = None if under_traffic else ctx.counters.wait_until_quiet()
     with ctx.unit_of_work() as uow:
         ctx.counters.lock_all(uow.session)
         values = _totals(uow.repo.all_counter_deltas())
-        ctx.counters.replace_all(values, uow.session)
+        ctx.counters.replace_all(values, uow.session, unchanged_since=unchanged_since)
         uow.commit()
     return len(values)
 

@@ -12,6 +12,8 @@
                                 the use cases catch it and replay the stored answer.
     AlreadyClaimed              raised by a counter store that saw the same request already;
                                 the use cases then wait for and replay its stored answer.
+    CountersBusy                raised by `counters rebuild` on a store outside the ledger's
+                                database (Redis) when swipes change counters while it runs.
 
 Each error carries a stable `code` that clients match on.
 """
@@ -63,3 +65,10 @@ class OutcomeUnknown(Exception):
 
 class AlreadyClaimed(Exception):
     """The counter store has seen this request already: its answer is being, or has been, recorded."""
+
+
+class CountersBusy(Exception):
+    """Swipes changed counters while a rebuild needed them still: the rebuild wrote nothing it could not stand by.
+
+    The message says what was written, if anything; every counter is then either rebuilt or as it was.
+    """

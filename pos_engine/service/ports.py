@@ -139,10 +139,23 @@ class CounterStore(Protocol):
         """Every counter whose value is not 0 (a transactional store: as `session` sees them)."""
         ...
 
+    def wait_until_quiet(self) -> Any:
+        """Before a rebuild reads the ledger: wait until no swipe is changing counters, and return a mark of that moment.
+
+        A transactional store returns None at once (`lock_all` keeps swipes out). Another store waits
+        until no reservation is in flight, and raises CountersBusy if terminals do not go quiet in time;
+        `replace_all(..., unchanged_since=mark)` then writes only while no counter has changed since.
+        """
+        ...
+
     def lock_all(self, session: Any) -> None:
         """Keep swipes from changing any counter until `session`'s transaction ends (a transactional store)."""
         ...
 
-    def replace_all(self, values: Mapping[str, int], session: Any = None) -> None:
-        """Replace every counter with `values` (used by `counters rebuild`; a transactional store: in `session`)."""
+    def replace_all(self, values: Mapping[str, int], session: Any = None, unchanged_since: Any = None) -> None:
+        """Replace every counter with `values` (used by `counters rebuild`; a transactional store: in `session`).
+
+        With a mark from `wait_until_quiet`, a store outside the ledger's transaction raises CountersBusy
+        instead of writing over a counter that changed since the mark.
+        """
         ...

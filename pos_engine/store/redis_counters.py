@@ -18,9 +18,16 @@ so that it never leaves the exact range.
 Redis is not transactional with the ledger: `session` arguments are ignored,
 and the caller gives back a reservation (`apply` with negative deltas) when its
 own transaction fails. `snapshot` is SCAN + MGET, not a point-in-time copy;
-`replace_all` is atomic but blocks Redis for the time it takes (O(counters)).
-It writes after a SCAN inside its script, which needs script effects
-replication: Redis 5 or later (tested on 7.0).
+`replace_all` is atomic up to REPLACE_ATOMIC_KEYS_MAX counters and blocks Redis
+for the time it takes (O(counters)); it writes after a SCAN inside its script,
+which needs script effects replication: Redis 5 or later (tested on 7.0).
+
+`counters rebuild` reads the ledger in PostgreSQL and writes here, so a swipe
+could land between the two and its reservation be written over. Every script
+that changes a counter therefore also adds 1 to the namespace's change count
+(``{namespace}changes``): `wait_until_quiet` waits for terminals to be quiet and
+notes the count, and `replace_all` writes only while the count still reads the
+same, batch by batch (docs/design.md, "Counters").
 
 Errors: a bad URL raises ValueError; everything else is redis-py's own
 (`redis.exceptions.ConnectionError` and friends: the dependency is unavailable).
@@ -28,7 +35,9 @@ Errors: a bad URL raises ValueError; everything else is redis-py's own
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from urllib.parse import unquote, urlsplit
@@ -41,8 +50,14 @@ from redis.exceptions import NoScriptError
 
 from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, Plan, StepOutcome
 from pos_engine.domain.money import BP_PER_WHOLE, MoneyInvariantError, require
-from pos_engine.limits import REDIS_CONNECT_TIMEOUT_S, REDIS_SOCKET_TIMEOUT_S, REQUEST_CLAIM_S
-from pos_engine.service.errors import AlreadyClaimed
+from pos_engine.limits import (
+    COUNTERS_QUIET_WAIT_S_MAX,
+    REBUILD_SETTLE_S,
+    REDIS_CONNECT_TIMEOUT_S,
+    REDIS_SOCKET_TIMEOUT_S,
+    REQUEST_CLAIM_S,
+)
+from pos_engine.service.errors import AlreadyClaimed, CountersBusy
 from pos_engine.service.ports import Claim
 from pos_engine.store.connections import ThreadConnections
 
@@ -54,7 +69,8 @@ SCAN_COUNT = 1_000  # keys asked of SCAN per call
 MGET_BATCH_KEYS = 1_000  # keys per MGET in `snapshot`
 
 REPLACE_ATOMIC_KEYS_MAX = 50_000  # counters a rebuild writes in one atomic script
-REPLACE_BATCH_KEYS = 10_000  # counters per pipelined batch beyond that
+REPLACE_BATCH_KEYS = 10_000  # counters per script beyond that, each written only if no counter changed meanwhile
+QUIET_POLL_S = 1.0  # how often a rebuild looks again for request claims while it waits for quiet
 CLUSTER_SCHEME = "redis-cluster"
 SCHEMES = ("redis", "rediss", "unix", CLUSTER_SCHEME)
 
@@ -120,6 +136,13 @@ def _bounded(amount_fen: int) -> str:
     return str(amount_fen)
 
 
+@dataclass(frozen=True)
+class _Unchanged:
+    """The change count as `wait_until_quiet` read it ("" if no script has changed a counter yet)."""
+
+    count: str
+
+
 class _Line:
     """One thread's own connection to a single Redis server (redis-py reconnects it on next use after an error)."""
 
@@ -183,6 +206,9 @@ class RedisCounterStore:
         self._apply = _register(client, _lua("apply.lua"))
         self._unclaim = _register(client, _lua("unclaim.lua"))
         self._replace_all = _register(client, _lua("replace_all.lua"))
+        self._replace_batch = _register(client, _lua("replace_batch.lua"))
+        # Outside the counters' "{ns}:" prefix (snapshot, reconcile and rebuild never see it), in their slot.
+        self._changes_key = "{" + namespace + "}changes"
 
     @classmethod
     def from_url(cls, url: str, namespace: str = "pos", socket_timeout_s: float | None = REDIS_SOCKET_TIMEOUT_S) -> RedisCounterStore:
@@ -256,6 +282,7 @@ class RedisCounterStore:
         keys = [self._key(key) for key in key_indexes]
         if claim:
             keys.append(self._claim_key(claim.request))
+        keys.append(self._changes_key)
         reply = cast(list[int], self._run_reserve(keys, args))
         if reply == [-1]:
             raise AlreadyClaimed(claim.request if claim else "")
@@ -277,17 +304,10 @@ class RedisCounterStore:
             raise MoneyInvariantError(f"the reservation script gave outside 0 to what each rule wants, or over the amount: {reply}")
         return outcomes
 
-    def _drop_claims(self) -> None:
-        """Forget every request claim: a rebuild starts from the ledger, which still refuses repeats itself."""
+    def _claims_left(self) -> bool:
+        """Whether any request claim is still there: a reservation made in the last REQUEST_CLAIM_S, perhaps in flight."""
         pattern = _glob_escape("{" + self.namespace + "}claim:") + "*"
-        batch: list[str] = []
-        for key in self.client.scan_iter(match=pattern, count=SCAN_COUNT):
-            batch.append(_text(key))
-            if len(batch) >= SCAN_COUNT:
-                self.client.delete(*batch)
-                batch.clear()
-        if batch:
-            self.client.delete(*batch)
+        return any(True for _key in self.client.scan_iter(match=pattern, count=SCAN_COUNT))
 
     def unclaim(self, claim: Claim) -> None:
         """Drop a request's claim if this attempt still holds it, so that a retry after a failed swipe can reserve again."""
@@ -299,7 +319,8 @@ class RedisCounterStore:
         if not changed:
             return
         # INCRBY works on 64-bit integers in Redis itself, so deltas need no 2^53 bound here.
-        self._run(self._apply, [self._key(key) for key in changed], [str(int(delta)) for delta in changed.values()])
+        keys = [self._key(key) for key in changed] + [self._changes_key]
+        self._run(self._apply, keys, [str(int(delta)) for delta in changed.values()])
 
     def read(self, keys: Iterable[str], session: Any = None) -> dict[str, int]:
         """Current values of `keys` (0 for a key never written), in one MGET."""
@@ -332,28 +353,78 @@ class RedisCounterStore:
                     counters[stored_key.removeprefix(self.prefix)] = int(value)
         return counters
 
-    def lock_all(self, session: Any) -> None:
-        """Nothing to lock with the ledger: Redis is another store (`counters rebuild` runs while terminals are quiet)."""
+    def _change_count(self) -> _Unchanged:
+        value = cast(bytes | str | None, self.client.get(self._changes_key))
+        return _Unchanged("" if value is None else _text(value))
 
-    def replace_all(self, values: Mapping[str, int], session: Any = None) -> None:
+    def wait_until_quiet(self) -> _Unchanged:
+        """Wait until terminals are quiet, and return the change count as it then reads.
+
+        Quiet: no request claim left (so no reservation made in the last REQUEST_CLAIM_S, which
+        outlasts a live attempt, is still in flight), then REBUILD_SETTLE_S more with no counter
+        changed (a record whose claim was dropped while its outcome was unknown commits or fails
+        within the server's statement timeout; an adjustment gives its caps back just after its
+        commit). Raises CountersBusy if terminals are not quiet within COUNTERS_QUIET_WAIT_S_MAX.
+        """
+        deadline = time.monotonic() + COUNTERS_QUIET_WAIT_S_MAX
+        while True:
+            mark = self._change_count()
+            if not self._claims_left():
+                time.sleep(REBUILD_SETTLE_S)
+                if self._change_count() == mark:
+                    return mark
+            if time.monotonic() >= deadline:
+                raise CountersBusy(
+                    f"terminals did not go quiet within {COUNTERS_QUIET_WAIT_S_MAX:g} s: swipes kept reserving or giving back caps"
+                    f" (a swipe's claim lasts {REQUEST_CLAIM_S} s). Nothing was written; run it again when terminals are quiet,"
+                    " or with --under-traffic"
+                )
+            time.sleep(QUIET_POLL_S)
+
+    def lock_all(self, session: Any) -> None:
+        """Nothing to lock with the ledger: Redis is another store (`wait_until_quiet` and `replace_all`'s check instead)."""
+
+    def replace_all(self, values: Mapping[str, int], session: Any = None, unchanged_since: Any = None) -> None:
         """Delete every counter of the namespace and write `values` (`session` is ignored).
 
-        Up to REPLACE_ATOMIC_KEYS_MAX counters this is one atomic script. A larger
-        set (a city's worth) would block Redis for seconds in one script, so the
-        script only deletes, and the values follow in pipelined batches: run a
-        rebuild that large while terminals are quiet (as `counters rebuild` says).
+        Up to REPLACE_ATOMIC_KEYS_MAX counters this is one atomic script. A larger set (a city's
+        worth) would block Redis for seconds in one script, so it is written in scripts of
+        REPLACE_BATCH_KEYS counters: first the values, then a 0 for each counter the ledger no
+        longer has, found by a SCAN beforehand (a counter a swipe creates after that SCAN stays).
+
+        With `unchanged_since` (the mark `wait_until_quiet` returned before the ledger was read),
+        each script first checks that no counter has changed since; if one has, it writes nothing
+        and CountersBusy says how many counters were written before. Each counter is then either
+        rebuilt (right when it was written, later swipes counted on top) or as it was.
+        Without it (`--under-traffic`), a swipe between the ledger read and the write is lost from
+        the counters it touched.
         """
-        nonzero = {key: value for key, value in values.items() if value}
-        self._drop_claims()
+        assert unchanged_since is None or isinstance(unchanged_since, _Unchanged), unchanged_since
+        guard = ["1", unchanged_since.count] if unchanged_since is not None else ["0", ""]
+        nonzero = {key: int(value) for key, value in values.items() if value}
         if len(nonzero) <= REPLACE_ATOMIC_KEYS_MAX:
-            keys = [self.prefix] + [self._key(key) for key in nonzero]
-            args = [self._pattern] + [str(int(value)) for value in nonzero.values()]
-            self._run(self._replace_all, keys, args)
+            keys = [self._changes_key] + [self._key(key) for key in nonzero]
+            args = [*guard, self._pattern] + [str(value) for value in nonzero.values()]
+            if self._run(self._replace_all, keys, args) == -1:
+                raise CountersBusy(_changed_message(0, len(nonzero)))
             return
-        self._run(self._replace_all, [self.prefix], [self._pattern])
-        items = list(nonzero.items())
+        wanted = {self._key(key): str(value) for key, value in nonzero.items()}
+        stale = [stored for stored in dict.fromkeys(self._scan()) if stored not in wanted]
+        items = list(wanted.items()) + [(stored, "0") for stored in stale]
         for start in range(0, len(items), REPLACE_BATCH_KEYS):
-            pipeline = self.client.pipeline(transaction=False)
-            for key, value in items[start : start + REPLACE_BATCH_KEYS]:
-                pipeline.set(self._key(key), int(value))
-            pipeline.execute()
+            batch = items[start : start + REPLACE_BATCH_KEYS]
+            keys = [self._changes_key] + [key for key, _value in batch]
+            if self._run(self._replace_batch, keys, guard + [value for _key, value in batch]) == -1:
+                raise CountersBusy(_changed_message(start, len(items)))
+
+
+def _changed_message(written: int, total: int) -> str:
+    already = (
+        "nothing was written"
+        if not written
+        else f"{written} of {total} counters were rewritten first; each counter is either rebuilt or as it was"
+    )
+    return (
+        f"a swipe changed counters while the rebuild ran, so it stopped: {already}. Run it again when terminals are quiet,"
+        " then `pos-engine counters reconcile`"
+    )

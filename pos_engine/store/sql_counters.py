@@ -104,12 +104,16 @@ class SqlCounterStore:
         with self.database.sessions() as own:
             return {key: value for key, value in own.execute(query)}
 
+    def wait_until_quiet(self) -> None:
+        """Nothing to wait for: `lock_all` keeps swipes from changing counters while a rebuild runs."""
+
     def lock_all(self, session: Any) -> None:
         """PostgreSQL: lock the table against writers (readers go on); SQLite: the caller's transaction holds the write lock."""
         if self.database.is_postgresql:
             session.execute(text("LOCK TABLE counters IN EXCLUSIVE MODE"))
 
-    def replace_all(self, values: Mapping[str, int], session: Any = None) -> None:
+    def replace_all(self, values: Mapping[str, int], session: Any = None, unchanged_since: Any = None) -> None:
+        """Replace the table's rows (`unchanged_since` is not needed: the caller's `lock_all` holds swipes off)."""
         if session is None:
             with self.database.sessions() as own, own.begin():
                 self._replace_all(values, own)

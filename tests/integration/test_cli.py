@@ -9,10 +9,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from click.testing import CliRunner
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -21,6 +23,7 @@ from pos_engine.cli import main
 from pos_engine.store.db import Database
 from pos_engine.store.migrate import upgrade
 from pos_engine.store.models import CardRow, MemberRow, MerchantRow, TerminalRow
+from tests.conftest import REDIS_URL
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -509,7 +512,7 @@ def test_only_a_failing_database_loses_its_traceback(
     run(env, "init-db")
     error = make_error()
 
-    def failing(_ctx: Any) -> int:
+    def failing(_ctx: Any, **_options: Any) -> int:
         raise error
 
     monkeypatch.setattr("pos_engine.service.counters.rebuild_counters", failing)
@@ -519,6 +522,46 @@ def test_only_a_failing_database_loses_its_traceback(
     else:
         assert result.exit_code == 1, result.output
         assert one_line in result.output
+
+
+@pytest.mark.redis
+def test_a_redis_rebuild_waits_for_quiet_terminals_and_says_so_when_they_are_not(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pos_engine.store import redis_counters
+
+    namespace = f"test-{uuid.uuid4().hex}"
+    redis_env = {**env, "POS_ENGINE_REDIS_URL": REDIS_URL, "POS_ENGINE_REDIS_NAMESPACE": namespace}
+    assert run(env, "demo", "--out", str(tmp_path / "demo.json")).exit_code == 0
+    client = redis.Redis.from_url(REDIS_URL)
+    claim = "{" + namespace + "}claim:t-1:req-1"
+    client.set(claim, "attempt-1", ex=30)  # a swipe a moment ago
+    monkeypatch.setattr(redis_counters, "COUNTERS_QUIET_WAIT_S_MAX", 0.2)
+    monkeypatch.setattr(redis_counters, "QUIET_POLL_S", 0.05)
+    monkeypatch.setattr(redis_counters, "REBUILD_SETTLE_S", 0.0)
+    drifted = "{" + namespace + "}:campaign:city-dining:budget:fen"
+    client.set(drifted, 42)  # a counter the ledger does not have: the rebuild deletes it
+    try:
+        busy = CliRunner().invoke(main, ["counters", "rebuild"], env=redis_env)
+        assert busy.exit_code == 1, busy.output
+        assert "waiting until terminals are quiet (no swipe has reserved caps for 30 s" in busy.output
+        assert "terminals did not go quiet within 0.2 s" in busy.output
+        assert "Traceback" not in busy.output
+        assert client.get(drifted) == b"42"  # nothing written
+        forced = run(redis_env, "counters", "rebuild", "--under-traffic")
+        assert (forced.exit_code, forced.output) == (0, "rebuilt 0 counters from the ledger\n")
+        assert client.get(drifted) is None
+        client.set(drifted, 42)
+        client.delete(claim)
+        quiet = run(redis_env, "counters", "rebuild")
+        assert quiet.exit_code == 0, quiet.output
+        assert quiet.output.endswith("rebuilt 0 counters from the ledger\n")
+        assert client.get(drifted) is None
+    finally:
+        keys = list(client.scan_iter(match="{" + namespace + "}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
 
 
 def test_an_sqlite_uri_filename_is_left_to_sqlite(env: dict[str, str], tmp_path: Path) -> None:

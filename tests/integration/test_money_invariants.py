@@ -20,12 +20,14 @@ from sqlalchemy import func, select
 from pos_engine.domain.clock import FixedClock
 from pos_engine.domain.registry import Terminal
 from pos_engine.domain.rulebook import Rulebook
+from pos_engine.service import counters as counters_service
 from pos_engine.service import swipes
 from pos_engine.service.context import EngineContext
 from pos_engine.service.counters import rebuild_counters, reconcile_counters
-from pos_engine.service.errors import OutcomeUnknown
+from pos_engine.service.errors import CountersBusy, OutcomeUnknown
+from pos_engine.store import redis_counters
 from pos_engine.store.models import LedgerEntryRow
-from tests.conftest import Backend
+from tests.conftest import Backend, forget_claims
 from tests.helpers import (
     World,
     capped_subsidy_rulebook,
@@ -286,7 +288,15 @@ def test_a_swipe_whose_reservation_reply_is_lost_leaves_a_claim_it_did_not_take(
     assert ledger(backend) == []
 
 
-def test_rebuild_after_wiping_the_counters_restores_exactly_the_state_before(backend: Backend, clock: FixedClock) -> None:
+@pytest.fixture
+def quick_rebuild(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis rebuild's settling pause, which outlasts a record in flight, cut short: nothing is in flight here."""
+    monkeypatch.setattr(redis_counters, "REBUILD_SETTLE_S", 0.0)
+
+
+def test_rebuild_after_wiping_the_counters_restores_exactly_the_state_before(
+    backend: Backend, clock: FixedClock, quick_rebuild: None
+) -> None:
     ctx, terminal = setup(backend, capped_subsidy_rulebook(uses_max=7, budget_fen=50_000), clock)
     answers = [swipe(ctx, terminal, f"req-{index}", amount_fen=3_000 + index) for index in range(5)]
     swipes.adjust(ctx, terminal, answers[0]["id"], "reversal", "rev-0", "h-rev-0")
@@ -297,9 +307,62 @@ def test_rebuild_after_wiping_the_counters_restores_exactly_the_state_before(bac
     assert before
     backend.counters.replace_all({})  # wipe: Redis flushed, or the SQL table emptied
     assert reconcile_counters(ctx)
+    forget_claims(backend.counters)  # the terminals have been quiet for a claim's 30 s
     assert rebuild_counters(ctx) == len(before)
     assert backend.counters.snapshot() == before
     assert reconcile_counters(ctx) == []
+
+
+def _swipe_after_the_ledger_read(monkeypatch: pytest.MonkeyPatch, ctx: EngineContext, terminal: Terminal) -> list[dict[str, Any]]:
+    """Make the next rebuild's ledger read be followed, before its write, by a swipe that reserves caps."""
+    answers: list[dict[str, Any]] = []
+    totals = counters_service._totals
+
+    def read_then_swipe(deltas: Any) -> dict[str, int]:
+        values = totals(deltas)
+        if not answers:  # once
+            answers.append(swipe(ctx, terminal, "req-during"))
+        return values
+
+    monkeypatch.setattr(counters_service, "_totals", read_then_swipe)
+    return answers
+
+
+def test_a_swipe_between_a_redis_rebuild_s_ledger_read_and_its_write_keeps_its_caps(
+    pg_redis_backend: Backend, clock: FixedClock, quick_rebuild: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis is not in the ledger's transaction: the rebuild checks that no counter changed since it waited for quiet,
+    and writes nothing if one did, rather than write the swipe's reservation over (a cap could then be passed)."""
+    backend = pg_redis_backend
+    ctx, terminal = setup(backend, capped_subsidy_rulebook(uses_max=7, budget_fen=50_000), clock)
+    for index in range(3):
+        swipe(ctx, terminal, f"req-{index}")
+    backend.counters.apply({"campaign:city-dining:budget:fen": 5})  # drift for the rebuild to mend
+    forget_claims(backend.counters)
+    during = _swipe_after_the_ledger_read(monkeypatch, ctx, terminal)
+    with pytest.raises(CountersBusy, match="nothing was written"):
+        rebuild_counters(ctx)
+    assert during[0]["status"] == "approved"
+    differences = reconcile_counters(ctx)
+    assert [(d.key, d.stored_value - d.ledger_value) for d in differences] == [("campaign:city-dining:budget:fen", 5)]
+    forget_claims(backend.counters)
+    rebuild_counters(ctx)
+    assert reconcile_counters(ctx) == []
+    uses = {key: value for key, value in backend.counters.snapshot().items() if key.endswith(":uses")}
+    assert list(uses.values()) == [4]
+
+
+def test_a_redis_rebuild_under_traffic_writes_at_once_and_says_what_it_risks(
+    pg_redis_backend: Backend, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--under-traffic` neither waits for claims to expire nor checks: the swipe meanwhile is lost from its counters."""
+    backend = pg_redis_backend
+    ctx, terminal = setup(backend, capped_subsidy_rulebook(uses_max=7), clock)
+    swipe(ctx, terminal, "req-0")  # its claim is still there: a waiting rebuild would wait
+    during = _swipe_after_the_ledger_read(monkeypatch, ctx, terminal)
+    assert rebuild_counters(ctx, under_traffic=True) == 1
+    assert during[0]["status"] == "approved"
+    assert [(d.ledger_value, d.stored_value) for d in reconcile_counters(ctx)] == [(2, 1)]
 
 
 def test_reconcile_reports_a_planted_difference(backend: Backend, clock: FixedClock) -> None:

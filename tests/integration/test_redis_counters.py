@@ -28,9 +28,11 @@ from redis.cluster import RedisCluster
 from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, CounterRef, Plan, PlanStep, StepOutcome, execute_plan
 from pos_engine.domain.money import MoneyInvariantError, percent_of
 from pos_engine.domain.rulebook import Benefit, BenefitKind, Rule
-from pos_engine.service.errors import AlreadyClaimed
+from pos_engine.service.errors import AlreadyClaimed, CountersBusy
 from pos_engine.service.ports import Claim
+from pos_engine.store import redis_counters
 from pos_engine.store.redis_counters import AMOUNT_FEN_MAX, RedisCounterStore
+from tests.conftest import forget_claims
 
 pytestmark = pytest.mark.redis
 
@@ -59,6 +61,8 @@ def unique_namespace() -> str:
 def wipe(store: RedisCounterStore) -> None:
     store.replace_all({})
     assert store.snapshot() == {}
+    forget_claims(store)
+    store.client.delete(store._changes_key)
 
 
 @pytest.fixture
@@ -603,7 +607,7 @@ def test_reserve_apply_and_snapshot_work_on_a_redis_cluster(cluster_store: Redis
     # Every key of the namespace, claims included, sits in one slot, so on one node.
     client = store.client
     assert isinstance(client, RedisCluster)
-    keys = [f"{store.prefix}{key}" for key in ("a", "b", "campaign:c1:budget:fen")] + [store._claim_key("t-1:req-1")]
+    keys = [f"{store.prefix}{key}" for key in ("a", "b", "campaign:c1:budget:fen")] + [store._claim_key("t-1:req-1"), store._changes_key]
     assert len({client.keyslot(key) for key in keys}) == 1
 
 
@@ -681,9 +685,136 @@ def test_a_rebuild_larger_than_one_script_is_written_in_batches(store: RedisCoun
     assert store.snapshot() == values
 
 
-def test_a_rebuild_forgets_request_claims(store: RedisCounterStore) -> None:
+def test_a_rebuild_leaves_request_claims_alone(store: RedisCounterStore) -> None:
+    """A claim still guards its request after a rebuild: a retry in flight does not hold caps twice."""
     budget = fen_cap("campaign:c1:budget:fen", 1_000)
     plan = Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), (budget,)),), ())
     store.reserve(plan, claim=Claim("t-1:req-1", "attempt-1"))
     store.replace_all({})
-    assert store.reserve(plan, claim=Claim("t-1:req-1", "attempt-1"))[0].given_fen == 300
+    with pytest.raises(AlreadyClaimed):
+        store.reserve(plan, claim=Claim("t-1:req-1", "attempt-2"))
+
+
+def change_count(store: RedisCounterStore) -> int:
+    return int(store.client.get(store._changes_key) or 0)
+
+
+def test_every_change_to_a_counter_moves_the_change_count_and_nothing_else_does(store: RedisCounterStore) -> None:
+    plan = Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), (uses_cap("card:1:day:uses", 1),)),), ())
+    assert change_count(store) == 0
+    store.reserve(plan)
+    assert change_count(store) == 1
+    assert store.reserve(plan)[0].given_fen == 0  # the cap is full: nothing taken, nothing changed
+    store.read(["card:1:day:uses"])
+    store.snapshot()
+    assert change_count(store) == 1
+    store.apply({"card:1:day:uses": -1})
+    assert change_count(store) == 2
+    store.replace_all({"a": 1})  # the rebuild's own writes are not swipes
+    assert change_count(store) == 2
+
+
+@pytest.fixture
+def quick_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_counters, "REBUILD_SETTLE_S", 0.05)
+    monkeypatch.setattr(redis_counters, "QUIET_POLL_S", 0.05)
+
+
+def test_waiting_for_quiet_lasts_until_the_last_claim_has_expired(store: RedisCounterStore, quick_quiet: None) -> None:
+    plan = Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), (fen_cap("a", 1_000),)),), ())
+    store.reserve(plan, claim=Claim("t-1:req-1", "attempt-1"))
+    store.client.pexpire(store._claim_key("t-1:req-1"), 300)
+    mark = store.wait_until_quiet()
+    assert not store.client.exists(store._claim_key("t-1:req-1"))
+    store.replace_all({"a": 7}, unchanged_since=mark)
+    assert store.snapshot() == {"a": 7}
+
+
+def test_waiting_for_quiet_gives_up_while_terminals_keep_swiping(
+    store: RedisCounterStore, quick_quiet: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_counters, "COUNTERS_QUIET_WAIT_S_MAX", 0.3)
+    plan = Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), (fen_cap("a", 1_000),)),), ())
+    store.reserve(plan, claim=Claim("t-1:req-1", "attempt-1"))
+    with pytest.raises(CountersBusy, match=r"did not go quiet within 0\.3 s.*Nothing was written.*--under-traffic"):
+        store.wait_until_quiet()
+    assert store.snapshot() == {"a": 300}
+
+
+def test_a_counter_changed_while_settling_starts_the_wait_again(
+    store: RedisCounterStore, quick_quiet: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A give-back after the claims are gone (an adjustment's, just after its commit) is waited for, not missed."""
+    store.replace_all({"a": 300})
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        if not sleeps:
+            store.apply({"a": -100})
+        sleeps.append(seconds)
+
+    monkeypatch.setattr(redis_counters.time, "sleep", sleep)
+    mark = store.wait_until_quiet()
+    assert len(sleeps) == 3  # settle, poll, settle
+    store.replace_all({"a": 200}, unchanged_since=mark)  # the mark is after the give-back: it writes
+    assert store.snapshot() == {"a": 200}
+
+
+def test_a_rebuild_writes_nothing_over_a_swipe_since_its_mark(store: RedisCounterStore, quick_quiet: None) -> None:
+    store.replace_all({"a": 500, "old": 1})
+    mark = store.wait_until_quiet()
+    store.reserve(Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), (fen_cap("a", 1_000),)),), ()))
+    with pytest.raises(CountersBusy, match="nothing was written"):
+        store.replace_all({"a": 500, "b": 1}, unchanged_since=mark)
+    assert store.snapshot() == {"a": 800, "old": 1}
+
+
+def test_a_large_rebuild_stops_at_the_first_batch_after_a_swipe_and_keeps_it(
+    store: RedisCounterStore, quick_quiet: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches written before the swipe hold the ledger's values (the swipe counts on top); the rest are left as they were."""
+    monkeypatch.setattr(redis_counters, "REPLACE_ATOMIC_KEYS_MAX", 10)
+    monkeypatch.setattr(redis_counters, "REPLACE_BATCH_KEYS", 7)
+    old = {f"k{index:02}:fen": 100 + index for index in range(25)} | {"stale:fen": 3}
+    store.replace_all(old)
+    mark = store.wait_until_quiet()
+    run = store._run
+    batches: list[int] = []
+
+    def run_then_swipe(script: Any, keys: list[str], args: list[str]) -> Any:
+        result = run(script, keys, args)
+        if script is store._replace_batch:
+            batches.append(len(keys) - 1)
+            if len(batches) == 1:  # a swipe on a counter of the first batch and one of a later batch
+                caps = (fen_cap("k00:fen", 10**6), fen_cap("k20:fen", 10**6))
+                store.reserve(Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=50), caps),), ()))
+        return result
+
+    monkeypatch.setattr(store, "_run", run_then_swipe)
+    new = {f"k{index:02}:fen": index + 1 for index in range(25)}
+    with pytest.raises(CountersBusy, match="7 of 26 counters were rewritten first; each counter is either rebuilt or as it was"):
+        store.replace_all(new, unchanged_since=mark)
+    assert batches == [7, 7]  # the second batch found the swipe and wrote nothing
+    expected = {key: new[key] if int(key[1:3]) < 7 else value for key, value in old.items() if key.startswith("k")}
+    expected["k00:fen"] += 50
+    expected["k20:fen"] += 50
+    assert store.snapshot() == expected | {"stale:fen": 3}
+
+
+def test_a_large_rebuild_under_traffic_keeps_a_counter_created_after_its_scan(
+    store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the check nothing stops it, but a counter it never saw is not deleted (no window of empty counters either)."""
+    monkeypatch.setattr(redis_counters, "REPLACE_ATOMIC_KEYS_MAX", 2)
+    monkeypatch.setattr(redis_counters, "REPLACE_BATCH_KEYS", 2)
+    store.replace_all({"gone:fen": 9})
+    scan = store._scan
+
+    def scan_then_swipe() -> Iterator[str]:
+        yield from scan()
+        store.apply({"new:fen": 40})
+
+    monkeypatch.setattr(store, "_scan", scan_then_swipe)
+    store.replace_all({"a:fen": 1, "b:fen": 2, "c:fen": 3})
+    monkeypatch.undo()
+    assert store.snapshot() == {"a:fen": 1, "b:fen": 2, "c:fen": 3, "new:fen": 40}

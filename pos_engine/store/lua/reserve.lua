@@ -3,7 +3,9 @@
 -- test in tests/integration/test_redis_counters.py holds them together).
 --
 -- KEYS: the plan's distinct counter keys, already namespaced ("{ns}:key"),
---   then, if ARGV[3] > 0, the request's claim key last.
+--   then, if ARGV[3] > 0, the request's claim key, then the namespace's change
+--   count ("{ns}changes"), last: a reservation that takes anything adds 1 to it,
+--   so that `counters rebuild` can tell that counters changed while it ran.
 -- ARGV[1] = amount_fen, ARGV[2] = number of steps,
 -- ARGV[3] = claim TTL in seconds (0: no claim); a claimed request reserves
 --   nothing and the script returns {-1}: the same request was seen already,
@@ -52,7 +54,7 @@ end
 
 local claim_ttl = tonumber(ARGV[3])
 if claim_ttl > 0 then
-  if redis.call('SET', KEYS[#KEYS], ARGV[4], 'NX', 'EX', claim_ttl) == false then
+  if redis.call('SET', KEYS[#KEYS - 1], ARGV[4], 'NX', 'EX', claim_ttl) == false then
     return {-1}
   end
 end
@@ -122,7 +124,12 @@ for step = 1, step_count do
 end
 
 -- Write at the end: nothing above can fail half-way through a plan.
+local changed = false
 for index, delta in pairs(deltas) do
   redis.call('INCRBY', KEYS[index], string.format('%d', delta))
+  changed = true
+end
+if changed then
+  redis.call('INCR', KEYS[#KEYS])
 end
 return result
