@@ -82,7 +82,7 @@ def bench_authorise(label: str, database_url: str, redis_url: str | None, rulebo
         clock=SystemClock(),
         card_key=CARD_KEY,
     )
-    ctx.counters.replace_all({})
+    ctx.counters.reset()
     rng = random.Random(2)
     cards = credentials.cards["usable"]
     terminals = [ctx.terminal(terminal["terminal_id"]) for terminal in credentials.terminals]
@@ -99,7 +99,7 @@ def bench_authorise(label: str, database_url: str, redis_url: str | None, rulebo
     time_each(100, lambda index: authorise(10**9 + index))  # warm caches and connections
     samples = time_each(count, authorise)
     print(f"  authorise, {label} ({rulebook.rule_count} rules): {percentiles(samples)}")
-    ctx.counters.replace_all({})
+    ctx.counters.reset()
     database.dispose()
 
 

@@ -172,7 +172,7 @@ def demo(out: Path, reset: bool) -> None:
     year = local(settings.clock.now()).year
     credentials = load_demo(_database(settings), settings.card_key.encode("utf-8"), year, reset=reset)
     if reset:
-        ctx.counters.replace_all({})
+        ctx.counters.reset()
     try:
         _write_private(out, json.dumps(credentials.as_json(), indent=2) + "\n")
     except OSError as error:

@@ -94,9 +94,7 @@ def open_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Any) -> It
         client = request.getfixturevalue("redis_client")
         counters = RedisCounterStore(client, namespace=f"test-{uuid.uuid4().hex}")
         yield Backend("pg_redis", database, counters, url)
-        counters.replace_all({})
-        forget_claims(counters)
-        client.delete(counters._changes_key)
+        counters.reset()
     database.dispose()
 
 

@@ -106,4 +106,4 @@ def live_engine(
             # Leave no counters or claims behind in the shared Redis.
             from pos_engine.store.redis_counters import RedisCounterStore
 
-            RedisCounterStore.from_url(redis_url, namespace=env["POS_ENGINE_REDIS_NAMESPACE"]).replace_all({})
+            RedisCounterStore.from_url(redis_url, namespace=env["POS_ENGINE_REDIS_NAMESPACE"]).reset()

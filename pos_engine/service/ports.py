@@ -123,12 +123,23 @@ class CounterStore(Protocol):
         """
         ...
 
-    def unclaim(self, claim: Claim) -> None:
-        """Drop a claim made by `reserve` (after the swipe failed to be recorded), if it is still this attempt's."""
+    def unclaim(self, claim: Claim, outcome_unknown: bool = False) -> None:
+        """Drop a claim made by `reserve` (after the swipe failed to be recorded), if it is still this attempt's.
+
+        `outcome_unknown`: the record may still commit; a retry may swipe again, but a rebuild waits for it.
+        """
         ...
 
-    def apply(self, deltas: Mapping[str, int], session: Any = None) -> None:
-        """Add `deltas` (negative to give back) without checking limits."""
+    def hold_give_back(self, token: str) -> None:
+        """Before an adjustment commits (a non-transactional store): note that `apply(..., hold=token)` follows."""
+        ...
+
+    def apply(self, deltas: Mapping[str, int], session: Any = None, hold: str | None = None) -> None:
+        """Add `deltas` (negative to give back) without checking limits; `hold`: drop that note in the same step."""
+        ...
+
+    def reset(self) -> None:
+        """Forget every counter (and claim): the ledger was emptied too (`demo --reset`, tests, load tests)."""
         ...
 
     def read(self, keys: Iterable[str], session: Any = None) -> dict[str, int]:

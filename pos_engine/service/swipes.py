@@ -257,7 +257,7 @@ def authorise(
         # commit, the retry's record is a duplicate, gives its own caps back, and replays this one.
         reserved.clear()
         for held in claimed:
-            ctx.counters.unclaim(held)
+            ctx.counters.unclaim(held, outcome_unknown=True)
         raise
     except Exception:
         try:
@@ -273,7 +273,7 @@ def authorise(
         reserved.clear()
         for held in claimed:
             try:
-                ctx.counters.unclaim(held)
+                ctx.counters.unclaim(held, outcome_unknown=True)
             except Exception:
                 log.warning("could not drop the claim of request %s while stopping", held.request, exc_info=True)
         raise
@@ -363,15 +363,35 @@ def _adjust(
     return entry, deltas
 
 
-def _give_back_after_commit(ctx: EngineContext, deltas: Mapping[str, int]) -> None:
-    """Give caps back in a non-transactional store once the ledger holds the adjustment.
+def _hold_give_back(ctx: EngineContext, deltas: Mapping[str, int]) -> str | None:
+    """Before an adjustment commits, tell a non-transactional store that caps come back just after; the note's token.
+
+    The note holds off `counters rebuild` (Redis), which would otherwise count the adjustment once from
+    the ledger and once more when its give-back lands after the rebuild's write. If the store cannot be
+    told, the adjustment goes on without it (a rebuild meanwhile is all that it risks), as it goes on
+    when the give-back itself fails.
+    """
+    if not deltas or ctx.counters.transactional:
+        return None
+    token = new_id("gb")
+    try:
+        ctx.counters.hold_give_back(token)
+    except Exception:
+        log.warning("could not note a give-back before its commit; a `counters rebuild` meanwhile may miss it", exc_info=True)
+        return None
+    return token
+
+
+def _give_back_after_commit(ctx: EngineContext, deltas: Mapping[str, int], hold: str | None = None) -> None:
+    """Give caps back in a non-transactional store once the ledger holds the adjustment, and drop its note.
 
     If this fails the counters stay above the ledger: the safe direction (no cap
-    is ever exceeded), and `pos-engine counters reconcile` shows the difference.
+    is ever exceeded), and `pos-engine counters reconcile` shows the difference;
+    the note expires by itself.
     """
-    if deltas and not ctx.counters.transactional:
+    if (deltas or hold) and not ctx.counters.transactional:
         try:
-            ctx.counters.apply(deltas)
+            ctx.counters.apply(deltas, hold=hold)
         except Exception:
             log.exception("counter give-back failed; run `pos-engine counters reconcile`")
 
@@ -394,7 +414,7 @@ def adjust(
         Unprocessable: a refund larger than what is not yet refunded.
     """
     _check_id_shape(authorisation_id)
-    done: dict[str, dict[str, int]] = {}
+    done: dict[str, Any] = {}
 
     def work(uow: UnitOfWork) -> StoredResponse:
         # The lock first, then the stored answer: a retry that waited on the lock behind its first attempt
@@ -412,20 +432,22 @@ def adjust(
         entry, deltas = _adjust(ctx, uow, terminal, auth, kind, request_id, amount_fen)
         body = responses.encode(responses.adjustment_body(entry))
         uow.repo.add_idempotency(terminal.terminal_id, request_id, request_hash, 200, body, entry.entry_id, entry.recorded_at)
+        hold = _hold_give_back(ctx, deltas)
         uow.commit()
-        done["deltas"] = deltas
+        done["deltas"], done["hold"] = deltas, hold
         return StoredResponse(200, body)
 
     response = _in_transaction(ctx, work)
-    _give_back_after_commit(ctx, done.get("deltas", {}))
+    _give_back_after_commit(ctx, done.get("deltas", {}), done.get("hold"))
     return response
 
 
 def reverse_request(ctx: EngineContext, terminal: Terminal, request_id: str, original_request_id: str, request_hash: str) -> StoredResponse:
     """Void whatever `original_request_id` did; harmless if it did nothing, and it stops a late original."""
-    done: dict[str, dict[str, int]] = {}
+    done: dict[str, Any] = {}
 
     def work(uow: UnitOfWork) -> StoredResponse:
+        done.clear()  # an attempt rolled back (a concurrent duplicate) gave nothing back
         stored = uow.repo.idempotency(terminal.terminal_id, request_id)
         if stored is not None:
             return _replay(stored, request_hash)
@@ -465,7 +487,7 @@ def reverse_request(ctx: EngineContext, terminal: Terminal, request_id: str, ori
                         pass
                     else:
                         outcome, reversal = "reversed", responses.adjustment_body(entry)
-                        done["deltas"] = deltas
+                        done["deltas"], done["hold"] = deltas, _hold_give_back(ctx, deltas)
         body = responses.encode(
             {
                 "original_request_id": original_request_id,
@@ -479,7 +501,7 @@ def reverse_request(ctx: EngineContext, terminal: Terminal, request_id: str, ori
         return StoredResponse(200, body)
 
     response = _in_transaction(ctx, work)
-    _give_back_after_commit(ctx, done.get("deltas", {}))
+    _give_back_after_commit(ctx, done.get("deltas", {}), done.get("hold"))
     return response
 
 

@@ -25,9 +25,11 @@ which needs script effects replication: Redis 5 or later (tested on 7.0).
 `counters rebuild` reads the ledger in PostgreSQL and writes here, so a swipe
 could land between the two and its reservation be written over. Every script
 that changes a counter therefore also adds 1 to the namespace's change count
-(``{namespace}changes``): `wait_until_quiet` waits for terminals to be quiet and
-notes the count, and `replace_all` writes only while the count still reads the
-same, batch by batch (docs/design.md, "Counters").
+(``{namespace}changes``), and so does a refund's or reversal's note, before its
+commit, that it will give caps back (`hold_give_back`): `wait_until_quiet`
+waits until no claim or note is left and notes the count, and `replace_all`
+writes only while the count still reads the same, batch by batch
+(docs/design.md, "Counters").
 
 Errors: a bad URL raises ValueError; everything else is redis-py's own
 (`redis.exceptions.ConnectionError` and friends: the dependency is unavailable).
@@ -205,6 +207,7 @@ class RedisCounterStore:
         )
         self._apply = _register(client, _lua("apply.lua"))
         self._unclaim = _register(client, _lua("unclaim.lua"))
+        self._hold = _register(client, _lua("hold.lua"))
         self._replace_all = _register(client, _lua("replace_all.lua"))
         self._replace_batch = _register(client, _lua("replace_batch.lua"))
         # Outside the counters' "{ns}:" prefix (snapshot, reconcile and rebuild never see it), in their slot.
@@ -304,22 +307,54 @@ class RedisCounterStore:
             raise MoneyInvariantError(f"the reservation script gave outside 0 to what each rule wants, or over the amount: {reply}")
         return outcomes
 
-    def _claims_left(self) -> bool:
-        """Whether any request claim is still there: a reservation made in the last REQUEST_CLAIM_S, perhaps in flight."""
+    def _claims(self) -> Iterator[bytes | str]:
         pattern = _glob_escape("{" + self.namespace + "}claim:") + "*"
-        return any(True for _key in self.client.scan_iter(match=pattern, count=SCAN_COUNT))
+        return cast(Iterator[bytes | str], self.client.scan_iter(match=pattern, count=SCAN_COUNT))
 
-    def unclaim(self, claim: Claim) -> None:
-        """Drop a request's claim if this attempt still holds it, so that a retry after a failed swipe can reserve again."""
-        self._run(self._unclaim, [self._claim_key(claim.request)], [claim.token])
+    def _claims_left(self) -> bool:
+        """Whether any claim is still there: a reservation made in the last REQUEST_CLAIM_S, perhaps in flight, a
+        record whose outcome was unknown (kept pending), or an adjustment's give-back still to come (a hold)."""
+        return any(True for _key in self._claims())
 
-    def apply(self, deltas: Mapping[str, int], session: Any = None) -> None:
-        """Add `deltas` (negative to give back) atomically, without checking limits; counters at 0 are deleted."""
+    def reset(self) -> None:
+        """Forget everything: every counter, claim and hold, and the change count (a world loaded afresh)."""
+        self.replace_all({})
+        batch: list[bytes | str] = []
+        for key in self._claims():
+            batch.append(key)
+            if len(batch) >= SCAN_COUNT:
+                self.client.delete(*batch)
+                batch.clear()
+        self.client.delete(*batch, self._changes_key)
+
+    def unclaim(self, claim: Claim, outcome_unknown: bool = False) -> None:
+        """Drop a request's claim if this attempt still holds it, so that a retry after a failed swipe can reserve again.
+
+        `outcome_unknown`: the attempt's record may still commit, so the claim is kept, under another
+        name and with its expiry, for `wait_until_quiet` to wait for; a retry is not held up by it.
+        """
+        keys = [self._claim_key(claim.request), self._claim_key("pending:" + claim.token)]
+        self._run(self._unclaim, keys, [claim.token, "1" if outcome_unknown else "0"])
+
+    def hold_give_back(self, token: str) -> None:
+        """Before an adjustment commits: note that it gives caps back just after, as `apply(..., hold=token)`.
+
+        Until then (or REQUEST_CLAIM_S, if the worker dies first) `wait_until_quiet` waits for it, and
+        the note moves the change count, so a rebuild that noted the count before it writes nothing.
+        """
+        self._run(self._hold, [self._claim_key("hold:" + token), self._changes_key], [str(REQUEST_CLAIM_S)])
+
+    def apply(self, deltas: Mapping[str, int], session: Any = None, hold: str | None = None) -> None:
+        """Add `deltas` (negative to give back) atomically, without checking limits; counters at 0 are deleted.
+
+        `hold`: the token of a `hold_give_back` note, dropped in the same step.
+        """
         changed = {key: delta for key, delta in deltas.items() if delta}
-        if not changed:
+        if not changed and hold is None:
             return
         # INCRBY works on 64-bit integers in Redis itself, so deltas need no 2^53 bound here.
-        keys = [self._key(key) for key in changed] + [self._changes_key]
+        held = [self._claim_key("hold:" + hold)] if hold is not None else []
+        keys = [self._key(key) for key in changed] + held + [self._changes_key]
         self._run(self._apply, keys, [str(int(delta)) for delta in changed.values()])
 
     def read(self, keys: Iterable[str], session: Any = None) -> dict[str, int]:
@@ -360,11 +395,11 @@ class RedisCounterStore:
     def wait_until_quiet(self) -> _Unchanged:
         """Wait until terminals are quiet, and return the change count as it then reads.
 
-        Quiet: no request claim left (so no reservation made in the last REQUEST_CLAIM_S, which
-        outlasts a live attempt, is still in flight), then REBUILD_SETTLE_S more with no counter
-        changed (a record whose claim was dropped while its outcome was unknown commits or fails
-        within the server's statement timeout; an adjustment gives its caps back just after its
-        commit). Raises CountersBusy if terminals are not quiet within COUNTERS_QUIET_WAIT_S_MAX.
+        Quiet: no claim left, so no reservation made in the last REQUEST_CLAIM_S (which outlasts a
+        live attempt) is in flight, no record whose outcome was unknown may still commit (its claim is
+        kept pending as long), and no adjustment that committed has still to give its caps back (it
+        holds a claim from before its commit until its give-back); then REBUILD_SETTLE_S more with no
+        counter changed. Raises CountersBusy if terminals are not quiet within COUNTERS_QUIET_WAIT_S_MAX.
         """
         deadline = time.monotonic() + COUNTERS_QUIET_WAIT_S_MAX
         while True:
@@ -422,7 +457,7 @@ def _changed_message(written: int, total: int) -> str:
     already = (
         "nothing was written"
         if not written
-        else f"{written} of {total} counters were rewritten first; each counter is either rebuilt or as it was"
+        else f"{written} of the {total} counters to write or delete were done first; each counter is either rebuilt or as it was"
     )
     return (
         f"a swipe changed counters while the rebuild ran, so it stopped: {already}. Run it again when terminals are quiet,"

@@ -70,8 +70,11 @@ class SqlCounterStore:
         statement = _PG_UPSERT if self.database.is_postgresql else _SQLITE_UPSERT
         session.execute(statement, [{"key": key, "value": value} for key, value in values.items()])
 
-    def unclaim(self, claim: Claim) -> None:
+    def unclaim(self, claim: Claim, outcome_unknown: bool = False) -> None:
         """Nothing to do: this store runs inside the swipe's transaction, which checks idempotency itself."""
+
+    def hold_give_back(self, token: str) -> None:
+        """Nothing to do: an adjustment gives caps back inside its own transaction."""
 
     def reserve(self, plan: Plan, session: Any = None, claim: Claim | None = None) -> list[StepOutcome]:
         assert session is not None, "the SQL counter store works inside the caller's transaction"
@@ -82,8 +85,9 @@ class SqlCounterStore:
         self._write(session, {key: value for key, value in working.items() if current.get(key, 0) != value})
         return outcomes
 
-    def apply(self, deltas: Mapping[str, int], session: Any = None) -> None:
+    def apply(self, deltas: Mapping[str, int], session: Any = None, hold: str | None = None) -> None:
         assert session is not None, "the SQL counter store works inside the caller's transaction"
+        assert hold is None, "the SQL counter store holds nothing: its give-backs are in the adjustment's transaction"
         keys = sorted(key for key, delta in deltas.items() if delta)
         current = self._lock(session, keys)
         self._write(session, {key: current.get(key, 0) + deltas[key] for key in keys})
@@ -103,6 +107,10 @@ class SqlCounterStore:
             return {key: value for key, value in session.execute(query)}
         with self.database.sessions() as own:
             return {key: value for key, value in own.execute(query)}
+
+    def reset(self) -> None:
+        """Delete every counter, in a transaction of its own."""
+        self.replace_all({})
 
     def wait_until_quiet(self) -> None:
         """Nothing to wait for: `lock_all` keeps swipes from changing counters while a rebuild runs."""

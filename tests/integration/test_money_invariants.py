@@ -248,6 +248,9 @@ def test_a_failed_swipe_drops_the_claim_it_took_and_never_one_taken_since_by_ano
     with pytest.raises(type(failure)):
         swipe(ctx, terminal, "req-1")
     assert client.exists(backend.counters._claim_key(f"{terminal.terminal_id}:req-1")) == 0  # its own: dropped
+    # ... but kept pending, for a rebuild to wait on, when the record may still commit (its caps stay taken too).
+    pending = list(client.scan_iter(match=backend.counters._claim_key("pending:*")))
+    assert len(pending) == (0 if isinstance(failure, RuntimeError) else 1)
 
     retaken = backend.counters._claim_key(f"{terminal.terminal_id}:req-2")
 
@@ -350,6 +353,34 @@ def test_a_swipe_between_a_redis_rebuild_s_ledger_read_and_its_write_keeps_its_c
     assert reconcile_counters(ctx) == []
     uses = {key: value for key, value in backend.counters.snapshot().items() if key.endswith(":uses")}
     assert list(uses.values()) == [4]
+
+
+def test_a_refund_committed_between_a_redis_rebuild_s_wait_and_its_ledger_read_is_not_given_back_twice(
+    pg_redis_backend: Backend, clock: FixedClock, quick_rebuild: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refund writes the ledger first and gives caps back in Redis after: its give-back, landing after the
+    rebuild wrote the ledger's values (refund included), would count it twice. Its note before the commit
+    moves the change count, so the rebuild writes nothing."""
+    backend = pg_redis_backend
+    ctx, terminal = setup(backend, capped_subsidy_rulebook(uses_max=7, budget_fen=50_000), clock)
+    answers = [swipe(ctx, terminal, f"req-{index}") for index in range(3)]
+    forget_claims(backend.counters)
+    late: list[Callable[[], None]] = []
+    give_back = swipes._give_back_after_commit
+    monkeypatch.setattr(swipes, "_give_back_after_commit", lambda *args: late.append(lambda: give_back(*args)))
+    wait = backend.counters.wait_until_quiet
+
+    def wait_then_refund() -> Any:
+        mark = wait()
+        swipes.adjust(ctx, terminal, answers[0]["id"], "refund", "rf-1", "h-rf-1", 10_000)  # commits; its give-back waits
+        return mark
+
+    monkeypatch.setattr(backend.counters, "wait_until_quiet", wait_then_refund)
+    with pytest.raises(CountersBusy, match="nothing was written"):
+        rebuild_counters(ctx)
+    (land,) = late
+    land()
+    assert reconcile_counters(ctx) == []
 
 
 def test_a_redis_rebuild_under_traffic_writes_at_once_and_says_what_it_risks(

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -32,7 +33,6 @@ from pos_engine.service.errors import AlreadyClaimed, CountersBusy
 from pos_engine.service.ports import Claim
 from pos_engine.store import redis_counters
 from pos_engine.store.redis_counters import AMOUNT_FEN_MAX, RedisCounterStore
-from tests.conftest import forget_claims
 
 pytestmark = pytest.mark.redis
 
@@ -59,10 +59,8 @@ def unique_namespace() -> str:
 
 
 def wipe(store: RedisCounterStore) -> None:
-    store.replace_all({})
-    assert store.snapshot() == {}
-    forget_claims(store)
-    store.client.delete(store._changes_key)
+    store.reset()
+    assert not list(store.client.scan_iter(match=redis_counters._glob_escape("{" + store.namespace + "}") + "*"))
 
 
 @pytest.fixture
@@ -753,7 +751,7 @@ def test_a_counter_changed_while_settling_starts_the_wait_again(
             store.apply({"a": -100})
         sleeps.append(seconds)
 
-    monkeypatch.setattr(redis_counters.time, "sleep", sleep)
+    monkeypatch.setattr(redis_counters, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
     mark = store.wait_until_quiet()
     assert len(sleeps) == 3  # settle, poll, settle
     store.replace_all({"a": 200}, unchanged_since=mark)  # the mark is after the give-back: it writes
@@ -792,7 +790,7 @@ def test_a_large_rebuild_stops_at_the_first_batch_after_a_swipe_and_keeps_it(
 
     monkeypatch.setattr(store, "_run", run_then_swipe)
     new = {f"k{index:02}:fen": index + 1 for index in range(25)}
-    with pytest.raises(CountersBusy, match="7 of 26 counters were rewritten first; each counter is either rebuilt or as it was"):
+    with pytest.raises(CountersBusy, match="7 of the 26 counters to write or delete were done first; each counter is either rebuilt"):
         store.replace_all(new, unchanged_since=mark)
     assert batches == [7, 7]  # the second batch found the swipe and wrote nothing
     expected = {key: new[key] if int(key[1:3]) < 7 else value for key, value in old.items() if key.startswith("k")}
@@ -818,3 +816,51 @@ def test_a_large_rebuild_under_traffic_keeps_a_counter_created_after_its_scan(
     store.replace_all({"a:fen": 1, "b:fen": 2, "c:fen": 3})
     monkeypatch.undo()
     assert store.snapshot() == {"a:fen": 1, "b:fen": 2, "c:fen": 3, "new:fen": 40}
+
+
+def test_a_give_back_noted_before_its_commit_holds_off_a_rebuild_until_it_lands(
+    store: RedisCounterStore, quick_quiet: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refund commits in the ledger, then gives back here: from before its commit until then a rebuild waits for it,
+    and a note made after the rebuild's mark makes its write refuse."""
+    monkeypatch.setattr(redis_counters, "COUNTERS_QUIET_WAIT_S_MAX", 0.2)
+    store.replace_all({"a": 300})
+    store.hold_give_back("gb-1")
+    assert change_count(store) == 1
+    with pytest.raises(CountersBusy, match="did not go quiet"):
+        store.wait_until_quiet()
+    store.apply({"a": -100}, hold="gb-1")  # the give-back drops its note in the same step
+    assert change_count(store) == 2
+    mark = store.wait_until_quiet()
+    store.hold_give_back("gb-2")  # a refund about to commit after the rebuild noted the count
+    with pytest.raises(CountersBusy, match="nothing was written"):
+        store.replace_all({"a": 200}, unchanged_since=mark)
+    store.apply({}, hold="gb-2")  # nothing to give back after all: the note still goes
+    assert not store._claims_left()
+    assert store.snapshot() == {"a": 200}
+
+
+def test_a_claim_whose_record_may_still_commit_frees_the_retry_but_holds_off_a_rebuild(store: RedisCounterStore) -> None:
+    plan = Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), (fen_cap("a", 1_000),)),), ())
+    store.reserve(plan, claim=Claim("t-1:req-1", "attempt-1"))
+    ttl_ms = store.client.pttl(store._claim_key("t-1:req-1"))
+    store.unclaim(Claim("t-1:req-1", "attempt-1"), outcome_unknown=True)
+    assert store.reserve(plan, claim=Claim("t-1:req-1", "attempt-2"))[0].given_fen == 300  # the retry swipes afresh
+    pending = store._claim_key("pending:attempt-1")
+    assert 0 < store.client.pttl(pending) <= ttl_ms  # kept no longer than the claim would have lived
+    store.unclaim(Claim("t-1:req-1", "attempt-2"))
+    assert store._claims_left()  # the first attempt's record may still commit: a rebuild waits
+    store.client.delete(pending)
+    assert not store._claims_left()
+
+
+def test_reset_forgets_counters_claims_notes_and_the_change_count(store: RedisCounterStore) -> None:
+    plan = Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), (fen_cap("a", 1_000),)),), ())
+    store.reserve(plan, claim=Claim("t-1:req-1", "attempt-1"))
+    store.reserve(plan, claim=Claim("t-1:req-2", "attempt-2"))
+    store.unclaim(Claim("t-1:req-2", "attempt-2"), outcome_unknown=True)
+    store.hold_give_back("gb-1")
+    assert len(list(store.client.scan_iter(match="{" + store.namespace + "}*"))) == 5
+    store.reset()
+    assert not list(store.client.scan_iter(match="{" + store.namespace + "}*"))
+    assert store.reserve(plan, claim=Claim("t-1:req-1", "attempt-3"))[0].given_fen == 300  # a fresh world's request ids

@@ -1,12 +1,16 @@
 -- Add deltas (negative to give back) to counters, atomically, without checking limits.
--- KEYS: namespaced counter keys, then the namespace's change count ("{ns}changes") last;
--- ARGV[i]: the integer delta for KEYS[i]. The change count goes up by 1 (see reserve.lua).
+-- KEYS: the namespaced counter keys, one per ARGV; then, optionally, a give-back hold
+-- (hold.lua) to drop in the same step; then the namespace's change count ("{ns}changes")
+-- last. ARGV[i]: the integer delta for KEYS[i]. The change count goes up by 1 (see reserve.lua).
 -- A counter that comes back to 0 is deleted, so the namespace holds only live counters.
-for index = 1, #KEYS - 1 do
+for index = 1, #ARGV do
   local value = redis.call('INCRBY', KEYS[index], ARGV[index])
   if value == 0 then
     redis.call('DEL', KEYS[index])
   end
 end
+if #KEYS == #ARGV + 2 then
+  redis.call('DEL', KEYS[#KEYS - 1])
+end
 redis.call('INCR', KEYS[#KEYS])
-return #KEYS - 1
+return #ARGV
