@@ -45,10 +45,12 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.connection import ConnectionPool, parse_url
 from redis.exceptions import NoScriptError
+from redis.retry import Retry
 
 from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, Plan, StepOutcome
 from pos_engine.domain.money import BP_PER_WHOLE, MoneyInvariantError, require
@@ -230,6 +232,10 @@ class RedisCounterStore:
             client: RedisClient = RedisCluster(
                 host=parts.hostname,
                 port=parts.port,
+                # redis-py's cluster client sends a command again after a timeout or a lost connection, by
+                # default three times: a script that did run (a give-back) would then run twice. Fail instead,
+                # as a single server's client does: the caller's own handling keeps counters on the safe side.
+                retry=Retry(NoBackoff(), 0),
                 username=unquote(parts.username) if parts.username else None,
                 password=unquote(parts.password) if parts.password else None,
                 socket_timeout=socket_timeout_s,

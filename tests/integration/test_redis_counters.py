@@ -576,6 +576,9 @@ def cluster_store(redis_cluster: None) -> Iterator[RedisCounterStore]:
 @pytest.mark.slow
 def test_reserve_apply_and_snapshot_work_on_a_redis_cluster(cluster_store: RedisCounterStore) -> None:
     store = cluster_store
+    # No command is sent again after a timeout: a give-back whose reply was late must not be given twice.
+    assert isinstance(store.client, RedisCluster)
+    assert store.client.retry.get_retries() == 0
     shared = fen_cap("campaign:c1:budget:fen", 700)
     plan = Plan(
         10_000,
