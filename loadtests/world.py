@@ -1073,7 +1073,9 @@ def build_world(
         from pos_engine.store.redis_counters import RedisCounterStore
 
         step = time.perf_counter()
-        RedisCounterStore.from_url(redis_url, namespace=redis_namespace).replace_all(nonzero)
+        store = RedisCounterStore.from_url(redis_url, namespace=redis_namespace)
+        store.reset()  # the ledger was emptied: claims and notes of an earlier world go too
+        store.replace_all(nonzero)
         log(f"  redis: {len(nonzero):,} counters replaced in namespace {redis_namespace!r} in {time.perf_counter() - step:.1f} s")
     # The card_changes triggers logged every card just written; a new world has no reader to tell.
     writer.forget_card_changes()

@@ -95,6 +95,7 @@ def open_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Any) -> It
         counters = RedisCounterStore(client, namespace=f"test-{uuid.uuid4().hex}")
         yield Backend("pg_redis", database, counters, url)
         counters.reset()
+        client.delete(counters._changes_key)
     database.dispose()
 
 

@@ -14,6 +14,8 @@
                                 the use cases then wait for and replay its stored answer.
     CountersBusy                raised by `counters rebuild` on a store outside the ledger's
                                 database (Redis) when swipes change counters while it runs.
+    HoldExpired                 raised by a give-back that came after its note had expired: it
+                                gave nothing back (counters stay above the ledger, the safe side).
 
 Each error carries a stable `code` that clients match on.
 """
@@ -71,4 +73,12 @@ class CountersBusy(Exception):
     """Swipes changed counters while a rebuild needed them still: the rebuild wrote nothing it could not stand by.
 
     The message says what was written, if anything; every counter is then either rebuilt or as it was.
+    """
+
+
+class HoldExpired(Exception):
+    """A give-back came after the note its adjustment made before committing had expired, so it gave nothing back.
+
+    A rebuild may have counted the adjustment from the ledger meanwhile; giving back as well would count it
+    twice. Counters stay above the ledger (the safe side) until `counters rebuild`.
     """

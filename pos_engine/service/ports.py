@@ -135,7 +135,10 @@ class CounterStore(Protocol):
         ...
 
     def apply(self, deltas: Mapping[str, int], session: Any = None, hold: str | None = None) -> None:
-        """Add `deltas` (negative to give back) without checking limits; `hold`: drop that note in the same step."""
+        """Add `deltas` (negative to give back) without checking limits.
+
+        `hold`: drop that note in the same step; if it has expired, change nothing and raise HoldExpired.
+        """
         ...
 
     def reset(self) -> None:

@@ -28,7 +28,16 @@ from pos_engine.domain.registry import Terminal, card_decline, merchant_decline
 from pos_engine.limits import ID_CHARS_MAX, IDEMPOTENCY_WAIT_S_MAX, OCCURRED_AT_AHEAD_S_MAX, OCCURRED_AT_BEHIND_S_MAX
 from pos_engine.service import responses
 from pos_engine.service.context import EngineContext
-from pos_engine.service.errors import AlreadyClaimed, Conflict, DuplicateKey, Forbidden, NotFound, OutcomeUnknown, Unprocessable
+from pos_engine.service.errors import (
+    AlreadyClaimed,
+    Conflict,
+    DuplicateKey,
+    Forbidden,
+    HoldExpired,
+    NotFound,
+    OutcomeUnknown,
+    Unprocessable,
+)
 from pos_engine.service.ports import Claim, SwipeUnitOfWork, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -392,6 +401,11 @@ def _give_back_after_commit(ctx: EngineContext, deltas: Mapping[str, int], hold:
     if (deltas or hold) and not ctx.counters.transactional:
         try:
             ctx.counters.apply(deltas, hold=hold)
+        except HoldExpired:
+            log.warning(
+                "a give-back came after its note had expired, so it gave nothing back: counters stay above the ledger"
+                " until `pos-engine counters rebuild`"
+            )
         except Exception:
             log.exception("counter give-back failed; run `pos-engine counters reconcile`")
 
@@ -487,7 +501,7 @@ def reverse_request(ctx: EngineContext, terminal: Terminal, request_id: str, ori
                         pass
                     else:
                         outcome, reversal = "reversed", responses.adjustment_body(entry)
-                        done["deltas"], done["hold"] = deltas, _hold_give_back(ctx, deltas)
+                        done["deltas"] = deltas
         body = responses.encode(
             {
                 "original_request_id": original_request_id,
@@ -497,6 +511,7 @@ def reverse_request(ctx: EngineContext, terminal: Terminal, request_id: str, ori
             }
         )
         uow.repo.add_idempotency(terminal.terminal_id, request_id, request_hash, 200, body, authorisation_id, now)
+        done["hold"] = _hold_give_back(ctx, done.get("deltas", {}))
         uow.commit()
         return StoredResponse(200, body)
 

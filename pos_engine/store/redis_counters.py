@@ -45,12 +45,10 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
-from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.connection import ConnectionPool, parse_url
-from redis.exceptions import NoScriptError
-from redis.retry import Retry
+from redis.exceptions import ClusterDownError, NoScriptError, SlotNotCoveredError
 
 from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, Plan, StepOutcome
 from pos_engine.domain.money import BP_PER_WHOLE, MoneyInvariantError, require
@@ -61,7 +59,7 @@ from pos_engine.limits import (
     REDIS_SOCKET_TIMEOUT_S,
     REQUEST_CLAIM_S,
 )
-from pos_engine.service.errors import AlreadyClaimed, CountersBusy
+from pos_engine.service.errors import AlreadyClaimed, CountersBusy, HoldExpired
 from pos_engine.service.ports import Claim
 from pos_engine.store.connections import ThreadConnections
 
@@ -102,12 +100,18 @@ def check_url(url: str) -> None:
             raise ValueError(f"cannot be used: a cluster URL needs a host and a port: {CLUSTER_SCHEME}://HOST:PORT")
         return
     try:
-        parse_url(url)  # type: ignore[no-untyped-call]  # redis-py's own reading: port, database, the query's options
+        options = parse_url(url)  # type: ignore[no-untyped-call]  # redis-py's own reading: port, database, the query's options
     except ValueError as error:
         said = str(error)
         if said.startswith("Invalid value for '") and said.endswith("' in connection URL."):
             raise ValueError(f"cannot be used: {said}") from None
         raise ValueError("cannot be used: redis-py cannot read it (its database number after the host, or a query option)") from None
+    resending = sorted(name for name in options if name.startswith("retry"))
+    if resending:
+        raise ValueError(
+            f"cannot be used: its option {resending[0]!r} would send a script again after a timeout, and a script that had run"
+            " (caps given back) would then run twice"
+        )
 
 
 _GLOB_SPECIALS = "\\*?[]"
@@ -145,6 +149,19 @@ class _Unchanged:
     """The change count as `wait_until_quiet` read it ("" if no script has changed a counter yet)."""
 
     count: str
+
+
+class _CountersCluster(RedisCluster):
+    """redis-py's cluster client, sending a command again only when it cannot have run.
+
+    By default it sends a command again after a timeout or a lost connection too (three times), when a
+    script that did run (caps given back) would then run twice. Those now fail, as on a single server,
+    and the caller's own handling keeps counters on the safe side; a cluster that is down or a slot no
+    node serves yet (a failover under way) is still tried again. MOVED and ASK redirections are followed
+    either way.
+    """
+
+    ERRORS_ALLOW_RETRY = (ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]  # fewer than the base names
 
 
 class _Line:
@@ -229,13 +246,9 @@ class RedisCounterStore:
         parts = urlsplit(url)
         if parts.scheme == CLUSTER_SCHEME:
             assert parts.hostname and parts.port is not None  # check_url
-            client: RedisClient = RedisCluster(
+            client: RedisClient = _CountersCluster(
                 host=parts.hostname,
                 port=parts.port,
-                # redis-py's cluster client sends a command again after a timeout or a lost connection, by
-                # default three times: a script that did run (a give-back) would then run twice. Fail instead,
-                # as a single server's client does: the caller's own handling keeps counters on the safe side.
-                retry=Retry(NoBackoff(), 0),
                 username=unquote(parts.username) if parts.username else None,
                 password=unquote(parts.password) if parts.password else None,
                 socket_timeout=socket_timeout_s,
@@ -323,7 +336,7 @@ class RedisCounterStore:
         return any(True for _key in self._claims())
 
     def reset(self) -> None:
-        """Forget everything: every counter, claim and hold, and the change count (a world loaded afresh)."""
+        """Forget every counter, claim and hold (a world loaded afresh); the change count moves on, for a rebuild under way."""
         self.replace_all({})
         batch: list[bytes | str] = []
         for key in self._claims():
@@ -331,7 +344,9 @@ class RedisCounterStore:
             if len(batch) >= SCAN_COUNT:
                 self.client.delete(*batch)
                 batch.clear()
-        self.client.delete(*batch, self._changes_key)
+        if batch:
+            self.client.delete(*batch)
+        self.client.incr(self._changes_key)
 
     def unclaim(self, claim: Claim, outcome_unknown: bool = False) -> None:
         """Drop a request's claim if this attempt still holds it, so that a retry after a failed swipe can reserve again.
@@ -339,7 +354,7 @@ class RedisCounterStore:
         `outcome_unknown`: the attempt's record may still commit, so the claim is kept, under another
         name and with its expiry, for `wait_until_quiet` to wait for; a retry is not held up by it.
         """
-        keys = [self._claim_key(claim.request), self._claim_key("pending:" + claim.token)]
+        keys = [self._claim_key(claim.request), self._claim_key("pending:" + claim.token), self._changes_key]
         self._run(self._unclaim, keys, [claim.token, "1" if outcome_unknown else "0"])
 
     def hold_give_back(self, token: str) -> None:
@@ -353,7 +368,9 @@ class RedisCounterStore:
     def apply(self, deltas: Mapping[str, int], session: Any = None, hold: str | None = None) -> None:
         """Add `deltas` (negative to give back) atomically, without checking limits; counters at 0 are deleted.
 
-        `hold`: the token of a `hold_give_back` note, dropped in the same step.
+        `hold`: the token of a `hold_give_back` note, dropped in the same step. If the note has expired
+        (REQUEST_CLAIM_S passed since it was made), nothing changes and HoldExpired is raised: a rebuild
+        may have counted the adjustment from the ledger since, and giving back too would count it twice.
         """
         changed = {key: delta for key, delta in deltas.items() if delta}
         if not changed and hold is None:
@@ -361,7 +378,8 @@ class RedisCounterStore:
         # INCRBY works on 64-bit integers in Redis itself, so deltas need no 2^53 bound here.
         held = [self._claim_key("hold:" + hold)] if hold is not None else []
         keys = [self._key(key) for key in changed] + held + [self._changes_key]
-        self._run(self._apply, keys, [str(int(delta)) for delta in changed.values()])
+        if self._run(self._apply, keys, [str(int(delta)) for delta in changed.values()]) == -1:
+            raise HoldExpired(hold or "")
 
     def read(self, keys: Iterable[str], session: Any = None) -> dict[str, int]:
         """Current values of `keys` (0 for a key never written), in one MGET."""

@@ -355,12 +355,20 @@ def test_a_swipe_between_a_redis_rebuild_s_ledger_read_and_its_write_keeps_its_c
     assert list(uses.values()) == [4]
 
 
-def test_a_refund_committed_between_a_redis_rebuild_s_wait_and_its_ledger_read_is_not_given_back_twice(
-    pg_redis_backend: Backend, clock: FixedClock, quick_rebuild: None, monkeypatch: pytest.MonkeyPatch
+ADJUSTMENTS = {
+    "refund": lambda ctx, terminal, answer: swipes.adjust(ctx, terminal, answer["id"], "refund", "rf-1", "h-rf-1", 10_000),
+    "reversal": lambda ctx, terminal, answer: swipes.adjust(ctx, terminal, answer["id"], "reversal", "rev-1", "h-rev-1"),
+    "void": lambda ctx, terminal, answer: swipes.reverse_request(ctx, terminal, "void-1", answer["request_id"], "h-void-1"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ADJUSTMENTS))
+def test_an_adjustment_committed_between_a_redis_rebuild_s_wait_and_its_ledger_read_is_not_given_back_twice(
+    pg_redis_backend: Backend, clock: FixedClock, quick_rebuild: None, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    """A refund writes the ledger first and gives caps back in Redis after: its give-back, landing after the
-    rebuild wrote the ledger's values (refund included), would count it twice. Its note before the commit
-    moves the change count, so the rebuild writes nothing."""
+    """A refund or reversal writes the ledger first and gives caps back in Redis after: its give-back, landing after
+    the rebuild wrote the ledger's values (adjustment included), would count it twice. Its note, made before the
+    commit, moves the change count, so the rebuild writes nothing; a rebuild that starts before the give-back waits."""
     backend = pg_redis_backend
     ctx, terminal = setup(backend, capped_subsidy_rulebook(uses_max=7, budget_fen=50_000), clock)
     answers = [swipe(ctx, terminal, f"req-{index}") for index in range(3)]
@@ -368,19 +376,29 @@ def test_a_refund_committed_between_a_redis_rebuild_s_wait_and_its_ledger_read_i
     late: list[Callable[[], None]] = []
     give_back = swipes._give_back_after_commit
     monkeypatch.setattr(swipes, "_give_back_after_commit", lambda *args: late.append(lambda: give_back(*args)))
+    monkeypatch.setattr(redis_counters, "COUNTERS_QUIET_WAIT_S_MAX", 0.1)
     wait = backend.counters.wait_until_quiet
 
-    def wait_then_refund() -> Any:
+    def wait_then_adjust() -> Any:
         mark = wait()
-        swipes.adjust(ctx, terminal, answers[0]["id"], "refund", "rf-1", "h-rf-1", 10_000)  # commits; its give-back waits
+        ADJUSTMENTS[kind](ctx, terminal, answers[0])  # commits; its give-back waits
         return mark
 
-    monkeypatch.setattr(backend.counters, "wait_until_quiet", wait_then_refund)
+    monkeypatch.setattr(backend.counters, "wait_until_quiet", wait_then_adjust)
+    hold = backend.counters.hold_give_back
+    ledger_at_note: list[int] = []
+    monkeypatch.setattr(backend.counters, "hold_give_back", lambda token: (ledger_at_note.append(len(ledger(backend))), hold(token)))
     with pytest.raises(CountersBusy, match="nothing was written"):
+        rebuild_counters(ctx)
+    assert ledger_at_note == [3]  # the note came before the commit: no moment with the adjustment committed and un-noted
+    assert len(ledger(backend)) == 4
+    monkeypatch.setattr(backend.counters, "wait_until_quiet", wait)
+    with pytest.raises(CountersBusy, match="did not go quiet"):  # committed, not yet given back: its note holds it off
         rebuild_counters(ctx)
     (land,) = late
     land()
     assert reconcile_counters(ctx) == []
+    assert not backend.counters._claims_left()  # the give-back dropped its note
 
 
 def test_a_redis_rebuild_under_traffic_writes_at_once_and_says_what_it_risks(

@@ -65,3 +65,10 @@ def test_from_url_refuses_what_cannot_name_redis_without_repeating_the_url(url: 
     with pytest.raises(ValueError, match=r"^the Redis URL (must start with redis://|cannot be used: )") as refused:
         RedisCounterStore.from_url(url)
     assert "s3cret" not in str(refused.value)
+
+
+@pytest.mark.parametrize("option", ["retry_on_timeout=true", "retry_on_error=TimeoutError"])
+def test_a_url_asking_to_send_commands_again_is_refused(option: str) -> None:
+    """A script that ran and whose reply was late (caps given back) would run twice."""
+    with pytest.raises(ValueError, match=r"cannot be used: its option 'retry_on_(timeout|error)' would send a script again"):
+        RedisCounterStore.from_url(f"redis://:s3cret@127.0.0.1:6379/0?{option}")
