@@ -444,7 +444,7 @@ class RedisCounterStore:
         """Nothing to lock with the ledger: Redis is another store (`wait_until_quiet` and `replace_all`'s check instead)."""
 
     def replace_all(self, values: Mapping[str, int], session: Any = None, unchanged_since: Any = None) -> None:
-        """Delete every counter of the namespace and write `values` (`session` is ignored).
+        """Make the namespace's counters exactly `values`: write them, delete the rest (`session` is ignored).
 
         Up to REPLACE_ATOMIC_KEYS_MAX counters this is one atomic script. A larger set (a city's
         worth) would block Redis for seconds in one script, so it is written in scripts of
