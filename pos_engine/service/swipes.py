@@ -398,7 +398,7 @@ def _give_back_after_commit(ctx: EngineContext, deltas: Mapping[str, int], hold:
     is ever exceeded), and `pos-engine counters reconcile` shows the difference;
     the note expires by itself.
     """
-    if (deltas or hold) and not ctx.counters.transactional:
+    if deltas and not ctx.counters.transactional:  # a hold is taken only with deltas to give back
         try:
             ctx.counters.apply(deltas, hold=hold)
         except HoldExpired:

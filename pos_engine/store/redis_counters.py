@@ -333,7 +333,7 @@ class RedisCounterStore:
     def _claims_left(self) -> bool:
         """Whether any claim is still there: a reservation made in the last REQUEST_CLAIM_S, perhaps in flight, a
         record whose outcome was unknown (kept pending), or an adjustment's give-back still to come (a hold)."""
-        return any(True for _key in self._claims())
+        return next(self._claims(), None) is not None
 
     def reset(self) -> None:
         """Forget every counter, claim and hold (a world loaded afresh); the change count moves on, for a rebuild under way."""
