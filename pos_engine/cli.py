@@ -294,7 +294,7 @@ def counters() -> None:
     help="Redis counters: write at once, without waiting for quiet terminals; a swipe meanwhile is lost from its counters.",
 )
 def counters_rebuild(under_traffic: bool) -> None:
-    """Recompute every counter from the ledger.
+    """Recompute every counter from the ledger; drop those of periods that are over.
 
     With Redis counters it first waits until terminals are quiet (no swipe has reserved caps for
     as long as a request's claim lasts, then a few seconds more), and stops, exit 1, if a swipe
@@ -319,7 +319,7 @@ def counters_rebuild(under_traffic: bool) -> None:
 
 @counters.command("reconcile")
 def counters_reconcile() -> None:
-    """Compare every counter with the ledger; exit 1 and list them if any differ."""
+    """Compare every counter of a period still open with the ledger; exit 1 and list them if any differ."""
     from pos_engine.service.counters import reconcile_counters
 
     ctx = _context(_existing_database(_admin_settings()))

@@ -54,6 +54,11 @@ REQUEST_CLAIM_S = 30
 # statement timeout bounds it) and for an adjustment's give-back that follows its commit. It waits at most
 # COUNTERS_QUIET_WAIT_S_MAX for that, then gives up.
 REBUILD_SETTLE_S = 5.0
+# A Redis counter of a period (a day, a week, a month, a year) expires this long after its period closed: its end
+# plus OCCURRED_AT_BEHIND_S_MAX, after which no swipe can add to it. Its time to live is counted from the clock of
+# the worker that set it; the margin allows for workers' clocks that disagree. Counters of a campaign's whole run,
+# and budgets, do not expire.
+COUNTER_KEPT_AFTER_CLOSE_S = 3600
 COUNTERS_QUIET_WAIT_S_MAX = 120.0
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -59,3 +59,26 @@ def period_key(at_local: datetime, period: str) -> str:
     if period == "campaign":
         return "all"
     raise ValueError(f"unknown period {period!r}")
+
+
+def period_end(period: str, key: str) -> datetime | None:
+    """When the business period `key` (as `period_key` names it) ends, in Asia/Shanghai; None for
+    "campaign", which ends with its campaign, or for a name `period_key` would not have made."""
+    try:
+        if period == "day" and len(key) == 10:
+            first = date.fromisoformat(key)
+            end = first + timedelta(days=1)
+        elif period == "week" and len(key) == 8 and key[4:6] == "-W":
+            end = date.fromisocalendar(int(key[:4]), int(key[6:]), 1) + timedelta(weeks=1)
+        elif period == "month" and len(key) == 7 and key[4] == "-":
+            year, month = int(key[:4]), int(key[5:])
+            end = date(year + month // 12, month % 12 + 1, 1)
+        elif period == "year" and len(key) == 4:
+            end = date(int(key) + 1, 1, 1)
+        else:
+            return None
+    except ValueError:
+        return None
+    if period_key(datetime(end.year, end.month, end.day, tzinfo=SHANGHAI) - timedelta(microseconds=1), period) != key:
+        return None  # not a name period_key makes ("2026-1-05", "+202"): a key of another shape
+    return datetime(end.year, end.month, end.day, tzinfo=SHANGHAI)

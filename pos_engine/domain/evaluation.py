@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import NamedTuple
 
-from pos_engine.domain.clock import local, period_key
+from pos_engine.domain.clock import local, period_end, period_key
 from pos_engine.domain.money import MoneyInvariantError, require
 from pos_engine.domain.rulebook import Benefit, Campaign, Limit, Rule, Rulebook
 
@@ -180,6 +181,19 @@ def _cap_templates(owner: str, prefix: str, limits: tuple[Limit, ...]) -> list[_
             if known is None or template.limit < known.limit:
                 merged[(limit.per, limit.period, unit)] = template
     return list(merged.values())
+
+
+def counter_period_end(key: str) -> datetime | None:
+    """When the period of counter `key` ends, in Asia/Shanghai; None for a counter that lasts as long as its
+    campaign: a cap of the "campaign" period, a budget.
+
+    A cap's key ends in period, period key and unit (`_cap_templates`); a budget's in ":budget:fen".
+    """
+    parts = key.rsplit(":", 3)
+    return _period_end(parts[1], parts[2]) if len(parts) == 4 else None
+
+
+_period_end = lru_cache(maxsize=4096)(period_end)
 
 
 @dataclass(frozen=True, slots=True)

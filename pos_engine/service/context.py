@@ -114,6 +114,7 @@ class EngineContext:
     cards: CardDirectory | None = field(init=False)
 
     def __post_init__(self) -> None:
+        self.counters.use_clock(self.clock)
         # A TTL of 0 (the tests) reads the registry on every swipe: no snapshot, no card directory.
         caching = self.lookup_cache_ttl_s > 0
         self.snapshot = RegistrySnapshot(self.registry, self.lookup_cache_ttl_s) if caching else None

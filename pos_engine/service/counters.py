@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+from pos_engine.domain.evaluation import counter_period_end
+from pos_engine.limits import OCCURRED_AT_BEHIND_S_MAX
 from pos_engine.service.context import EngineContext
 
 
@@ -26,6 +29,26 @@ def _totals(all_deltas: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return {key: value for key, value in totals.items() if value != 0}
 
 
+def counter_closes_at(key: str) -> datetime | None:
+    """When no swipe can add to counter `key` any more: its period's end, plus OCCURRED_AT_BEHIND_S_MAX (how
+    late a swipe may come); None for a counter that lasts as long as its campaign (a "campaign" period, a budget)."""
+    end = counter_period_end(key)
+    return None if end is None else end + timedelta(seconds=OCCURRED_AT_BEHIND_S_MAX)
+
+
+def _open(values: Mapping[str, int], now: datetime) -> dict[str, int]:
+    """The counters whose period is still open at `now`: a swipe may still add to them.
+
+    A closed period's counter caps nothing any more; Redis lets it expire (docs/design.md, "Counters").
+    """
+    kept = {}
+    for key, value in values.items():
+        closes_at = counter_closes_at(key)
+        if closes_at is None or closes_at > now:
+            kept[key] = value
+    return kept
+
+
 def counters_from_ledger(ctx: EngineContext) -> dict[str, int]:
     """Sum every ledger entry's counter deltas: what the counters must hold."""
     with ctx.unit_of_work() as uow:
@@ -34,6 +57,9 @@ def counters_from_ledger(ctx: EngineContext) -> dict[str, int]:
 
 def rebuild_counters(ctx: EngineContext, *, under_traffic: bool = False) -> int:
     """Replace every counter with the ledger's value; return how many are non-zero.
+
+    Only counters of periods still open are written: the others (a day that ended over
+    OCCURRED_AT_BEHIND_S_MAX ago, say) cap nothing, and are dropped from the store.
 
     With the SQL counter store, in one transaction that keeps swipes from changing counters
     between the ledger read and the replace (they wait, up to their statement limit). Redis is
@@ -46,14 +72,16 @@ def rebuild_counters(ctx: EngineContext, *, under_traffic: bool = False) -> int:
     unchanged_since = None if under_traffic else ctx.counters.wait_until_quiet()
     with ctx.unit_of_work() as uow:
         ctx.counters.lock_all(uow.session)
-        values = _totals(uow.repo.all_counter_deltas())
+        values = _open(_totals(uow.repo.all_counter_deltas()), ctx.clock.now())
         ctx.counters.replace_all(values, uow.session, unchanged_since=unchanged_since)
         uow.commit()
     return len(values)
 
 
 def reconcile_counters(ctx: EngineContext) -> list[CounterDifference]:
-    """List every counter whose stored value differs from the ledger's.
+    """List every counter of a period still open whose stored value differs from the ledger's.
+
+    A closed period's counter caps nothing any more, and Redis lets it expire, so it is not compared.
 
     With the SQL counter store both are read at one moment, and swipes go on meanwhile. With
     Redis the two reads are apart: under traffic, swipes in flight show as counters ahead.
@@ -61,6 +89,8 @@ def reconcile_counters(ctx: EngineContext) -> list[CounterDifference]:
     with (ctx.read_snapshot or ctx.unit_of_work)() as uow:
         expected = _totals(uow.repo.all_counter_deltas())
         stored = ctx.counters.snapshot(uow.session)
+    now = ctx.clock.now()
+    expected, stored = _open(expected, now), _open(stored, now)
     return [
         CounterDifference(key, expected.get(key, 0), stored.get(key, 0))
         for key in sorted(expected.keys() | stored.keys())

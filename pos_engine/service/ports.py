@@ -7,6 +7,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol
 
+from pos_engine.domain.clock import Clock
 from pos_engine.domain.evaluation import Plan, StepOutcome
 from pos_engine.domain.registry import Merchant, Terminal
 from pos_engine.service.cards import CardSource
@@ -139,6 +140,10 @@ class CounterStore(Protocol):
 
         `hold`: drop that note in the same step; if it has expired, change nothing and raise HoldExpired.
         """
+        ...
+
+    def use_clock(self, clock: Clock) -> None:
+        """Tell the time by the engine's `clock`: a store that lets counters of ended periods expire counts from it."""
         ...
 
     def reset(self) -> None:

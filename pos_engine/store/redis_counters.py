@@ -31,6 +31,14 @@ waits until no claim or note is left and notes the count, and `replace_all`
 writes only while the count still reads the same, batch by batch
 (docs/design.md, "Counters").
 
+A counter of a period (a card's day, week, month or year) expires
+COUNTER_KEPT_AFTER_CLOSE_S after its period closed (`counter_closes_at`: the
+end, plus how late a swipe may come; pos_engine.service.counters): the script that creates it, a give-back
+that finds it without one, or a rebuild that writes it, sets its time to live,
+counted from the engine's clock (`use_clock`), so the namespace holds a few
+periods' counters rather than every period's since the programme began.
+Counters of a campaign's whole run, and budgets, do not expire.
+
 Errors: a bad URL raises ValueError; everything else is redis-py's own
 (`redis.exceptions.ConnectionError` and friends: the dependency is unavailable).
 """
@@ -40,6 +48,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from urllib.parse import unquote, urlsplit
@@ -50,10 +59,13 @@ from redis.commands.core import Script
 from redis.connection import ConnectionPool, parse_url
 from redis.exceptions import ClusterDownError, NoScriptError, SlotNotCoveredError
 
+from pos_engine.domain.clock import Clock, SystemClock, period_end
 from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, Plan, StepOutcome
 from pos_engine.domain.money import BP_PER_WHOLE, MoneyInvariantError, require
 from pos_engine.limits import (
+    COUNTER_KEPT_AFTER_CLOSE_S,
     COUNTERS_QUIET_WAIT_S_MAX,
+    OCCURRED_AT_BEHIND_S_MAX,
     REBUILD_SETTLE_S,
     REDIS_CONNECT_TIMEOUT_S,
     REDIS_SOCKET_TIMEOUT_S,
@@ -133,6 +145,20 @@ def _register(client: RedisClient, source: str) -> Script:
     """Register a script once; redis-py then sends EVALSHA and loads the source only on NOSCRIPT."""
     # redis-py's own annotations type `register_script` for Redis only; RedisCluster has it too.
     return client.register_script(source)  # type: ignore[misc]
+
+
+def _ttl(key: str, now: int) -> str:
+    """How many seconds from `now` (Unix time) Redis keeps counter `key`, as a script argument; "0" for ever."""
+    parts = key.rsplit(":", 3)  # as pos_engine.domain.evaluation.counter_period_end reads it
+    expires_at = _expires_at(parts[1], parts[2]) if len(parts) == 4 else None
+    return "0" if expires_at is None else str(max(1, expires_at - now))
+
+
+@lru_cache(maxsize=1024)
+def _expires_at(period: str, name: str) -> int | None:
+    """Unix time: the period's end, then OCCURRED_AT_BEHIND_S_MAX for late swipes, then COUNTER_KEPT_AFTER_CLOSE_S."""
+    end = period_end(period, name)
+    return None if end is None else int(end.timestamp()) + OCCURRED_AT_BEHIND_S_MAX + COUNTER_KEPT_AFTER_CLOSE_S
 
 
 def _text(value: bytes | str) -> str:
@@ -215,6 +241,7 @@ class RedisCounterStore:
         assert "}" not in namespace, namespace
         self.client = client
         self.namespace = namespace
+        self.clock: Clock = SystemClock()  # the engine's, once it calls use_clock: counters expire by it
         self.prefix = "{" + namespace + "}:"
         self._pattern = _glob_escape(self.prefix) + "*"
         self._reserve = _register(client, _lua("reserve.lua"))
@@ -301,6 +328,8 @@ class RedisCounterStore:
                 args.append(str(key_indexes.setdefault(counter.key, len(key_indexes) + 1)))
                 args.append("f" if counter.unit == UNIT_FEN else "u")
                 args.append(_bounded(counter.limit))
+        now = int(self.clock.now().timestamp())
+        args += [_ttl(key, now) for key in key_indexes]
         keys = [self._key(key) for key in key_indexes]
         if claim:
             keys.append(self._claim_key(claim.request))
@@ -325,6 +354,11 @@ class RedisCounterStore:
         ):  # the message is made only when it fails
             raise MoneyInvariantError(f"the reservation script gave outside 0 to what each rule wants, or over the amount: {reply}")
         return outcomes
+
+    def use_clock(self, clock: Clock) -> None:
+        """Count expiries from the engine's `clock`: a counter expires COUNTER_KEPT_AFTER_CLOSE_S after its period
+        closed by that clock, whatever the time on Redis's host."""
+        self.clock = clock
 
     def _claims(self) -> Iterator[bytes | str]:
         pattern = _glob_escape("{" + self.namespace + "}claim:") + "*"
@@ -378,7 +412,9 @@ class RedisCounterStore:
         # INCRBY works on 64-bit integers in Redis itself, so deltas need no 2^53 bound here.
         held = [self._claim_key("hold:" + hold)] if hold is not None else []
         keys = [self._key(key) for key in changed] + held + [self._changes_key]
-        if self._run(self._apply, keys, [str(int(delta)) for delta in changed.values()]) == -1:
+        now = int(self.clock.now().timestamp())
+        args = [str(int(delta)) for delta in changed.values()] + [_ttl(key, now) for key in changed]
+        if self._run(self._apply, keys, args) == -1:
             raise HoldExpired(hold or "")
 
     def read(self, keys: Iterable[str], session: Any = None) -> dict[str, int]:
@@ -461,19 +497,25 @@ class RedisCounterStore:
         assert unchanged_since is None or isinstance(unchanged_since, _Unchanged), unchanged_since
         guard = ["1", unchanged_since.count] if unchanged_since is not None else ["0", ""]
         nonzero = {key: int(value) for key, value in values.items() if value}
+        now = int(self.clock.now().timestamp())
         if len(nonzero) <= REPLACE_ATOMIC_KEYS_MAX:
             keys = [self._changes_key] + [self._key(key) for key in nonzero]
-            args = [*guard, self._pattern] + [str(value) for value in nonzero.values()]
+            args = [*guard, self._pattern]
+            for key, value in nonzero.items():
+                args += (str(value), _ttl(key, now))
             if self._run(self._replace_all, keys, args) == -1:
                 raise CountersBusy(_changed_message(0, len(nonzero)))
             return
-        wanted = {self._key(key): str(value) for key, value in nonzero.items()}
+        wanted = {self._key(key): (str(value), _ttl(key, now)) for key, value in nonzero.items()}
         stale = [stored for stored in dict.fromkeys(self._scan()) if stored not in wanted]
-        items = list(wanted.items()) + [(stored, "0") for stored in stale]
+        items = list(wanted.items()) + [(stored, ("0", "0")) for stored in stale]
         for start in range(0, len(items), REPLACE_BATCH_KEYS):
             batch = items[start : start + REPLACE_BATCH_KEYS]
             keys = [self._changes_key] + [key for key, _value in batch]
-            if self._run(self._replace_batch, keys, guard + [value for _key, value in batch]) == -1:
+            args = list(guard)
+            for _key, value_and_ttl in batch:
+                args += value_and_ttl
+            if self._run(self._replace_batch, keys, args) == -1:
                 raise CountersBusy(_changed_message(start, len(items)))
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from pos_engine.domain.clock import Clock
 from pos_engine.domain.evaluation import Plan, StepOutcome, execute_plan
 from pos_engine.service.ports import Claim
 from pos_engine.store.db import Database
@@ -107,6 +108,9 @@ class SqlCounterStore:
             return {key: value for key, value in session.execute(query)}
         with self.database.sessions() as own:
             return {key: value for key, value in own.execute(query)}
+
+    def use_clock(self, clock: Clock) -> None:
+        """Nothing expires here: `counters rebuild` drops the counters of ended periods (docs/design.md, "Counters")."""
 
     def reset(self) -> None:
         """Delete every counter, in a transaction of its own."""

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from pos_engine.domain.clock import FixedClock
 from pos_engine.domain.registry import Terminal
-from pos_engine.domain.rulebook import Rulebook
+from pos_engine.domain.rulebook import Limit, Rulebook
 from pos_engine.service import counters as counters_service
 from pos_engine.service import swipes
 from pos_engine.service.context import EngineContext
@@ -313,6 +313,41 @@ def test_rebuild_after_wiping_the_counters_restores_exactly_the_state_before(
     forget_claims(backend.counters)  # the terminals have been quiet for a claim's 30 s
     assert rebuild_counters(ctx) == len(before)
     assert backend.counters.snapshot() == before
+    assert reconcile_counters(ctx) == []
+
+
+def test_counters_of_a_period_that_is_over_are_neither_compared_nor_rebuilt(
+    any_backend: Backend, clock: FixedClock, quick_rebuild: None
+) -> None:
+    """Once a day is over (and a day more, for late swipes) its counters cap nothing: reconcile passes over them,
+    and rebuild drops them, so the store holds only what can still cap a swipe (Redis lets them expire besides)."""
+    rule = make_rule(
+        "city-dining",
+        "ten-percent",
+        subsidy(percent_bp=1000),
+        limits=(Limit("card", "day", uses_max=5), Limit("card", "month", uses_max=50)),
+    )
+    ctx, terminal = setup(any_backend, make_rulebook(make_campaign("city-dining", (rule,), budget_fen=1_000_000)), clock)
+    swipe(ctx, terminal, "req-1")
+    stored = any_backend.counters.snapshot()
+    (day,) = (key for key in stored if ":day:" in key)
+    (month,) = (key for key in stored if ":month:" in key)
+    assert stored == {day: 1, month: 1, "campaign:city-dining:budget:fen": 1000}
+    if isinstance(any_backend.counters, redis_counters.RedisCounterStore):
+        # Counted from the engine's clock, Wednesday noon in Shanghai: 12 h of the day, 24 h for late swipes, 1 h more.
+        left_s = any_backend.counters.client.pttl(any_backend.counters._key(day)) / 1000
+        assert 37 * 3600 - 60 < left_s <= 37 * 3600
+    clock.set(clock.now() + timedelta(days=2))  # Wednesday's counters closed on Friday at midnight; the month is open
+    assert swipe(ctx, terminal, "req-2")["subsidy_fen"] == 1000
+    stored = any_backend.counters.snapshot()
+    any_backend.counters.replace_all(stored | {day: 5})  # a counter that caps nothing any more: no difference
+    assert reconcile_counters(ctx) == []
+    any_backend.counters.replace_all(stored | {day: 5, month: 3})
+    assert reconcile_counters(ctx) == [counters_service.CounterDifference(month, 2, 3)]
+    forget_claims(any_backend.counters)
+    assert rebuild_counters(ctx) == 3  # Friday's day counter, the month, the budget
+    assert day not in any_backend.counters.snapshot()
+    assert any_backend.counters.snapshot()[month] == 2
     assert reconcile_counters(ctx) == []
 
 

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 from redis.cluster import RedisCluster
 
+from pos_engine.domain.clock import FixedClock
 from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, CounterRef, Plan, PlanStep, StepOutcome, execute_plan
 from pos_engine.domain.money import MoneyInvariantError, percent_of
 from pos_engine.domain.rulebook import Benefit, BenefitKind, Rule
@@ -884,3 +886,89 @@ def test_reset_forgets_counters_claims_notes_and_the_change_count(store: RedisCo
     assert [key.decode() for key in store.client.scan_iter(match="{" + store.namespace + "}*")] == [store._changes_key]
     assert change_count(store) == count + 1  # not back to 0: a rebuild under way holds an older mark
     assert store.reserve(plan, claim=Claim("t-1:req-1", "attempt-3"))[0].given_fen == 300  # a fresh world's request ids
+
+
+# --- counters of a period live till it is over ----------------------------------------------
+
+NOON_IN_SHANGHAI = datetime(2026, 12, 5, 4, 0, tzinfo=UTC)
+HOUR_S = 3600
+# Each key's period ends at midnight in Shanghai (16:00 UTC); a swipe may come 24 h late, and Redis
+# keeps the counter 1 h more: seconds from NOON_IN_SHANGHAI till then.
+PERIOD_KEYS_AND_TTLS = {
+    "rule:r1:card:C1:day:2026-12-05:uses": (12 + 24 + 1) * HOUR_S,  # ends 12-05 16:00 UTC
+    "rule:r1:card:C1:week:2026-W49:fen": (36 + 24 + 1) * HOUR_S,  # Monday 12-07 00:00 in Shanghai
+    "campaign:c1:card:C1:month:2026-12:uses": (26 * 24 + 12 + 24 + 1) * HOUR_S,  # 2027-01-01 00:00 in Shanghai
+    "campaign:c1:merchant:m-1:year:2026:fen": (26 * 24 + 12 + 24 + 1) * HOUR_S,
+    "campaign:c1:card:C1:campaign:all:uses": None,  # the campaign's whole run
+    "campaign:c1:budget:fen": None,
+}
+
+
+def ttl_s(store: RedisCounterStore, key: str) -> float | None:
+    """Seconds the counter has left to live; None if it never expires."""
+    left = store.client.pttl(store._key(key))
+    assert left != -2, f"{key} is not there"
+    return None if left == -1 else left / 1000
+
+
+def assert_ttls(store: RedisCounterStore, expected: dict[str, int | None], since_s: float = 0.0) -> None:
+    """Each key lives as long as expected, counted from NOON_IN_SHANGHAI, `since_s` ago (the engine's clock)."""
+    for key, expected_s in expected.items():
+        left = ttl_s(store, key)
+        if expected_s is None:
+            assert left is None, key
+        else:
+            assert left is not None and expected_s - since_s - 5 <= left <= expected_s - since_s, (key, left, expected_s)
+
+
+def capped_everywhere(keys: Iterator[str] | list[str]) -> Plan:
+    counters = tuple(CounterRef(key, UNIT_FEN if key.endswith(":fen") else UNIT_USES, 10**9, "label") for key in keys)
+    return Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), counters),), ())
+
+
+def test_a_swipe_gives_each_counter_it_creates_a_time_to_live_till_its_period_is_over(store: RedisCounterStore) -> None:
+    store.use_clock(FixedClock(NOON_IN_SHANGHAI))
+    store.reserve(capped_everywhere(list(PERIOD_KEYS_AND_TTLS)))
+    assert_ttls(store, PERIOD_KEYS_AND_TTLS)
+
+
+def test_a_counter_that_exists_keeps_its_time_to_live(store: RedisCounterStore) -> None:
+    clock = FixedClock(NOON_IN_SHANGHAI)
+    store.use_clock(clock)
+    store.reserve(capped_everywhere(list(PERIOD_KEYS_AND_TTLS)))
+    clock.set(NOON_IN_SHANGHAI + timedelta(hours=6))
+    store.reserve(capped_everywhere(list(PERIOD_KEYS_AND_TTLS)))  # six hours on: the counters' end has not moved
+    store.apply({key: -1 if key.endswith(":uses") else -300 for key in PERIOD_KEYS_AND_TTLS})
+    store.apply({key: 1 for key in PERIOD_KEYS_AND_TTLS})
+    assert store.read(PERIOD_KEYS_AND_TTLS) == {key: 2 if key.endswith(":uses") else 301 for key in PERIOD_KEYS_AND_TTLS}
+    assert_ttls(store, PERIOD_KEYS_AND_TTLS)
+
+
+def test_a_give_back_sets_a_time_to_live_on_a_counter_without_one_and_drops_one_whose_period_is_over(
+    store: RedisCounterStore,
+) -> None:
+    store.use_clock(FixedClock(NOON_IN_SHANGHAI))
+    for key in PERIOD_KEYS_AND_TTLS:
+        store.client.set(store._key(key), 5)  # written by an earlier release: no time to live
+    store.apply({key: -2 for key in PERIOD_KEYS_AND_TTLS} | {"rule:r1:card:C2:day:2026-12-05:uses": -1})
+    assert_ttls(
+        store, PERIOD_KEYS_AND_TTLS | {"rule:r1:card:C2:day:2026-12-05:uses": PERIOD_KEYS_AND_TTLS["rule:r1:card:C1:day:2026-12-05:uses"]}
+    )
+    closed = "rule:r1:card:C1:day:2026-12-03:uses"  # closed at 12-04 16:00 UTC: the give-back of an old swipe
+    store.client.set(store._key(closed), 3)
+    store.apply({closed: -1})
+    left = ttl_s(store, closed)
+    assert left is not None and left <= 1
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["one script", "batches"])
+def test_a_rebuild_gives_every_counter_it_writes_its_time_to_live(
+    store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch, batched: bool
+) -> None:
+    if batched:
+        monkeypatch.setattr(redis_counters, "REPLACE_ATOMIC_KEYS_MAX", 2)
+        monkeypatch.setattr(redis_counters, "REPLACE_BATCH_KEYS", 4)
+    store.use_clock(FixedClock(NOON_IN_SHANGHAI - timedelta(hours=2)))
+    store.replace_all({key: 7 for key in PERIOD_KEYS_AND_TTLS})
+    assert store.snapshot() == {key: 7 for key in PERIOD_KEYS_AND_TTLS}
+    assert_ttls(store, PERIOD_KEYS_AND_TTLS, since_s=-2 * HOUR_S)

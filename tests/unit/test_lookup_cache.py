@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 
@@ -134,7 +135,7 @@ def _context_over(registry: Any) -> Any:
     context = EngineContext(
         unit_of_work=None,  # type: ignore[arg-type]
         registry=registry,
-        counters=None,  # type: ignore[arg-type]
+        counters=SimpleNamespace(use_clock=lambda clock: None),  # type: ignore[arg-type]  # no swipe here
         rulebook=make_rulebook(),
         clock=FixedClock(datetime(2026, 11, 25, 4, tzinfo=UTC)),
         card_key=b"k",

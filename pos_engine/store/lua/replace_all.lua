@@ -3,7 +3,8 @@
 --          to the namespace's hash slot on Redis Cluster); KEYS[2..]: the namespaced keys to write.
 -- ARGV[1]: "1" to write only if the change count still reads ARGV[2] ("" when it
 --          was never set), "0" to write whatever it reads;
--- ARGV[3]: the SCAN pattern matching the whole namespace; ARGV[4..]: the values of KEYS[2..].
+-- ARGV[3]: the SCAN pattern matching the whole namespace; then, for each of KEYS[2..] in turn,
+-- its value and how many seconds it lives on (0: for ever).
 -- Returns -1, having written nothing, if the change count moved (a swipe reserved
 -- or gave back since the rebuild read the ledger); else how many keys it deleted.
 -- The old keys are found with SCAN inside the script: they all share the
@@ -22,6 +23,9 @@ repeat
   end
 until cursor == '0'
 for index = 2, #KEYS do
-  redis.call('SET', KEYS[index], ARGV[index + 2])
+  redis.call('SET', KEYS[index], ARGV[2 * index])
+  if ARGV[2 * index + 1] ~= '0' then
+    redis.call('EXPIRE', KEYS[index], ARGV[2 * index + 1])
+  end
 end
 return deleted

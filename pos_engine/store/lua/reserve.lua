@@ -19,6 +19,8 @@
 --   amount    percent benefit: amount_fen_max, or -1 for none; fixed benefit: fixed_fen
 --   n         how many counters the step is subject to, followed by n triples:
 --             key index (into KEYS), unit (f = fen, u = uses), limit
+-- After the steps, one time to live per counter key, in KEYS' order: how many
+--   seconds a counter this script creates lives on (till its period is over), or 0: for ever.
 -- Returns three integers per step: given_fen, wanted_fen, stop, where stop is
 --   0 (not stopped), k > 0 (stopped by the step's k-th counter) or
 --   -j (stopped by the exclusive rule of step j).
@@ -40,10 +42,15 @@ end
 -- Current values, read once per key; the script's own increments update them
 -- so that a key shared by several steps sees what earlier steps took.
 local values = {}
+local absent = {}
 local function value(index)
   local current = values[index]
   if current == nil then
-    local stored = redis.call('GET', KEYS[index]) or '0'
+    local stored = redis.call('GET', KEYS[index])
+    if not stored then
+      absent[index] = true
+      stored = '0'
+    end
     -- Fail before any write (Redis does not roll a script back) if a counter is not an integer.
     assert(string.find(stored, '^-?%d+$'), 'counter is not an integer: ' .. KEYS[index])
     current = tonumber(stored)
@@ -123,10 +130,15 @@ for step = 1, step_count do
   result[#result + 1] = stop
 end
 
--- Write at the end: nothing above can fail half-way through a plan.
+-- Write at the end: nothing above can fail half-way through a plan. A counter
+-- created here gets its time to live; one that exists keeps the one it has.
+local expiries = at - 1
 local changed = false
 for index, delta in pairs(deltas) do
   redis.call('INCRBY', KEYS[index], string.format('%d', delta))
+  if absent[index] and ARGV[expiries + index] ~= '0' then
+    redis.call('EXPIRE', KEYS[index], ARGV[expiries + index])
+  end
   changed = true
 end
 if changed then
