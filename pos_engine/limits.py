@@ -56,8 +56,8 @@ REQUEST_CLAIM_S = 30
 REBUILD_SETTLE_S = 5.0
 # A Redis counter of a period (a day, a week, a month, a year) expires this long after its period closed: its end
 # plus OCCURRED_AT_BEHIND_S_MAX, after which no swipe can add to it. Its time to live is counted from the clock of
-# the worker that set it; the margin allows for workers' clocks that disagree. Counters of a campaign's whole run,
-# and budgets, do not expire.
+# the worker (or the rebuild's host) that set it; the margin allows for clocks that disagree, and `counters rebuild`
+# keeps a closed counter as long. Counters of a campaign's whole run, and budgets, do not expire.
 COUNTER_KEPT_AFTER_CLOSE_S = 3600
 COUNTERS_QUIET_WAIT_S_MAX = 120.0
 

@@ -7,6 +7,10 @@ running: a test that needs one fails when it is missing, it never skips.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -131,3 +135,32 @@ def forget_claims(counters: Any) -> None:
         claims = list(counters.client.scan_iter(match=counters._claim_key("*")))
         if claims:
             counters.client.delete(*claims)
+
+
+@pytest.fixture(scope="session")
+def evicting_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server of its own with a memory limit and `maxmemory-policy volatile-lru`, as some managed services
+    default to: it would evict counters that have a time to live. Stopped afterwards."""
+    assert shutil.which("redis-server"), "redis-server is needed"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    directory = tmp_path_factory.mktemp("evicting-redis")
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", ""]
+    server = subprocess.Popen(
+        [*command, "--appendonly", "no", "--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru"], stdout=subprocess.DEVNULL
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            assert time.monotonic() < deadline and server.poll() is None, "the evicting Redis did not start"
+            time.sleep(0.05)
+    client.close()
+    yield url
+    server.terminate()
+    server.wait(10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http
 import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from pos_engine.config import Settings
 from pos_engine.limits import REQUEST_BODY_BYTES_MAX
 from pos_engine.rules_watch import RulebookWatcher
 from pos_engine.service.context import EngineContext
+from pos_engine.service.ports import CounterStore
 from pos_engine.service.responses import encode
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,12 @@ class _Api(Api):  # type: ignore[misc]
         self.spec.components.response("DEFAULT_ERROR", default, lazy=True)
 
 
+def _probe_counters(counters: CounterStore) -> None:
+    """What a swipe needs of a counter store apart from the database: it answers, and keeps its counters."""
+    counters.read([HEALTH_PROBE_COUNTER])
+    counters.check_settings()
+
+
 def _document_healthz(api: _Api, rule: Rule) -> None:
     """/healthz is a plain Flask route (unsigned, for load balancers): describe it in the OpenAPI document by hand."""
     from pos_engine.api.schemas import HealthSchema
@@ -81,7 +89,10 @@ def _document_healthz(api: _Api, rule: Rule) -> None:
                 "security": [],
                 "responses": {
                     "200": {"description": "ok: the database (and Redis) answer", "content": health},
-                    "503": {"description": "unavailable: the database or Redis does not answer", "content": health},
+                    "503": {
+                        "description": "unavailable: the database or Redis does not answer, or Redis may evict counters",
+                        "content": health,
+                    },
                 },
             }
         },
@@ -165,12 +176,12 @@ def create_app(settings: Settings | None = None, context: EngineContext | None =
             ("database", lambda: ctx.registry.terminal(HEALTH_PROBE_ID)),
         ]
         if not ctx.counters.transactional:  # the SQL counter store lives in the database just probed
-            probes.append(("counters", lambda: ctx.counters.read([HEALTH_PROBE_COUNTER])))
+            probes.append(("counters", partial(_probe_counters, ctx.counters)))
         for name, probe in probes:
             try:
                 probe()
             except Exception as error:  # what a swipe would meet: answered here as unavailable
-                log.warning("health check: the %s cannot be reached: %s", name, error)
+                log.warning("health check: the %s cannot serve swipes: %s", name, error)
                 body["status"] = "unavailable"
                 body[f"{name}_error"] = f"{type(error).__name__}: {error}"[:HEALTH_ERROR_CHARS_MAX]
         if watcher is not None and watcher.last_error:

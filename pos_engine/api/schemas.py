@@ -169,7 +169,9 @@ class HealthSchema(StrictSchema):
     status = fields.String(required=True, validate=validate.OneOf(["ok", "unavailable"]))
     rules_version = fields.String(required=True)
     database_error = fields.String(metadata={"description": "present when the database cannot be reached (503)"})
-    counters_error = fields.String(metadata={"description": "present when Redis cannot be reached (503)"})
+    counters_error = fields.String(
+        metadata={"description": "present when Redis cannot be reached, or may evict counters to make room (503)"}
+    )
     rules_reload_error = fields.String(metadata={"description": "the rulebook on disk is broken; the one in use stays (200)"})
     card_directory = fields.String(validate=validate.OneOf(["ready", "loading"]))
     card_directory_error = fields.String()

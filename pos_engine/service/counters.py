@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pos_engine.domain.evaluation import counter_period_end
-from pos_engine.limits import OCCURRED_AT_BEHIND_S_MAX
+from pos_engine.limits import COUNTER_KEPT_AFTER_CLOSE_S, OCCURRED_AT_BEHIND_S_MAX
 from pos_engine.service.context import EngineContext
 
 
@@ -37,7 +37,7 @@ def counter_closes_at(key: str) -> datetime | None:
 
 
 def _open(values: Mapping[str, int], now: datetime) -> dict[str, int]:
-    """The counters whose period is still open at `now`: a swipe may still add to them.
+    """The counters whose period is still open at `now`: a swipe may still add to them (`counter_closes_at`).
 
     A closed period's counter caps nothing any more; Redis lets it expire (docs/design.md, "Counters").
     """
@@ -58,8 +58,10 @@ def counters_from_ledger(ctx: EngineContext) -> dict[str, int]:
 def rebuild_counters(ctx: EngineContext, *, under_traffic: bool = False) -> int:
     """Replace every counter with the ledger's value; return how many are non-zero.
 
-    Only counters of periods still open are written: the others (a day that ended over
-    OCCURRED_AT_BEHIND_S_MAX ago, say) cap nothing, and are dropped from the store.
+    Only counters of periods still open are written, and those closed less than
+    COUNTER_KEPT_AFTER_CLOSE_S ago (as Redis keeps them): a worker whose clock is behind this one's,
+    or a swipe waiting for the counters' lock, may still add to them. The others (a day that ended
+    over OCCURRED_AT_BEHIND_S_MAX and an hour ago, say) cap nothing, and are dropped from the store.
 
     With the SQL counter store, in one transaction that keeps swipes from changing counters
     between the ledger read and the replace (they wait, up to their statement limit). Redis is
@@ -72,7 +74,8 @@ def rebuild_counters(ctx: EngineContext, *, under_traffic: bool = False) -> int:
     unchanged_since = None if under_traffic else ctx.counters.wait_until_quiet()
     with ctx.unit_of_work() as uow:
         ctx.counters.lock_all(uow.session)
-        values = _open(_totals(uow.repo.all_counter_deltas()), ctx.clock.now())
+        kept_since = ctx.clock.now() - timedelta(seconds=COUNTER_KEPT_AFTER_CLOSE_S)
+        values = _open(_totals(uow.repo.all_counter_deltas()), kept_since)
         ctx.counters.replace_all(values, uow.session, unchanged_since=unchanged_since)
         uow.commit()
     return len(values)

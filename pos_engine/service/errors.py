@@ -76,6 +76,10 @@ class CountersBusy(Exception):
     """
 
 
+class CountersMisconfigured(Exception):
+    """The counter store is set up so that it may lose counters (Redis evicting keys to make room): a cap could be passed."""
+
+
 class HoldExpired(Exception):
     """A give-back came after the note its adjustment made before committing had expired, so it gave nothing back.
 

@@ -142,6 +142,10 @@ class CounterStore(Protocol):
         """
         ...
 
+    def check_settings(self) -> None:
+        """Raise CountersMisconfigured if the store is set up so that it may lose counters (Redis evicting keys)."""
+        ...
+
     def use_clock(self, clock: Clock) -> None:
         """Tell the time by the engine's `clock`: a store that lets counters of ended periods expire counts from it."""
         ...

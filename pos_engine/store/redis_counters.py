@@ -31,7 +31,7 @@ waits until no claim or note is left and notes the count, and `replace_all`
 writes only while the count still reads the same, batch by batch
 (docs/design.md, "Counters").
 
-A counter of a period (a card's day, week, month or year) expires
+A counter of a period (a card's or a merchant's day, week, month or year) expires
 COUNTER_KEPT_AFTER_CLOSE_S after its period closed (`counter_closes_at`: the
 end, plus how late a swipe may come; pos_engine.service.counters): the script that creates it, a give-back
 that finds it without one, or a rebuild that writes it, sets its time to live,
@@ -71,7 +71,7 @@ from pos_engine.limits import (
     REDIS_SOCKET_TIMEOUT_S,
     REQUEST_CLAIM_S,
 )
-from pos_engine.service.errors import AlreadyClaimed, CountersBusy, HoldExpired
+from pos_engine.service.errors import AlreadyClaimed, CountersBusy, CountersMisconfigured, HoldExpired
 from pos_engine.service.ports import Claim
 from pos_engine.store.connections import ThreadConnections
 
@@ -356,9 +356,34 @@ class RedisCounterStore:
         return outcomes
 
     def use_clock(self, clock: Clock) -> None:
-        """Count expiries from the engine's `clock`: a counter expires COUNTER_KEPT_AFTER_CLOSE_S after its period
-        closed by that clock, whatever the time on Redis's host."""
+        """Count times to live from the engine's `clock`: a counter is set to expire COUNTER_KEPT_AFTER_CLOSE_S after
+        its period closed by that clock. Redis counts the time down by its own, so a step of its clock (or a
+        failover to a replica whose clock differs) moves the expiry by as much."""
         self.clock = clock
+
+    def check_settings(self) -> None:
+        """Raise CountersMisconfigured if Redis may evict keys to make room: a counter evicted starts again from 0.
+
+        With a `maxmemory`, only `maxmemory-policy noeviction` keeps every counter (a full Redis then refuses
+        reservations, and capped swipes answer 503). Every other policy may drop counters: the allkeys-* ones
+        any, the volatile-* ones those with a time to live, that is a period's, still open. On a cluster every
+        node is asked. A server that refuses INFO (a managed service that renamed it) cannot be checked.
+        """
+        try:
+            if isinstance(self.client, RedisCluster):  # its INFO goes to one node unless told
+                per_node = list(cast(dict[str, dict[str, Any]], self.client.info("memory", target_nodes=RedisCluster.ALL_NODES)).values())
+            else:
+                per_node = [cast(dict[str, Any], self.client.info("memory"))]
+        except redis.exceptions.ResponseError:
+            return
+        for info in per_node:
+            policy = str(info.get("maxmemory_policy", "noeviction"))
+            maxmemory = int(info.get("maxmemory", 0))
+            if maxmemory and policy != "noeviction":
+                raise CountersMisconfigured(
+                    f"Redis may evict counters to make room (maxmemory {maxmemory} bytes, maxmemory-policy {policy}),"
+                    " and a cap or budget would then be passed: set maxmemory-policy noeviction"
+                )
 
     def _claims(self) -> Iterator[bytes | str]:
         pattern = _glob_escape("{" + self.namespace + "}claim:") + "*"

@@ -109,6 +109,9 @@ class SqlCounterStore:
         with self.database.sessions() as own:
             return {key: value for key, value in own.execute(query)}
 
+    def check_settings(self) -> None:
+        """Nothing to check: rows are not evicted."""
+
     def use_clock(self, clock: Clock) -> None:
         """Nothing expires here: `counters rebuild` drops the counters of ended periods (docs/design.md, "Counters")."""
 

@@ -49,6 +49,21 @@ def test_a_worker_that_cannot_reach_redis_is_unavailable(
     assert "database_error" not in body
 
 
+@pytest.mark.parametrize("backend", ["pg_redis"], indirect=True)
+def test_a_worker_whose_redis_may_evict_counters_is_unavailable(
+    app: Any, context: EngineContext, backend: Backend, evicting_redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pos_engine.store.redis_counters import RedisCounterStore
+
+    monkeypatch.setattr(context, "counters", RedisCounterStore.from_url(evicting_redis_url, namespace=backend.counters.namespace))
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == "unavailable"
+    assert body["counters_error"].startswith("CountersMisconfigured: Redis may evict counters to make room")
+    assert "maxmemory-policy volatile-lru" in body["counters_error"]
+
+
 def test_the_openapi_document_describes_healthz_as_it_answers(app: Any, context: EngineContext, monkeypatch: pytest.MonkeyPatch) -> None:
     from pos_engine.api.schemas import HealthSchema
 

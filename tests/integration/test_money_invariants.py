@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from pos_engine.domain.clock import FixedClock
 from pos_engine.domain.registry import Terminal
 from pos_engine.domain.rulebook import Limit, Rulebook
+from pos_engine.limits import OCCURRED_AT_BEHIND_S_MAX
 from pos_engine.service import counters as counters_service
 from pos_engine.service import swipes
 from pos_engine.service.context import EngineContext
@@ -349,6 +350,35 @@ def test_counters_of_a_period_that_is_over_are_neither_compared_nor_rebuilt(
     assert day not in any_backend.counters.snapshot()
     assert any_backend.counters.snapshot()[month] == 2
     assert reconcile_counters(ctx) == []
+
+
+def test_a_rebuild_just_after_a_day_closed_keeps_its_counter_for_a_worker_whose_clock_is_behind(
+    any_backend: Backend, clock: FixedClock, quick_rebuild: None
+) -> None:
+    """A till resends a swipe from just before midnight a day late, as the day closes; `counters rebuild` runs on
+    a host whose clock is ahead of the worker's (or a swipe waits for the counters' lock meanwhile). The rebuild
+    keeps the day's counter for the hour Redis would, so the late swipe still finds the cap used."""
+    rule = make_rule("city-dining", "ten-percent", subsidy(percent_bp=1000), limits=(Limit("card", "day", uses_max=1),))
+    ctx, terminal = setup(any_backend, make_rulebook(make_campaign("city-dining", (rule,))), clock)
+    day_end = datetime(2026, 11, 25, 16, 0, tzinfo=UTC)  # midnight in Shanghai, the end of 25 November
+    closes = day_end + timedelta(seconds=OCCURRED_AT_BEHIND_S_MAX)
+
+    def late_swipe(request_id: str) -> dict[str, Any]:
+        request = swipes.AuthorisationRequest(request_id, CARD, "m-1", 10_000, day_end - timedelta(seconds=1))
+        return json.loads(swipes.authorise(ctx, terminal, request, request_id).body)  # type: ignore[no-any-return]
+
+    clock.set(closes - timedelta(seconds=10))
+    assert late_swipe("req-1")["subsidy_fen"] == 1000
+    assert late_swipe("req-2")["subsidy_fen"] == 0  # the day's cap of one use holds
+    forget_claims(any_backend.counters)
+    clock.set(closes + timedelta(minutes=59))  # the rebuild's host: the day closed 59 minutes ago by its clock
+    rebuild_counters(ctx)
+    clock.set(closes - timedelta(seconds=5))  # the worker: still inside the 24 h a swipe may be late
+    assert late_swipe("req-3")["subsidy_fen"] == 0
+    clock.set(closes + timedelta(minutes=61))
+    forget_claims(any_backend.counters)
+    rebuild_counters(ctx)  # an hour after the close, the counter goes
+    assert not [key for key in any_backend.counters.snapshot() if ":day:" in key]
 
 
 def _swipe_after_the_ledger_read(monkeypatch: pytest.MonkeyPatch, ctx: EngineContext, terminal: Terminal) -> list[dict[str, Any]]:
