@@ -317,6 +317,20 @@ def counters_rebuild(under_traffic: bool) -> None:
     click.echo(f"rebuilt {count} counters from the ledger")
 
 
+@counters.command("expire")
+def counters_expire() -> None:
+    """Drop counters of periods that are over; give Redis counters written before 2026-12-06 their time to live.
+
+    Safe while terminals swipe. After an upgrade, run it once on Redis; on the SQL counter store, run it
+    now and then (say daily, from cron): its rows do not expire by themselves.
+    """
+    from pos_engine.service.counters import expire_counters
+
+    ctx = _context(_existing_database(_admin_settings()))
+    dropped, timed = expire_counters(ctx)
+    click.echo(f"dropped {dropped} counters of periods that are over; gave {timed} counters a time to live")
+
+
 @counters.command("reconcile")
 def counters_reconcile() -> None:
     """Compare every counter of a period still open with the ledger; exit 1 and list them if any differ."""

@@ -81,6 +81,24 @@ def rebuild_counters(ctx: EngineContext, *, under_traffic: bool = False) -> int:
     return len(values)
 
 
+def expire_counters(ctx: EngineContext) -> tuple[int, int]:
+    """Drop the counters of periods closed over COUNTER_KEPT_AFTER_CLOSE_S ago, and give Redis counters written by a
+    release before 2026-12-06 their time to live; return how many were dropped, and how many were given one.
+
+    Safe while terminals swipe: no swipe adds to a closed counter, and no counter's value changes.
+    """
+    dropped_before = ctx.clock.now() - timedelta(seconds=COUNTER_KEPT_AFTER_CLOSE_S)
+
+    def closed(key: str) -> bool:
+        closes_at = counter_closes_at(key)
+        return closes_at is not None and closes_at <= dropped_before
+
+    with ctx.unit_of_work() as uow:
+        counts = ctx.counters.expire_closed(closed, uow.session)
+        uow.commit()
+    return counts
+
+
 def reconcile_counters(ctx: EngineContext) -> list[CounterDifference]:
     """List every counter of a period still open whose stored value differs from the ledger's.
 

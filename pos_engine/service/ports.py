@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol
@@ -139,6 +139,14 @@ class CounterStore(Protocol):
         """Add `deltas` (negative to give back) without checking limits.
 
         `hold`: drop that note in the same step; if it has expired, change nothing and raise HoldExpired.
+        """
+        ...
+
+    def expire_closed(self, closed: Callable[[str], bool], session: Any = None) -> tuple[int, int]:
+        """Drop every counter for which `closed(key)` holds, and give a store's time to live to the others that lack it.
+
+        Returns how many were dropped, and how many were given a time to live. Safe while terminals swipe:
+        no swipe adds to a closed counter, and no value changes.
         """
         ...
 

@@ -147,18 +147,23 @@ def _register(client: RedisClient, source: str) -> Script:
     return client.register_script(source)  # type: ignore[misc]
 
 
-def _ttl(key: str, now: int) -> str:
-    """How many seconds from `now` (Unix time) Redis keeps counter `key`, as a script argument; "0" for ever."""
+def _expiry(key: str) -> str:
+    """When Redis may let counter `key` go, in Unix time by the engine's clock, as a script argument; "0": never."""
     parts = key.rsplit(":", 3)  # as pos_engine.domain.evaluation.counter_period_end reads it
-    expires_at = _expires_at(parts[1], parts[2]) if len(parts) == 4 else None
-    return "0" if expires_at is None else str(max(1, expires_at - now))
+    return _period_expiry(parts[1], parts[2]) if len(parts) == 4 else "0"
 
 
 @lru_cache(maxsize=1024)
-def _expires_at(period: str, name: str) -> int | None:
-    """Unix time: the period's end, then OCCURRED_AT_BEHIND_S_MAX for late swipes, then COUNTER_KEPT_AFTER_CLOSE_S."""
+def _period_expiry(period: str, name: str) -> str:
+    """The period's end, then OCCURRED_AT_BEHIND_S_MAX for late swipes, then COUNTER_KEPT_AFTER_CLOSE_S; "0": never."""
     end = period_end(period, name)
-    return None if end is None else int(end.timestamp()) + OCCURRED_AT_BEHIND_S_MAX + COUNTER_KEPT_AFTER_CLOSE_S
+    return "0" if end is None else str(int(end.timestamp()) + OCCURRED_AT_BEHIND_S_MAX + COUNTER_KEPT_AFTER_CLOSE_S)
+
+
+def _ttl(key: str, now: int) -> str:
+    """How many seconds from `now` (Unix time) Redis keeps counter `key`, at least 1, as a script argument; "0": for ever."""
+    expiry = _expiry(key)
+    return "0" if expiry == "0" else str(max(1, int(expiry) - now))
 
 
 def _text(value: bytes | str) -> str:
@@ -328,8 +333,8 @@ class RedisCounterStore:
                 args.append(str(key_indexes.setdefault(counter.key, len(key_indexes) + 1)))
                 args.append("f" if counter.unit == UNIT_FEN else "u")
                 args.append(_bounded(counter.limit))
-        now = int(self.clock.now().timestamp())
-        args += [_ttl(key, now) for key in key_indexes]
+        args.append(str(int(self.clock.now().timestamp())))
+        args += [_expiry(key) for key in key_indexes]
         keys = [self._key(key) for key in key_indexes]
         if claim:
             keys.append(self._claim_key(claim.request))
@@ -360,6 +365,34 @@ class RedisCounterStore:
         its period closed by that clock. Redis counts the time down by its own, so a step of its clock (or a
         failover to a replica whose clock differs) moves the expiry by as much."""
         self.clock = clock
+
+    def expire_closed(self, closed: Callable[[str], bool], session: Any = None) -> tuple[int, int]:
+        """Delete the closed counters, and give a period's counter that has no time to live (one a release before
+        2026-12-06 wrote) the one `reserve` would have given it; `session` is ignored.
+
+        A key deleted or given a time to live by a swipe between the SCAN and this is harmless: a swipe never
+        adds to a closed counter, and its time to live for an open one is the same as this.
+        """
+        now = int(self.clock.now().timestamp())
+        found = list(dict.fromkeys(self._scan()))
+        dropped = timed = 0
+        for start in range(0, len(found), MGET_BATCH_KEYS):
+            batch = found[start : start + MGET_BATCH_KEYS]
+            keys = [stored.removeprefix(self.prefix) for stored in batch]
+            gone = [stored for stored, key in zip(batch, keys, strict=True) if closed(key)]
+            if gone:
+                dropped += cast(int, self.client.delete(*gone))
+            pipeline = self.client.pipeline(transaction=False)
+            kept = [(stored, key) for stored, key in zip(batch, keys, strict=True) if not closed(key)]
+            for stored, _key in kept:
+                pipeline.ttl(stored)
+            lives = [(stored, _ttl(key, now)) for (stored, key), left in zip(kept, pipeline.execute(), strict=True) if left == -1]
+            pipeline = self.client.pipeline(transaction=False)
+            for stored, ttl in lives:
+                if ttl != "0":  # a campaign's whole run, a budget: kept for ever
+                    pipeline.expire(stored, int(ttl))
+            timed += sum(1 for done in pipeline.execute() if done)
+        return dropped, timed
 
     def check_settings(self) -> None:
         """Raise CountersMisconfigured if Redis may evict keys to make room: a counter evicted starts again from 0.

@@ -10,7 +10,7 @@ rollback undoes the reservation with the rest of the swipe.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, insert, select, text
@@ -26,6 +26,7 @@ from pos_engine.store.models import CounterRow
 
 REPLACE_BATCH_ROWS = 10_000  # rows per INSERT when a rebuild rewrites the table
 counters_table = cast(Table, CounterRow.__table__)
+_DELETE_BATCH_KEYS = 1_000  # keys per DELETE in `expire_closed`
 # Built once: a swipe's counter statements differ only in their parameters.
 _SELECT = select(counters_table.c.key, counters_table.c.value).where(counters_table.c.key.in_(bindparam("keys", expanding=True)))
 _PG_LOCK = _SELECT.order_by(counters_table.c.key).with_for_update()
@@ -109,11 +110,19 @@ class SqlCounterStore:
         with self.database.sessions() as own:
             return {key: value for key, value in own.execute(query)}
 
+    def expire_closed(self, closed: Callable[[str], bool], session: Any = None) -> tuple[int, int]:
+        """Delete the closed counters' rows (rows have no time to live)."""
+        assert session is not None, "the SQL counter store works inside the caller's transaction"
+        keys = [key for (key,) in session.execute(select(counters_table.c.key)) if closed(key)]
+        for start in range(0, len(keys), _DELETE_BATCH_KEYS):
+            session.execute(delete(counters_table).where(counters_table.c.key.in_(keys[start : start + _DELETE_BATCH_KEYS])))
+        return len(keys), 0
+
     def check_settings(self) -> None:
         """Nothing to check: rows are not evicted."""
 
     def use_clock(self, clock: Clock) -> None:
-        """Nothing expires here: `counters rebuild` drops the counters of ended periods (docs/design.md, "Counters")."""
+        """Nothing expires here: `counters expire` and `counters rebuild` drop the counters of ended periods."""
 
     def reset(self) -> None:
         """Delete every counter, in a transaction of its own."""

@@ -342,6 +342,24 @@ def test_counters_reconcile_exits_non_zero_and_lists_a_difference(env: dict[str,
     assert CliRunner().invoke(main, ["counters", "reconcile"], env=env).exit_code == 0
 
 
+def test_counters_expire_drops_the_rows_of_a_period_long_over_and_keeps_the_rest(env: dict[str, str], tmp_path: Path) -> None:
+    assert run(env, "demo", "--out", str(tmp_path / "demo.json")).exit_code == 0
+    database = Database(env["POS_ENGINE_DATABASE_URL"])
+    from pos_engine.store.sql_counters import SqlCounterStore
+
+    store = SqlCounterStore(database)
+    old = {"rule:city-dining/ten-percent:card:c-1:day:2020-01-06:uses": 1, "rule:city-dining/ten-percent:card:c-1:week:2020-W02:fen": 300}
+    with database.sessions() as session, session.begin():
+        before = store.snapshot(session)
+        store.apply(old, session)
+    result = run(env, "counters", "expire")
+    assert result.exit_code == 0, result.output
+    assert result.output == "dropped 2 counters of periods that are over; gave 0 counters a time to live\n"
+    assert store.snapshot() == before
+    database.dispose()
+    assert "agree" in run(env, "counters", "reconcile").output
+
+
 MEMBERS_HEADER = "member_id,name,unit_id,union_id,district,groups,in_service,annual_review_year,card_number,card_status\n"
 
 

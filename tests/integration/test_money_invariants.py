@@ -28,7 +28,7 @@ from pos_engine.service.counters import rebuild_counters, reconcile_counters
 from pos_engine.service.errors import CountersBusy, OutcomeUnknown
 from pos_engine.store import redis_counters
 from pos_engine.store.models import LedgerEntryRow
-from tests.conftest import Backend, forget_claims
+from tests.conftest import WEDNESDAY_NOON, Backend, forget_claims
 from tests.helpers import (
     World,
     capped_subsidy_rulebook,
@@ -379,6 +379,29 @@ def test_a_rebuild_just_after_a_day_closed_keeps_its_counter_for_a_worker_whose_
     forget_claims(any_backend.counters)
     rebuild_counters(ctx)  # an hour after the close, the counter goes
     assert not [key for key in any_backend.counters.snapshot() if ":day:" in key]
+
+
+def test_expiring_counters_under_traffic_drops_only_those_of_periods_over_and_changes_no_value(
+    any_backend: Backend, clock: FixedClock
+) -> None:
+    rule = make_rule("city-dining", "ten-percent", subsidy(percent_bp=1000), limits=(Limit("card", "day", uses_max=1),))
+    ctx, terminal = setup(any_backend, make_rulebook(make_campaign("city-dining", (rule,), budget_fen=10**6)), clock)
+    swipe(ctx, terminal, "req-wednesday")
+    (wednesday,) = (key for key in any_backend.counters.snapshot() if ":day:" in key)
+    clock.set(clock.now() + timedelta(days=1))
+    swipe(ctx, terminal, "req-thursday")  # Wednesday's counter is still open on Thursday: a swipe may come 24 h late
+    assert counters_service.expire_counters(ctx) == (0, 0)
+    wednesday_closed = WEDNESDAY_NOON + timedelta(hours=36)  # Friday 00:00 in Shanghai: Thursday's end, 24 h late
+    clock.set(wednesday_closed + timedelta(minutes=59))  # kept an hour more, for clocks that disagree
+    assert counters_service.expire_counters(ctx) == (0, 0)
+    clock.set(WEDNESDAY_NOON + timedelta(days=2))
+    answers = in_parallel(8, lambda index: swipe(ctx, terminal, f"req-friday-{index}") if index else counters_service.expire_counters(ctx))
+    assert answers[0] == (1, 0)  # Wednesday's, closed at midnight and over an hour ago
+    assert sorted(answer["subsidy_fen"] for answer in answers[1:]) == [0] * 6 + [1000]  # Friday's cap of one use
+    stored = any_backend.counters.snapshot()
+    assert wednesday not in stored
+    assert sorted(stored.values()) == [1, 1, 3000]  # Thursday's day (open until Saturday), Friday's, the budget
+    assert reconcile_counters(ctx) == []
 
 
 def _swipe_after_the_ledger_read(monkeypatch: pytest.MonkeyPatch, ctx: EngineContext, terminal: Terminal) -> list[dict[str, Any]]:

@@ -1007,3 +1007,18 @@ def test_the_settings_check_asks_every_node_of_a_cluster(cluster_store: RedisCou
         node.config_set("maxmemory", "0")
         node.config_set("maxmemory-policy", "noeviction")
         node.close()
+
+
+def test_expire_closed_drops_closed_counters_and_gives_the_others_that_have_none_a_time_to_live(store: RedisCounterStore) -> None:
+    """After an upgrade: counters an earlier release wrote have no time to live, and those of periods over stay for ever."""
+    store.use_clock(FixedClock(NOON_IN_SHANGHAI))
+    day = "rule:r1:card:C1:day:2026-12-05:uses"
+    closed = "rule:r1:card:C1:day:2026-12-03:uses"
+    for key in PERIOD_KEYS_AND_TTLS:
+        store.client.set(store._key(key), 4)
+    store.client.set(store._key(closed), 2)
+    store.client.expire(store._key(day), 100)  # a time to live of its own: kept
+    assert store.expire_closed(lambda key: key == closed) == (1, 3)  # the week, the month and the year
+    assert store.snapshot() == dict.fromkeys(PERIOD_KEYS_AND_TTLS, 4)
+    assert_ttls(store, PERIOD_KEYS_AND_TTLS | {day: 100})
+    assert store.expire_closed(lambda key: key == closed) == (0, 0)

@@ -19,8 +19,10 @@
 --   amount    percent benefit: amount_fen_max, or -1 for none; fixed benefit: fixed_fen
 --   n         how many counters the step is subject to, followed by n triples:
 --             key index (into KEYS), unit (f = fen, u = uses), limit
--- After the steps, one time to live per counter key, in KEYS' order: how many
---   seconds a counter this script creates lives on (till its period is over), or 0: for ever.
+-- After the steps, the engine's clock (Unix time), then one expiry per counter key,
+--   in KEYS' order: the Unix time by that clock at which a counter this script
+--   creates is over, or 0: never. Redis is given the difference, at least 1 s, so
+--   its own clock does not matter.
 -- Returns three integers per step: given_fen, wanted_fen, stop, where stop is
 --   0 (not stopped), k > 0 (stopped by the step's k-th counter) or
 --   -j (stopped by the exclusive rule of step j).
@@ -132,12 +134,12 @@ end
 
 -- Write at the end: nothing above can fail half-way through a plan. A counter
 -- created here gets its time to live; one that exists keeps the one it has.
-local expiries = at - 1
+local now = tonumber(ARGV[at])
 local changed = false
 for index, delta in pairs(deltas) do
   redis.call('INCRBY', KEYS[index], string.format('%d', delta))
-  if absent[index] and ARGV[expiries + index] ~= '0' then
-    redis.call('EXPIRE', KEYS[index], ARGV[expiries + index])
+  if absent[index] and ARGV[at + index] ~= '0' then
+    redis.call('EXPIRE', KEYS[index], math.max(1, tonumber(ARGV[at + index]) - now))
   end
   changed = true
 end
