@@ -319,10 +319,9 @@ def counters_rebuild(under_traffic: bool) -> None:
 
 @counters.command("expire")
 def counters_expire() -> None:
-    """Drop counters of periods that are over; give Redis counters written before 2026-12-06 their time to live.
+    """Drop counters of periods that are over; give Redis counters their time to live (swipes create them without).
 
-    Safe while terminals swipe. After an upgrade, run it once on Redis; on the SQL counter store, run it
-    now and then (say daily, from cron): its rows do not expire by themselves.
+    Safe while terminals swipe: run it hourly, from cron, with either counter store.
     """
     from pos_engine.service.counters import expire_counters
 

@@ -82,8 +82,8 @@ def rebuild_counters(ctx: EngineContext, *, under_traffic: bool = False) -> int:
 
 
 def expire_counters(ctx: EngineContext) -> tuple[int, int]:
-    """Drop the counters of periods closed over COUNTER_KEPT_AFTER_CLOSE_S ago, and give Redis counters written by a
-    release before 2026-12-06 their time to live; return how many were dropped, and how many were given one.
+    """Drop the counters of periods closed over COUNTER_KEPT_AFTER_CLOSE_S ago, and give Redis counters without a time
+    to live theirs (swipes create them without); return how many were dropped, and how many were given one.
 
     Safe while terminals swipe: no swipe adds to a closed counter, and no counter's value changes.
     """

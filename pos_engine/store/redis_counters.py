@@ -33,11 +33,13 @@ writes only while the count still reads the same, batch by batch
 
 A counter of a period (a card's or a merchant's day, week, month or year) expires
 COUNTER_KEPT_AFTER_CLOSE_S after its period closed (`counter_closes_at`: the
-end, plus how late a swipe may come; pos_engine.service.counters): the script that creates it, a give-back
-that finds it without one, or a rebuild that writes it, sets its time to live,
-counted from the engine's clock (`use_clock`), so the namespace holds a few
-periods' counters rather than every period's since the programme began.
-Counters of a campaign's whole run, and budgets, do not expire.
+end, plus how late a swipe may come; pos_engine.service.counters), so the
+namespace holds a few periods' counters rather than every period's since the
+programme began. `reserve` creates counters without a time to live (an EXPIRE
+in the swipe's script cost its tail); `expire_closed` (`counters expire`, run
+hourly) gives them one, as a give-back that finds a counter without one and a
+rebuild do, counted from the engine's clock (`use_clock`). Counters of a
+campaign's whole run, and budgets, do not expire.
 
 Errors: a bad URL raises ValueError; everything else is redis-py's own
 (`redis.exceptions.ConnectionError` and friends: the dependency is unavailable).
@@ -147,23 +149,18 @@ def _register(client: RedisClient, source: str) -> Script:
     return client.register_script(source)  # type: ignore[misc]
 
 
-def _expiry(key: str) -> str:
-    """When Redis may let counter `key` go, in Unix time by the engine's clock, as a script argument; "0": never."""
+def _ttl(key: str, now: int) -> str:
+    """How many seconds from `now` (Unix time) Redis keeps counter `key`, at least 1, as a script argument; "0": for ever."""
     parts = key.rsplit(":", 3)  # as pos_engine.domain.evaluation.counter_period_end reads it
-    return _period_expiry(parts[1], parts[2]) if len(parts) == 4 else "0"
+    expiry = _period_expiry(parts[1], parts[2]) if len(parts) == 4 else None
+    return "0" if expiry is None else str(max(1, expiry - now))
 
 
 @lru_cache(maxsize=1024)
-def _period_expiry(period: str, name: str) -> str:
-    """The period's end, then OCCURRED_AT_BEHIND_S_MAX for late swipes, then COUNTER_KEPT_AFTER_CLOSE_S; "0": never."""
+def _period_expiry(period: str, name: str) -> int | None:
+    """Unix time: the period's end, then OCCURRED_AT_BEHIND_S_MAX for late swipes, then COUNTER_KEPT_AFTER_CLOSE_S."""
     end = period_end(period, name)
-    return "0" if end is None else str(int(end.timestamp()) + OCCURRED_AT_BEHIND_S_MAX + COUNTER_KEPT_AFTER_CLOSE_S)
-
-
-def _ttl(key: str, now: int) -> str:
-    """How many seconds from `now` (Unix time) Redis keeps counter `key`, at least 1, as a script argument; "0": for ever."""
-    expiry = _expiry(key)
-    return "0" if expiry == "0" else str(max(1, int(expiry) - now))
+    return None if end is None else int(end.timestamp()) + OCCURRED_AT_BEHIND_S_MAX + COUNTER_KEPT_AFTER_CLOSE_S
 
 
 def _text(value: bytes | str) -> str:
@@ -333,8 +330,6 @@ class RedisCounterStore:
                 args.append(str(key_indexes.setdefault(counter.key, len(key_indexes) + 1)))
                 args.append("f" if counter.unit == UNIT_FEN else "u")
                 args.append(_bounded(counter.limit))
-        args.append(str(int(self.clock.now().timestamp())))
-        args += [_expiry(key) for key in key_indexes]
         keys = [self._key(key) for key in key_indexes]
         if claim:
             keys.append(self._claim_key(claim.request))
@@ -367,11 +362,11 @@ class RedisCounterStore:
         self.clock = clock
 
     def expire_closed(self, closed: Callable[[str], bool], session: Any = None) -> tuple[int, int]:
-        """Delete the closed counters, and give a period's counter that has no time to live (one a release before
-        2026-12-06 wrote) the one `reserve` would have given it; `session` is ignored.
+        """Delete the closed counters, and give a period's counter that has no time to live (`reserve` creates
+        them without) its own; `session` is ignored.
 
-        A key deleted or given a time to live by a swipe between the SCAN and this is harmless: a swipe never
-        adds to a closed counter, and its time to live for an open one is the same as this.
+        A key deleted or given a time to live between the SCAN and this is harmless: a swipe never adds to a
+        closed counter, and any time to live given to an open one is the same as this.
         """
         now = int(self.clock.now().timestamp())
         found = list(dict.fromkeys(self._scan()))

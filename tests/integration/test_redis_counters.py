@@ -926,20 +926,25 @@ def capped_everywhere(keys: Iterator[str] | list[str]) -> Plan:
     return Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), counters),), ())
 
 
-def test_a_swipe_gives_each_counter_it_creates_a_time_to_live_till_its_period_is_over(store: RedisCounterStore) -> None:
+def test_a_swipe_s_counters_get_their_time_to_live_from_expire_closed_till_their_period_is_over(store: RedisCounterStore) -> None:
+    """The swipe's script gives none (an EXPIRE there cost the swipe's tail); `counters expire` does."""
     store.use_clock(FixedClock(NOON_IN_SHANGHAI))
     store.reserve(capped_everywhere(list(PERIOD_KEYS_AND_TTLS)))
+    assert_ttls(store, dict.fromkeys(PERIOD_KEYS_AND_TTLS))
+    assert store.expire_closed(lambda key: False) == (0, 4)  # the campaign's whole run and the budget: for ever
     assert_ttls(store, PERIOD_KEYS_AND_TTLS)
 
 
-def test_a_counter_that_exists_keeps_its_time_to_live(store: RedisCounterStore) -> None:
+def test_a_counter_that_has_a_time_to_live_keeps_it(store: RedisCounterStore) -> None:
     clock = FixedClock(NOON_IN_SHANGHAI)
     store.use_clock(clock)
     store.reserve(capped_everywhere(list(PERIOD_KEYS_AND_TTLS)))
+    store.expire_closed(lambda key: False)
     clock.set(NOON_IN_SHANGHAI + timedelta(hours=6))
     store.reserve(capped_everywhere(list(PERIOD_KEYS_AND_TTLS)))  # six hours on: the counters' end has not moved
     store.apply({key: -1 if key.endswith(":uses") else -300 for key in PERIOD_KEYS_AND_TTLS})
     store.apply({key: 1 for key in PERIOD_KEYS_AND_TTLS})
+    assert store.expire_closed(lambda key: False) == (0, 0)
     assert store.read(PERIOD_KEYS_AND_TTLS) == {key: 2 if key.endswith(":uses") else 301 for key in PERIOD_KEYS_AND_TTLS}
     assert_ttls(store, PERIOD_KEYS_AND_TTLS)
 

@@ -19,10 +19,6 @@
 --   amount    percent benefit: amount_fen_max, or -1 for none; fixed benefit: fixed_fen
 --   n         how many counters the step is subject to, followed by n triples:
 --             key index (into KEYS), unit (f = fen, u = uses), limit
--- After the steps, the engine's clock (Unix time), then one expiry per counter key,
---   in KEYS' order: the Unix time by that clock at which a counter this script
---   creates is over, or 0: never. Redis is given the difference, at least 1 s, so
---   its own clock does not matter.
 -- Returns three integers per step: given_fen, wanted_fen, stop, where stop is
 --   0 (not stopped), k > 0 (stopped by the step's k-th counter) or
 --   -j (stopped by the exclusive rule of step j).
@@ -44,15 +40,10 @@ end
 -- Current values, read once per key; the script's own increments update them
 -- so that a key shared by several steps sees what earlier steps took.
 local values = {}
-local absent = {}
 local function value(index)
   local current = values[index]
   if current == nil then
-    local stored = redis.call('GET', KEYS[index])
-    if not stored then
-      absent[index] = true
-      stored = '0'
-    end
+    local stored = redis.call('GET', KEYS[index]) or '0'
     -- Fail before any write (Redis does not roll a script back) if a counter is not an integer.
     assert(string.find(stored, '^-?%d+$'), 'counter is not an integer: ' .. KEYS[index])
     current = tonumber(stored)
@@ -133,14 +124,12 @@ for step = 1, step_count do
 end
 
 -- Write at the end: nothing above can fail half-way through a plan. A counter
--- created here gets its time to live; one that exists keeps the one it has.
-local now = tonumber(ARGV[at])
+-- created here has no time to live: an EXPIRE here cost the swipe's tail at a
+-- moderate rate (p99 15-25 ms against 6-9; docs/performance.md, eighteenth
+-- round), so `counters expire` gives it one later, and INCRBY keeps it.
 local changed = false
 for index, delta in pairs(deltas) do
   redis.call('INCRBY', KEYS[index], string.format('%d', delta))
-  if absent[index] and ARGV[at + index] ~= '0' then
-    redis.call('EXPIRE', KEYS[index], math.max(1, tonumber(ARGV[at + index]) - now))
-  end
   changed = true
 end
 if changed then
