@@ -374,11 +374,12 @@ class RedisCounterStore:
         for start in range(0, len(found), MGET_BATCH_KEYS):
             batch = found[start : start + MGET_BATCH_KEYS]
             keys = [stored.removeprefix(self.prefix) for stored in batch]
-            gone = [stored for stored, key in zip(batch, keys, strict=True) if closed(key)]
+            shut = [closed(key) for key in keys]
+            gone = [stored for stored, is_shut in zip(batch, shut, strict=True) if is_shut]
             if gone:
                 dropped += cast(int, self.client.delete(*gone))
             pipeline = self.client.pipeline(transaction=False)
-            kept = [(stored, key) for stored, key in zip(batch, keys, strict=True) if not closed(key)]
+            kept = [(stored, key) for stored, key, is_shut in zip(batch, keys, shut, strict=True) if not is_shut]
             for stored, _key in kept:
                 pipeline.ttl(stored)
             lives = [(stored, _ttl(key, now)) for (stored, key), left in zip(kept, pipeline.execute(), strict=True) if left == -1]

@@ -4,8 +4,8 @@
 -- last. ARGV[i], i <= n: the integer delta for KEYS[i]; ARGV[n + i]: how many seconds KEYS[i]
 -- lives on (till its period is over), or 0: for ever. The change count goes up by 1 (see reserve.lua).
 -- A counter that comes back to 0 is deleted, so the namespace holds only live counters; one
--- without a time to live (created here, or by an earlier release) gets it, and one whose period
--- is long over (1 s) is gone at once.
+-- without a time to live (a swipe's reservation creates them without, and so did releases
+-- before 2026-12-06) gets it, and one whose period is long over (1 s) is gone at once.
 -- Returns -1, having changed nothing, if the hold was named but is gone (it expired: a rebuild
 -- may since have counted the adjustment from the ledger, so giving back now would count it twice).
 local n = #ARGV / 2
