@@ -66,8 +66,7 @@ def period_end(period: str, key: str) -> datetime | None:
     "campaign", which ends with its campaign, or for a name `period_key` would not have made."""
     try:
         if period == "day" and len(key) == 10:
-            first = date.fromisoformat(key)
-            end = first + timedelta(days=1)
+            end = date.fromisoformat(key) + timedelta(days=1)
         elif period == "week" and len(key) == 8 and key[4:6] == "-W":
             end = date.fromisocalendar(int(key[:4]), int(key[6:]), 1) + timedelta(weeks=1)
         elif period == "month" and len(key) == 7 and key[4] == "-":
@@ -79,6 +78,7 @@ def period_end(period: str, key: str) -> datetime | None:
             return None
     except ValueError:
         return None
-    if period_key(datetime(end.year, end.month, end.day, tzinfo=SHANGHAI) - timedelta(microseconds=1), period) != key:
+    end_at = datetime(end.year, end.month, end.day, tzinfo=SHANGHAI)
+    if period_key(end_at - timedelta(microseconds=1), period) != key:
         return None  # not a name period_key makes ("2026-1-05", "+202"): a key of another shape
-    return datetime(end.year, end.month, end.day, tzinfo=SHANGHAI)
+    return end_at

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from pos_engine.domain.evaluation import counter_period_end
@@ -36,17 +37,24 @@ def counter_closes_at(key: str) -> datetime | None:
     return None if end is None else end + timedelta(seconds=OCCURRED_AT_BEHIND_S_MAX)
 
 
-def _open(values: Mapping[str, int], now: datetime) -> dict[str, int]:
-    """The counters whose period is still open at `now`: a swipe may still add to them (`counter_closes_at`).
+def _closed_by(key: str, at: datetime) -> bool:
+    """Whether counter `key` is closed at `at` (`counter_closes_at`): no swipe can add to it any more."""
+    closes_at = counter_closes_at(key)
+    return closes_at is not None and closes_at <= at
+
+
+def _open(values: Mapping[str, int], at: datetime) -> dict[str, int]:
+    """The counters still open at `at`: a swipe may still add to them.
 
     A closed period's counter caps nothing any more; Redis lets it expire (docs/design.md, "Counters").
     """
-    kept = {}
-    for key, value in values.items():
-        closes_at = counter_closes_at(key)
-        if closes_at is None or closes_at > now:
-            kept[key] = value
-    return kept
+    return {key: value for key, value in values.items() if not _closed_by(key, at)}
+
+
+def _kept_since(ctx: EngineContext) -> datetime:
+    """Counters closed before this are dropped: stores keep the others COUNTER_KEPT_AFTER_CLOSE_S, as Redis does, for
+    a worker whose clock is behind this one's, or a swipe waiting for the counters' lock."""
+    return ctx.clock.now() - timedelta(seconds=COUNTER_KEPT_AFTER_CLOSE_S)
 
 
 def counters_from_ledger(ctx: EngineContext) -> dict[str, int]:
@@ -74,8 +82,7 @@ def rebuild_counters(ctx: EngineContext, *, under_traffic: bool = False) -> int:
     unchanged_since = None if under_traffic else ctx.counters.wait_until_quiet()
     with ctx.unit_of_work() as uow:
         ctx.counters.lock_all(uow.session)
-        kept_since = ctx.clock.now() - timedelta(seconds=COUNTER_KEPT_AFTER_CLOSE_S)
-        values = _open(_totals(uow.repo.all_counter_deltas()), kept_since)
+        values = _open(_totals(uow.repo.all_counter_deltas()), _kept_since(ctx))
         ctx.counters.replace_all(values, uow.session, unchanged_since=unchanged_since)
         uow.commit()
     return len(values)
@@ -87,14 +94,8 @@ def expire_counters(ctx: EngineContext) -> tuple[int, int]:
 
     Safe while terminals swipe: no swipe adds to a closed counter, and no counter's value changes.
     """
-    dropped_before = ctx.clock.now() - timedelta(seconds=COUNTER_KEPT_AFTER_CLOSE_S)
-
-    def closed(key: str) -> bool:
-        closes_at = counter_closes_at(key)
-        return closes_at is not None and closes_at <= dropped_before
-
     with ctx.unit_of_work() as uow:
-        counts = ctx.counters.expire_closed(closed, uow.session)
+        counts = ctx.counters.expire_closed(partial(_closed_by, at=_kept_since(ctx)), uow.session)
         uow.commit()
     return counts
 

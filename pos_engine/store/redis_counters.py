@@ -50,7 +50,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from urllib.parse import unquote, urlsplit
@@ -61,8 +60,8 @@ from redis.commands.core import Script
 from redis.connection import ConnectionPool, parse_url
 from redis.exceptions import ClusterDownError, NoScriptError, SlotNotCoveredError
 
-from pos_engine.domain.clock import Clock, SystemClock, period_end
-from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, Plan, StepOutcome
+from pos_engine.domain.clock import Clock, SystemClock
+from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, Plan, StepOutcome, counter_period_end
 from pos_engine.domain.money import BP_PER_WHOLE, MoneyInvariantError, require
 from pos_engine.limits import (
     COUNTER_KEPT_AFTER_CLOSE_S,
@@ -150,17 +149,14 @@ def _register(client: RedisClient, source: str) -> Script:
 
 
 def _ttl(key: str, now: int) -> str:
-    """How many seconds from `now` (Unix time) Redis keeps counter `key`, at least 1, as a script argument; "0": for ever."""
-    parts = key.rsplit(":", 3)  # as pos_engine.domain.evaluation.counter_period_end reads it
-    expiry = _period_expiry(parts[1], parts[2]) if len(parts) == 4 else None
-    return "0" if expiry is None else str(max(1, expiry - now))
+    """How many seconds from `now` (Unix time) Redis keeps counter `key`, at least 1, as a script argument; "0": for ever.
 
-
-@lru_cache(maxsize=1024)
-def _period_expiry(period: str, name: str) -> int | None:
-    """Unix time: the period's end, then OCCURRED_AT_BEHIND_S_MAX for late swipes, then COUNTER_KEPT_AFTER_CLOSE_S."""
-    end = period_end(period, name)
-    return None if end is None else int(end.timestamp()) + OCCURRED_AT_BEHIND_S_MAX + COUNTER_KEPT_AFTER_CLOSE_S
+    Till the period's end, then OCCURRED_AT_BEHIND_S_MAX for late swipes, then COUNTER_KEPT_AFTER_CLOSE_S.
+    """
+    end = counter_period_end(key)
+    if end is None:
+        return "0"
+    return str(max(1, int(end.timestamp()) + OCCURRED_AT_BEHIND_S_MAX + COUNTER_KEPT_AFTER_CLOSE_S - now))
 
 
 def _text(value: bytes | str) -> str:
