@@ -53,6 +53,7 @@ import json
 import os
 import random
 import resource
+import runpy
 import shutil
 import signal
 import statistics
@@ -424,9 +425,10 @@ def measure_moderate(result: Result, seconds: int, rate_rps: float, scratch: Pat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=20, help="length of each measured phase")
-    parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--worker-class", default="gthread")
-    parser.add_argument("--threads", type=int, default=1, help="threads per gthread worker")
+    shipped = runpy.run_path(str(ROOT / "gunicorn.conf.py"))  # the defaults are the shipped configuration's
+    parser.add_argument("--workers", type=int, default=shipped["workers"])
+    parser.add_argument("--worker-class", default=shipped["worker_class"])
+    parser.add_argument("--threads", type=int, default=shipped["threads"], help="threads per gthread worker")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/pos_engine_bench")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--world", type=Path, help="world.json of a large world already loaded into --pg-url (loadtests/world.py)")

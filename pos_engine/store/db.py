@@ -251,11 +251,83 @@ class DirectRepository:
     duplicate (`idempotency`) is rare and uses a psycopg cursor.
     """
 
-    def __init__(self, connection: psycopg.Connection[Any], conninfo: str) -> None:
+    def __init__(self, connection: psycopg.Connection[Any], conninfo: str, group: RecordGroup | None = None) -> None:
         self.connection = connection
         self._conninfo = conninfo
+        self._group = group
 
     def record(self, table_name: str, fields: dict[str, Any], idempotency: dict[str, Any]) -> Any:
+        """Record a swipe (both rows, or neither), with the records of other threads that come meanwhile (RecordGroup).
+
+        Raises as `record_alone` does.
+        """
+        if self._group is None:
+            return self.record_alone(table_name, fields, idempotency)
+        self._group.record(self, table_name, fields, idempotency)
+        return SimpleNamespace(**fields)
+
+    def record_group(self, group: list[_Waiting]) -> None:
+        """Record every swipe in `group` on this connection, in one statement where it can, and give each its outcome."""
+        ready = group
+        if len(group) > 1:
+            ready = []
+            for waiting in group:
+                try:
+                    waiting.params = _GROUP_STATEMENTS.params(waiting.row)
+                except Exception as error:  # a value the record refuses (a NUL in a text): that swipe's outcome
+                    waiting.done, waiting.error = True, error
+                else:
+                    ready.append(waiting)
+        if len(ready) > 1:
+            backend_pid = self.connection.pgconn.backend_pid  # before the statement: a connection that breaks forgets it
+            try:
+                _GROUP_STATEMENTS.execute(self.connection, ready)
+            except psycopg.OperationalError as error:
+                pgconn = self.connection.pgconn
+                if error.sqlstate is not None and pgconn.status == pq.ConnStatus.OK:
+                    # The server cancelled the statement (its statement timeout, a shutdown): nothing was written,
+                    # and sending each alone would wait as long again for each.
+                    for waiting in ready:
+                        waiting.done, waiting.error = True, type(error)(str(error))
+                else:
+                    self._after_lost_group(ready, backend_pid, error)
+                return
+            except (psycopg.Error, DuplicateKey):
+                pass  # refused for one of its rows (a duplicate request): nothing was written; each alone, below
+            else:
+                for waiting in ready:
+                    waiting.done = True
+                return
+        for waiting in ready:
+            try:
+                self.record_alone(*waiting.row)
+            except Exception as error:  # the outcome of that swipe, raised in its own thread
+                waiting.error = error
+            waiting.done = True
+
+    def _after_lost_group(self, group: list[_Waiting], backend_pid: int, error: psycopg.Error) -> None:
+        """Each swipe's outcome after the group's answer was lost: looked up as a lone record's (`record_alone`)."""
+        keys = [(waiting.row[2]["terminal_id"], waiting.row[2]["request_id"]) for waiting in group]
+        try:
+            session_over, stored_rows = _after_lost_answer(self._conninfo, backend_pid, keys)
+        except psycopg.Error as lookup_error:
+            for waiting in group:
+                waiting.done = True
+                waiting.error = OutcomeUnknown(f"the swipe's answer was lost ({error}) and it cannot be looked up: {lookup_error}")
+            return
+        for waiting, stored in zip(group, stored_rows, strict=True):
+            waiting.done = True
+            idempotency = waiting.row[2]
+            if stored is not None and stored.resource_id == idempotency["resource_id"]:
+                log.warning("the answer to a recorded swipe was lost (%s); found it recorded", error)
+            elif stored is not None:
+                waiting.error = DuplicateKey(f"request {idempotency['request_id']!r} is recorded by another request")
+            elif session_over:
+                waiting.error = psycopg.OperationalError(str(error))
+            else:
+                waiting.error = OutcomeUnknown(f"the swipe's answer was lost ({error}) and its session is still open")
+
+    def record_alone(self, table_name: str, fields: dict[str, Any], idempotency: dict[str, Any]) -> Any:
         """Both rows in one statement (a data-modifying CTE): both or neither.
 
         If the connection breaks once the statement may have reached the server,
@@ -280,8 +352,8 @@ class DirectRepository:
                 # record): the statement's transaction rolled back, nothing was written.
                 raise
             try:
-                session_over, stored = _after_lost_answer(
-                    self._conninfo, backend_pid, idempotency["terminal_id"], idempotency["request_id"]
+                session_over, (stored,) = _after_lost_answer(
+                    self._conninfo, backend_pid, [(idempotency["terminal_id"], idempotency["request_id"])]
                 )
             except psycopg.Error as lookup_error:
                 raise OutcomeUnknown(f"the swipe's answer was lost ({error}) and it cannot be looked up: {lookup_error}") from error
@@ -300,8 +372,9 @@ class DirectRepository:
         return cursor.execute(_DIRECT_IDEMPOTENCY_SQL, (terminal_id, request_id), prepare=True).fetchone()
 
 
-def _after_lost_answer(conninfo: str, backend_pid: int, terminal_id: str, request_id: str) -> tuple[bool, Any]:
-    """On a new connection: whether the session `backend_pid` is over (waiting a moment for it to end), and the request's stored answer.
+def _after_lost_answer(conninfo: str, backend_pid: int, requests: list[tuple[str, str]]) -> tuple[bool, list[Any]]:
+    """On a new connection: whether the session `backend_pid` is over (waiting a moment for it to end), and the
+    stored answer (or None) of each request, given as (terminal id, request id).
 
     Read in that order: once the session is over, its statement has committed or never will.
     """
@@ -314,19 +387,20 @@ def _after_lost_answer(conninfo: str, backend_pid: int, terminal_id: str, reques
                 break
             time.sleep(0.01)
         cursor = connection.cursor(row_factory=namedtuple_row)
-        return session_over, cursor.execute(_DIRECT_IDEMPOTENCY_SQL, (terminal_id, request_id)).fetchone()
+        return session_over, [cursor.execute(_DIRECT_IDEMPOTENCY_SQL, request).fetchone() for request in requests]
 
 
 class DirectUnitOfWork:
     """A single-statement unit of work on PostgreSQL: one autocommit driver connection per thread."""
 
-    def __init__(self, connections: ThreadConnections[psycopg.Connection[Any]], conninfo: str) -> None:
+    def __init__(self, connections: ThreadConnections[psycopg.Connection[Any]], conninfo: str, group: RecordGroup | None = None) -> None:
         self._connections = connections
         self._conninfo = conninfo
+        self._group = group
         self.session = None  # no transaction for a counter store to join: each statement commits itself
 
     def __enter__(self) -> DirectUnitOfWork:
-        self.repo = DirectRepository(self._connections.get(), self._conninfo)
+        self.repo = DirectRepository(self._connections.get(), self._conninfo, self._group)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -517,19 +591,28 @@ class _DirectStatement:
         self._row = [(column.name, *_column_encoder(column)) for column in row_columns]
         self._idem = [(column.name, *_column_encoder(column)) for column in idem_columns]
         self._formats = [format_ for _name, _encode, format_ in self._row + self._idem]
+        self.row_formats = [format_ for _name, _encode, format_ in self._row]
 
     def prepare(self, pgconn: PGconn) -> None:
         """Prepare on a new connection (once: a prepared statement lives as long as its connection)."""
         _check(pgconn, pgconn.prepare(self.name, self.sql))
 
     def execute(self, pgconn: PGconn, fields: dict[str, Any], idempotency: dict[str, Any]) -> None:
-        params: list[bytes | None] = []
-        for values, columns in ((fields, self._row), (idempotency, self._idem)):
-            for name, encode, _format in columns:
-                value = values[name]  # every column named: a missing one is a bug, not a NULL
-                params.append(None if value is None else encode(value))
+        params = self.row_params(fields) + idempotency_params(idempotency)
         pgconn.send_query_prepared(self.name, params, self._formats)
         _check(pgconn, _answer_within(pgconn, RECORD_ANSWER_S_MAX))
+
+    def row_params(self, fields: dict[str, Any]) -> list[bytes | None]:
+        """The row's values as the statement's parameters, in column order."""
+        return _encoded(fields, self._row)
+
+
+def _encoded(values: Mapping[str, Any], columns: list[tuple[str, Encode, int]]) -> list[bytes | None]:
+    params: list[bytes | None] = []
+    for name, encode, _format in columns:
+        value = values[name]  # every column named: a missing one is a bug, not a NULL
+        params.append(None if value is None else encode(value))
+    return params
 
 
 def _answer_within(pgconn: PGconn, timeout_s: float) -> PGresult:
@@ -611,6 +694,7 @@ def _connect_direct(conninfo: str) -> psycopg.Connection[Any]:
     try:
         for statement in _DIRECT_RECORD.values():
             statement.prepare(connection.pgconn)
+        _GROUP_STATEMENTS.prepare(connection.pgconn)
     except BaseException:
         connection.close()
         raise
@@ -618,6 +702,159 @@ def _connect_direct(conninfo: str) -> psycopg.Connection[Any]:
 
 
 _DIRECT_RECORD = {table.name: _DirectStatement(table) for table in (ledger, declines)}
+_IDEMPOTENCY_COLUMNS = [(column.name, *_column_encoder(column)) for column in idempotency_records.columns]
+_IDEMPOTENCY_FORMATS = [format_ for _name, _encode, format_ in _IDEMPOTENCY_COLUMNS]
+
+
+def idempotency_params(idempotency: Mapping[str, Any]) -> list[bytes | None]:
+    return _encoded(idempotency, _IDEMPOTENCY_COLUMNS)
+
+
+RECORD_GROUP_MAX = 8  # swipes recorded by one statement at most
+
+
+class _GroupStatements:
+    """Statements that record several swipes at once: `entries` ledger entries and `declined` declines, then every
+    idempotency record, in one data-modifying statement (all or nothing); each prepared on every connection."""
+
+    def __init__(self) -> None:
+        self._statements = {
+            (entries, declined): (f"pos_engine_record_group_{entries}_{declined}".encode("ascii"), _group_sql(entries, declined))
+            for size in range(2, RECORD_GROUP_MAX + 1)
+            for entries in range(size + 1)
+            for declined in (size - entries,)
+        }
+
+    def prepare(self, pgconn: PGconn) -> None:
+        """Prepare every size on a new connection (parsing an INSERT waits for its table's locks, so not on a swipe's way)."""
+        for name, sql in self._statements.values():
+            _check(pgconn, pgconn.prepare(name, sql))
+
+    @staticmethod
+    def params(row: tuple[str, dict[str, Any], dict[str, Any]]) -> tuple[list[bytes | None], list[bytes | None]]:
+        """A swipe's parameters: its ledger entry's or decline's, and its idempotency record's."""
+        table_name, fields, idempotency = row
+        return _DIRECT_RECORD[table_name].row_params(fields), idempotency_params(idempotency)
+
+    def execute(self, connection: psycopg.Connection[Any], group: list[_Waiting]) -> None:
+        """Record `group`, each with its `params`, in one statement; raises as _DirectStatement.execute does."""
+        ordered = [waiting for waiting in group if waiting.row[0] == ledger.name]
+        entries = len(ordered)
+        ordered += [waiting for waiting in group if waiting.row[0] != ledger.name]
+        name, _sql = self._statements[entries, len(ordered) - entries]
+        pgconn = connection.pgconn
+        params: list[bytes | None] = []
+        formats: list[int] = []
+        for waiting in ordered:
+            params += waiting.params[0]
+            formats += _DIRECT_RECORD[waiting.row[0]].row_formats
+        for waiting in ordered:
+            params += waiting.params[1]
+            formats += _IDEMPOTENCY_FORMATS
+        pgconn.send_query_prepared(name, params, formats)
+        _check(pgconn, _answer_within(pgconn, RECORD_ANSWER_S_MAX))
+
+
+def _group_sql(entries: int, declined: int) -> bytes:
+    number = 0
+
+    def values(table: Table, rows: int) -> str:
+        nonlocal number
+        groups = []
+        for _row in range(rows):
+            columns = len(table.columns)
+            groups.append("(" + ", ".join(f"${index}" for index in range(number + 1, number + columns + 1)) + ")")
+            number += columns
+        return ", ".join(groups)
+
+    def insert(table: Table, rows: int) -> str:
+        return f"INSERT INTO {table.name} ({', '.join(column.name for column in table.columns)}) VALUES {values(table, rows)}"  # noqa: S608
+
+    parts = []
+    if entries:
+        parts.append(f"recorded_entries AS ({insert(ledger, entries)})")
+    if declined:
+        parts.append(f"recorded_declines AS ({insert(declines, declined)})")
+    return f"WITH {', '.join(parts)} {insert(idempotency_records, entries + declined)}".encode()
+
+
+_GROUP_STATEMENTS = _GroupStatements()
+
+
+class _Waiting:
+    """A swipe's record waiting in a RecordGroup: its row, then its outcome (None: recorded) or whether it leads next."""
+
+    __slots__ = ("done", "error", "leads", "params", "row", "wake")
+
+    def __init__(self, row: tuple[str, dict[str, Any], dict[str, Any]]) -> None:
+        self.row = row
+        self.wake: threading.Lock | None = None
+        self.done = False
+        self.error: BaseException | None = None
+        self.leads = False
+        self.params: tuple[list[bytes | None], list[bytes | None]] = ([], [])
+
+
+class RecordGroup:
+    """Group commit for one process: records that arrive while another thread's record is on its way to PostgreSQL
+    wait, and go together in one statement (one commit, one WAL flush) once it is back.
+
+    The thread whose record finds no group in flight leads: it sends its own record at once, on its own connection.
+    Records that come meanwhile queue; when the leader's statement is answered it hands the lead to the first of
+    them, which sends all that queued (up to RECORD_GROUP_MAX) in one statement and wakes the rest with their
+    outcomes. A statement of several records is all or nothing: if PostgreSQL refuses it (a duplicate key, its
+    statement timeout), nothing was written, and each record is sent again alone for its own outcome; if its
+    answer is lost, each record's outcome is looked up as a lone record's is (DirectRepository.record).
+    With one thread per process nothing ever waits.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: list[_Waiting] = []
+        self._leading = False
+
+    def record(self, repository: DirectRepository, table_name: str, fields: dict[str, Any], idempotency: dict[str, Any]) -> None:
+        me = _Waiting((table_name, fields, idempotency))
+        with self._lock:
+            if self._leading:
+                me.wake = threading.Lock()
+                me.wake.acquire()
+                self._queue.append(me)
+            else:
+                self._leading = True
+        if me.wake is not None:
+            me.wake.acquire()  # released by a leader: with this record's outcome, or to lead
+            if not me.leads:
+                if me.error is not None:
+                    raise me.error
+                return
+            with self._lock:
+                group = self._queue[:RECORD_GROUP_MAX]
+                del self._queue[:RECORD_GROUP_MAX]
+        else:
+            group = [me]
+        try:
+            repository.record_group(group)
+        finally:
+            for waiting in group:
+                if not waiting.done:  # the leader was stopped with the statement perhaps on its way
+                    waiting.done, waiting.error = True, OutcomeUnknown("the swipe's record was interrupted")
+                if waiting is not me:
+                    waiting.leads = False
+                    assert waiting.wake is not None
+                    waiting.wake.release()
+            with self._lock:
+                if self._queue:
+                    following = self._queue[0]
+                    following.leads = True
+                    assert following.wake is not None
+                    following.wake.release()
+                else:
+                    self._leading = False
+        if me.error is not None:
+            raise me.error
+
+
 _DIRECT_IDEMPOTENCY_SQL = _idempotency_select("%s")
 
 
@@ -665,6 +902,7 @@ class Database:
             if self.is_postgresql
             else None
         )
+        self._record_group = RecordGroup() if self.is_postgresql else None
         self._sqlite_direct = ThreadConnections(self._connect_sqlite, _sqlite_is_closed) if self.write_lock is not None else None
 
     def unit_of_work(self) -> UnitOfWork:
@@ -690,7 +928,7 @@ class Database:
     def single_statement(self) -> DirectUnitOfWork | UnitOfWork:
         """For one statement: on PostgreSQL an autocommit driver connection (one round trip), else a transaction."""
         if self._direct is not None:
-            return DirectUnitOfWork(self._direct, self._conninfo)
+            return DirectUnitOfWork(self._direct, self._conninfo, self._record_group)
         return self.unit_of_work()
 
     def dispose(self) -> None:

@@ -1,0 +1,310 @@
+"""Group commit on PostgreSQL: records that arrive while another is on its way go together, each with its own outcome.
+
+A transaction holding `idempotency_records` in EXCLUSIVE mode keeps the first record (the leader's) waiting
+in PostgreSQL while other threads' records queue behind it; rows written by one statement share their
+`xmin` (the transaction that wrote them).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+
+from pos_engine.service.errors import DuplicateKey, OutcomeUnknown
+from pos_engine.store import db
+from pos_engine.store.db import RECORD_GROUP_MAX, Database
+from tests.integration.test_direct_recording import _fields, _stored
+
+Row = tuple[str, dict[str, Any], dict[str, Any]]
+
+
+def _entry(request_id: str) -> Row:
+    fields, idempotency = _fields(f"au_{request_id}", request_id)
+    return "ledger_entries", fields, idempotency
+
+
+def _decline(request_id: str) -> Row:
+    _entry_fields, idempotency = _fields(f"de_{request_id}", request_id)
+    fields = {
+        "decline_id": f"de_{request_id}",
+        "terminal_id": "t-1",
+        "request_id": request_id,
+        "merchant_id": "m-1",
+        "card_last4": "0001",
+        "decline_code": "no_benefit",
+        "amount_fen": 500,
+        "occurred_at": _entry_fields["occurred_at"],
+        "recorded_at": _entry_fields["recorded_at"],
+        "rules_version": "v-1",
+    }
+    return "declines", fields, {**idempotency, "response_body": b'{"status":"declined"}'}
+
+
+@pytest.fixture
+def database(pg_url: str) -> Iterator[Database]:
+    database = Database(pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("TRUNCATE ledger_entries, declines, idempotency_records")
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+@pytest.fixture
+def threads(database: Database) -> Iterator[ThreadPoolExecutor]:
+    """Threads, each with its connection open (a new connection prepares its statements, which waits for the table)."""
+    workers = RECORD_GROUP_MAX + 4
+    everyone = threading.Barrier(workers)
+    direct = database._direct
+    assert direct is not None
+
+    def connect() -> None:
+        direct.get()
+        everyone.wait(timeout=10)  # so that each task runs on a thread of its own
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for opened in [pool.submit(connect) for _worker in range(workers)]:
+            opened.result(timeout=10)
+        yield pool
+
+
+def _record(database: Database, row: Row) -> None:
+    with database.single_statement() as uow:
+        uow.repo.record(*row)
+
+
+@contextmanager
+def _records_held(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """While open, every record waits in PostgreSQL for the table lock."""
+    with psycopg.connect(pg_url) as holder:
+        holder.execute("LOCK TABLE idempotency_records IN EXCLUSIVE MODE")
+        yield holder
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def _waiting_in_postgresql(pg_url: str, statements: int) -> Callable[[], bool]:
+    def check() -> bool:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            row = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO idempotency_records%'"
+            ).fetchone()
+        return row is not None and row[0] == statements
+
+    return check
+
+
+def _queued(database: Database, records: int) -> Callable[[], bool]:
+    group = database._record_group
+    assert group is not None
+    return lambda: len(group._queue) == records
+
+
+def _writers(pg_url: str) -> dict[str, int]:
+    """Each stored request's writing transaction."""
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        return {request_id: int(xmin) for request_id, xmin in admin.execute("SELECT request_id, xmin::text FROM idempotency_records")}
+
+
+def _start(threads: ThreadPoolExecutor, database: Database, rows: list[Row]) -> list[Future[None]]:
+    return [threads.submit(_record, database, row) for row in rows]
+
+
+def _lead_and_queue(
+    pg_url: str, database: Database, threads: ThreadPoolExecutor, lead: Row, queued: list[Row]
+) -> tuple[Future[None], list[Future[None]]]:
+    """`lead` waits in PostgreSQL and `queued` wait behind it in the group (the caller holds the table)."""
+    leader = threads.submit(_record, database, lead)
+    _until(_waiting_in_postgresql(pg_url, 1), "the leader's record to wait for the lock")
+    followers = []
+    for row in queued:
+        followers.append(threads.submit(_record, database, row))
+        _until(_queued(database, len(followers)), "a record to queue")
+    return leader, followers
+
+
+def test_records_that_arrive_while_one_is_on_its_way_are_written_by_one_statement(
+    pg_url: str, database: Database, threads: ThreadPoolExecutor
+) -> None:
+    every_byte = _entry("req-4")
+    every_byte[2]["response_body"] = bytes(range(256))  # bytea goes in binary format: text would stop at the NUL
+    queued = [_entry("req-2"), _decline("req-3"), every_byte, _decline("req-5")]
+    with _records_held(pg_url):
+        leader, followers = _lead_and_queue(pg_url, database, threads, _entry("req-1"), queued)
+        assert not leader.done() and not any(follower.done() for follower in followers)
+    leader.result(timeout=10)
+    for follower in followers:
+        follower.result(timeout=10)
+    writers = _writers(pg_url)
+    assert len({writers[f"req-{number}"] for number in range(2, 6)}) == 1  # one statement for all four
+    assert writers["req-1"] != writers["req-2"]
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        assert admin.execute("SELECT count(*) FROM ledger_entries").fetchone() == (3,)
+        assert admin.execute("SELECT decline_id, decline_code, amount_fen FROM declines ORDER BY 1").fetchall() == [
+            ("de_req-3", "no_benefit", 500),
+            ("de_req-5", "no_benefit", 500),
+        ]
+    # Stored as a lone record stores them, byte for byte.
+    alone_row = _entry("req-alone")
+    alone_row[2]["response_body"] = bytes(range(256))
+    _record(database, alone_row)
+    alone = _stored(database, "au_req-alone")
+    assert _stored(database, "au_req-4") == alone
+
+
+def test_a_group_never_holds_more_than_its_maximum_and_the_rest_follow(
+    pg_url: str, database: Database, threads: ThreadPoolExecutor
+) -> None:
+    queued = [_entry(f"req-{number}") for number in range(2, RECORD_GROUP_MAX + 4)]
+    with _records_held(pg_url):
+        leader, followers = _lead_and_queue(pg_url, database, threads, _entry("req-1"), queued)
+    for future in [leader, *followers]:
+        future.result(timeout=10)
+    writers = _writers(pg_url)
+    statements = sorted(list(writers.values()).count(xmin) for xmin in set(writers.values()))
+    assert statements == [1, 2, RECORD_GROUP_MAX]  # the leader; the first eight queued; the two after them
+
+
+def test_a_duplicate_request_in_a_group_is_refused_alone_and_the_others_are_recorded(
+    pg_url: str, database: Database, threads: ThreadPoolExecutor
+) -> None:
+    _record(database, _entry("req-dup"))
+    duplicate = _entry("req-dup")
+    duplicate[1]["entry_id"] = duplicate[1]["authorisation_id"] = duplicate[2]["resource_id"] = "au_second"
+    with _records_held(pg_url):
+        leader, followers = _lead_and_queue(pg_url, database, threads, _entry("req-1"), [_entry("req-2"), duplicate, _decline("req-3")])
+    leader.result(timeout=10)
+    followers[0].result(timeout=10)
+    with pytest.raises(DuplicateKey):
+        followers[1].result(timeout=10)
+    followers[2].result(timeout=10)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        assert admin.execute("SELECT count(*) FROM ledger_entries WHERE entry_id = 'au_second'").fetchone() == (0,)
+        assert admin.execute("SELECT count(*) FROM idempotency_records").fetchone() == (4,)
+
+
+def test_a_value_the_record_refuses_fails_only_its_own_swipe(pg_url: str, database: Database, threads: ThreadPoolExecutor) -> None:
+    bad = _entry("req-nul")
+    bad[1]["merchant_id"] = "m-1\x00-and-more"
+    with _records_held(pg_url):
+        leader, followers = _lead_and_queue(pg_url, database, threads, _entry("req-1"), [bad, _entry("req-2"), _entry("req-3")])
+    leader.result(timeout=10)
+    with pytest.raises(ValueError, match="NUL"):
+        followers[0].result(timeout=10)
+    for follower in followers[1:]:
+        follower.result(timeout=10)
+    writers = _writers(pg_url)
+    assert "req-nul" not in writers
+    assert writers["req-2"] == writers["req-3"]
+
+
+def test_a_group_cancelled_by_the_server_writes_nothing_and_each_swipe_gets_the_error(
+    pg_url: str, database: Database, threads: ThreadPoolExecutor
+) -> None:
+    with _records_held(pg_url):
+        leader, followers = _lead_and_queue(pg_url, database, threads, _entry("req-1"), [_entry("req-2"), _entry("req-3")])
+        (leader_pid,) = _pids_waiting(pg_url)
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_cancel_backend(%s)", (leader_pid,))
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            leader.result(timeout=10)
+        _until(_waiting_in_postgresql(pg_url, 1), "the group's statement to wait for the lock")
+        (group_pid,) = _pids_waiting(pg_url)
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_cancel_backend(%s)", (group_pid,))
+        errors = [_error(follower) for follower in followers]
+    assert all(isinstance(error, psycopg.errors.QueryCanceled) for error in errors)
+    assert errors[0] is not errors[1]  # each thread raises its own
+    assert _writers(pg_url) == {}
+    _record(database, _entry("req-2"))  # the group is free again
+    assert set(_writers(pg_url)) == {"req-2"}
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["committed", "not committed"])
+def test_a_group_whose_answer_is_lost_looks_each_swipe_up(
+    pg_url: str, database: Database, threads: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch, committed: bool
+) -> None:
+    execute = db._GroupStatements.execute
+
+    def lost(self: Any, connection: psycopg.Connection[Any], group: list[Any]) -> None:
+        if committed:
+            execute(self, connection, group)
+        connection.pgconn.finish()  # the session ends: a statement not sent never will commit
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(db._GroupStatements, "execute", lost)
+    with _records_held(pg_url):
+        leader, followers = _lead_and_queue(pg_url, database, threads, _entry("req-1"), [_entry("req-2"), _decline("req-3")])
+    leader.result(timeout=10)
+    errors = [_error(follower) for follower in followers]
+    if committed:
+        assert errors == [None, None]
+        assert set(_writers(pg_url)) == {"req-1", "req-2", "req-3"}
+    else:
+        assert all(type(error) is psycopg.OperationalError for error in errors)  # nothing written: a 503, caps given back
+        assert set(_writers(pg_url)) == {"req-1"}
+
+
+def test_a_group_whose_outcome_cannot_be_told_is_outcome_unknown_for_each_swipe(
+    pg_url: str, database: Database, threads: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def lost(self: Any, connection: psycopg.Connection[Any], group: list[Any]) -> None:  # the session stays open
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(db._GroupStatements, "execute", lost)
+    with _records_held(pg_url):
+        leader, followers = _lead_and_queue(pg_url, database, threads, _entry("req-1"), [_entry("req-2"), _entry("req-3")])
+    leader.result(timeout=10)
+    assert all(isinstance(_error(follower), OutcomeUnknown) for follower in followers)
+
+
+def test_a_leader_stopped_with_its_group_on_the_way_leaves_no_one_waiting(
+    pg_url: str, database: Database, threads: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execute = db._GroupStatements.execute
+
+    def sent_then_stopped(self: Any, connection: psycopg.Connection[Any], group: list[Any]) -> None:
+        execute(self, connection, group)
+        raise SystemExit(1)
+
+    monkeypatch.setattr(db._GroupStatements, "execute", sent_then_stopped)
+    with _records_held(pg_url):
+        leader, followers = _lead_and_queue(pg_url, database, threads, _entry("req-1"), [_entry("req-2"), _entry("req-3"), _entry("req-4")])
+    leader.result(timeout=10)
+    errors = [_error(follower) for follower in followers]
+    assert isinstance(errors[0], SystemExit)  # the group's leader: the first queued
+    assert all(isinstance(error, OutcomeUnknown) for error in errors[1:])  # it may have committed: caps stay taken
+    monkeypatch.undo()
+    _record(database, _entry("req-5"))  # the lead was handed on: nothing waits for ever
+    assert {"req-1", "req-5"} <= set(_writers(pg_url))
+
+
+def _pids_waiting(pg_url: str) -> list[int]:
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        return [
+            pid
+            for (pid,) in admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO idempotency_records%'"
+            )
+        ]
+
+
+def _error(future: Future[None]) -> BaseException | None:
+    try:
+        future.result(timeout=10)
+    except BaseException as error:  # the outcome under test
+        return error
+    return None
