@@ -1,20 +1,21 @@
 """gunicorn settings for `gunicorn pos_engine.wsgi:app`, chosen by measurement (docs/performance.md).
 
-On the 2-core reference machine: 3 workers of the gthread class with 4 threads each. Since the nineteenth
-round a worker's swipes that reach PostgreSQL while another of its swipes is being recorded are recorded
-together, by one statement and one commit (group commit, `pos_engine.store.db.RecordGroup`), which needs
-several swipes in flight per worker: 4 threads cut PostgreSQL's CPU a swipe by a third at saturation for the
-same moderate-rate tail as 1 thread; 2 threads formed fewer groups, 8 threads left more of the cores idle.
-gthread rather than sync keeps terminals' connections alive; behind a proxy that opens a connection per
-request, `-k sync` gives the shorter tail (a sync worker accepts only when free; a gthread worker accepts
-while busy), without group commit. Override any of them on the command line or with GUNICORN_CMD_ARGS.
+On the 2-core reference machine, 3 workers of the gthread class with one thread each gave the best tail latency
+at a moderate rate. With more threads a worker's swipes that reach PostgreSQL while another of its swipes is
+being recorded are recorded together, by one statement and one commit (group commit,
+`pos_engine.store.db.RecordGroup`): `--threads 4` served 10-18 % more swipes a second on the same host and cut
+PostgreSQL's CPU a swipe by a sixth to a third, but its moderate-rate p99 was over 10 ms in two runs of four
+(never with one thread), and the bare ceiling gained as much. Set it where capacity matters more than
+the tail. gthread rather than sync keeps terminals' connections alive; behind a proxy that opens a connection
+per request, `-k sync` gives the shorter tail (a sync worker accepts only when free; a gthread worker accepts
+while busy). Override any of them on the command line or with GUNICORN_CMD_ARGS.
 """
 
 import multiprocessing
 
 workers = max(2, multiprocessing.cpu_count() + 1)
 worker_class = "gthread"
-threads = 4
+threads = 1
 keepalive = 30
 backlog = 2048
 graceful_timeout = 10

@@ -60,7 +60,13 @@ class LiveEngine:
 
 @contextmanager
 def live_engine(
-    tmp_path: Path, *, workers: int = 3, rules_dir: Path | None = None, database_url: str | None = None, redis_url: str | None = None
+    tmp_path: Path,
+    *,
+    workers: int = 3,
+    threads: int | None = None,
+    rules_dir: Path | None = None,
+    database_url: str | None = None,
+    redis_url: str | None = None,
 ) -> Iterator[LiveEngine]:
     """Load the demo world into a database and serve it with gunicorn; stop it afterwards."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("POS_ENGINE_")}
@@ -74,7 +80,9 @@ def live_engine(
     port = free_port()
     log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed below, after the server stops
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}", "--graceful-timeout", "2", "pos_engine.wsgi:app"],
+        [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}", "--graceful-timeout", "2"]
+        + ([] if threads is None else ["--threads", str(threads)])  # else gunicorn.conf.py's
+        + ["pos_engine.wsgi:app"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

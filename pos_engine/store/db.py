@@ -307,7 +307,7 @@ class DirectRepository:
 
     def _after_lost_group(self, group: list[_Waiting], backend_pid: int, error: psycopg.Error) -> None:
         """Each swipe's outcome after the group's answer was lost: looked up as a lone record's (`record_alone`)."""
-        keys = [(waiting.row[2]["terminal_id"], waiting.row[2]["request_id"]) for waiting in group]
+        keys = [_request_key(waiting) for waiting in group]
         try:
             session_over, stored_rows = _after_lost_answer(self._conninfo, backend_pid, keys)
         except psycopg.Error as lookup_error:
@@ -748,11 +748,18 @@ class _GroupStatements:
         for waiting in ordered:
             params += waiting.params[0]
             formats += _DIRECT_RECORD[waiting.row[0]].row_formats
-        for waiting in ordered:
+        # Idempotency keys in one order in every statement, so that two statements that each hold a key the other
+        # waits for (two repeats in flight at once) cannot deadlock.
+        for waiting in sorted(ordered, key=_request_key):
             params += waiting.params[1]
             formats += _IDEMPOTENCY_FORMATS
         pgconn.send_query_prepared(name, params, formats)
         _check(pgconn, _answer_within(pgconn, RECORD_ANSWER_S_MAX))
+
+
+def _request_key(waiting: _Waiting) -> tuple[str, str]:
+    idempotency = waiting.row[2]
+    return idempotency["terminal_id"], idempotency["request_id"]
 
 
 def _group_sql(entries: int, declined: int) -> bytes:

@@ -57,17 +57,21 @@ def fifty_swipes_on_one_card(engine: LiveEngine) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["sqlite", "pg_redis"])
-def test_fifty_swipes_across_three_workers_subsidise_exactly_seven(tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize(("kind", "threads"), [("sqlite", 1), ("pg_redis", 1), ("pg_redis", 4)])
+def test_fifty_swipes_across_three_workers_subsidise_exactly_seven(
+    tmp_path: Path, kind: str, threads: int, request: pytest.FixtureRequest
+) -> None:
+    """With four threads a worker records the swipes that meet on their way to PostgreSQL together (group commit)."""
     rules_dir = write_rulebook(tmp_path / "rules")
     options: dict[str, Any] = {}
     if kind == "pg_redis":
         request.getfixturevalue("redis_client")  # fails, not skips, if Redis is down
         options = {"database_url": request.getfixturevalue("pg_url"), "redis_url": "redis://127.0.0.1:6379/0"}
-    with live_engine(tmp_path, workers=3, rules_dir=rules_dir, **options) as engine:
+    with live_engine(tmp_path, workers=3, threads=threads, rules_dir=rules_dir, **options) as engine:
         answers = fifty_swipes_on_one_card(engine)
         approved = [answer for answer in answers if answer["status"] == "approved"]
         assert len(approved) == 7
+        assert len({answer["id"] for answer in answers}) == 50  # fifty swipes recorded, each its own
         assert all(answer["subsidy_fen"] == 500 for answer in approved)
         reconcile = run_cli(engine.env, "counters", "reconcile", check=False)
         assert reconcile.returncode == 0, reconcile.stdout + reconcile.stderr

@@ -308,3 +308,44 @@ def _error(future: Future[None]) -> BaseException | None:
     except BaseException as error:  # the outcome under test
         return error
     return None
+
+
+def test_two_groups_holding_each_other_s_repeats_do_not_deadlock(pg_url: str, database: Database) -> None:
+    """Each group statement takes its idempotency keys in one order: a repeat waits for the first, never in a cycle.
+
+    A trigger slows every insert of these requests' keys, so that both statements hold their first key
+    before either asks for its second. Taken in the order each group came in (x then y, y then x) they
+    would wait for each other until the statement limit cancelled one: a 503 for swipes that could go.
+    """
+    limited = Database(pg_url, statement_timeout_ms=600)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(
+            "CREATE FUNCTION slow_key() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.1); RETURN NEW; END $$;"
+            " CREATE TRIGGER slow_key BEFORE INSERT ON idempotency_records FOR EACH ROW"
+            " WHEN (NEW.request_id LIKE 'slow-%') EXECUTE FUNCTION slow_key()"
+        )
+    try:
+        first, again = {}, {}
+        for request_id in ("slow-x", "slow-y"):
+            first[request_id] = db._Waiting(_entry(request_id))
+            repeat = _entry(request_id)
+            repeat[1]["entry_id"] = repeat[1]["authorisation_id"] = repeat[2]["resource_id"] = f"au_again_{request_id}"
+            again[request_id] = db._Waiting(repeat)
+        groups = [[first["slow-x"], first["slow-y"]], [again["slow-y"], again["slow-x"]]]
+        everyone = threading.Barrier(2)
+
+        def send(group: list[db._Waiting]) -> None:
+            with limited.single_statement() as uow:
+                everyone.wait(timeout=10)
+                uow.repo.record_group(group)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for sent in [pool.submit(send, group) for group in groups]:
+                sent.result(timeout=20)
+        outcomes = [type(waiting.error).__name__ for group in groups for waiting in group]
+        assert sorted(outcomes) == ["DuplicateKey", "DuplicateKey", "NoneType", "NoneType"], outcomes
+        assert all(waiting.done for group in groups for waiting in group)
+    finally:
+        limited.dispose()
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("DROP TRIGGER slow_key ON idempotency_records; DROP FUNCTION slow_key()")
