@@ -3,12 +3,13 @@
 On the 2-core reference machine, 3 workers of the gthread class with one thread each gave the best tail latency
 at a moderate rate. With more threads a worker's swipes that reach PostgreSQL while another of its swipes is
 being recorded are recorded together, by one statement and one commit (group commit,
-`pos_engine.store.db.RecordGroup`): `--threads 4` served 10-18 % more swipes a second on the same host and cut
-PostgreSQL's CPU a swipe by a sixth to a third, but its moderate-rate p99 was over 10 ms in two runs of four
-(never with one thread), and the bare ceiling gained as much. Set it where capacity matters more than
-the tail. gthread rather than sync keeps terminals' connections alive; behind a proxy that opens a connection
-per request, `-k sync` gives the shorter tail (a sync worker accepts only when free; a gthread worker accepts
-while busy). Override any of them on the command line or with GUNICORN_CMD_ARGS.
+`pos_engine.store.db.RecordGroup`): `--threads 4` served 10-18 % more swipes a second on the same host (four
+threads without group commit about 12 %) and group commit cut PostgreSQL's CPU a swipe by a sixth to a third,
+but the moderate-rate p99 was over 10 ms in two runs of four (never with one thread), and the bare ceiling
+gained as much from the threads. Set it where capacity matters more than the tail. gthread rather than
+sync keeps terminals' connections alive; behind a proxy that opens a connection per request, `-k sync` gives
+the shorter tail (a sync worker accepts only when free; a gthread worker accepts while busy).
+Override any of them on the command line or with GUNICORN_CMD_ARGS.
 """
 
 import multiprocessing

@@ -9,6 +9,7 @@ import select
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -278,20 +279,22 @@ class DirectRepository:
                     waiting.done, waiting.error = True, error
                 else:
                     ready.append(waiting)
-        if len(ready) > 1:
+        # On a closed connection nothing can be sent: each alone, below, fails as a lone record does.
+        if len(ready) > 1 and not self.connection.closed:
             backend_pid = self.connection.pgconn.backend_pid  # before the statement: a connection that breaks forgets it
             try:
                 _GROUP_STATEMENTS.execute(self.connection, ready)
             except psycopg.OperationalError as error:
-                pgconn = self.connection.pgconn
-                if error.sqlstate is not None and pgconn.status == pq.ConnStatus.OK:
-                    # The server cancelled the statement (its statement timeout, a shutdown): nothing was written,
-                    # and sending each alone would wait as long again for each.
+                if error.sqlstate is None or self.connection.pgconn.status != pq.ConnStatus.OK:
+                    self._after_lost_group(ready, backend_pid, error)
+                    return
+                if error.sqlstate.startswith("57"):
+                    # Cancelled (the statement limit, an operator): nothing was written, and sending each alone
+                    # would wait as long again for each.
                     for waiting in ready:
                         waiting.done, waiting.error = True, type(error)(str(error))
-                else:
-                    self._after_lost_group(ready, backend_pid, error)
-                return
+                    return
+                # Refused for one of its rows (a lock it could not take, a serialisation failure): each alone, below.
             except (psycopg.Error, DuplicateKey):
                 pass  # refused for one of its rows (a duplicate request): nothing was written; each alone, below
             else:
@@ -694,7 +697,6 @@ def _connect_direct(conninfo: str) -> psycopg.Connection[Any]:
     try:
         for statement in _DIRECT_RECORD.values():
             statement.prepare(connection.pgconn)
-        _GROUP_STATEMENTS.prepare(connection.pgconn)
     except BaseException:
         connection.close()
         raise
@@ -715,7 +717,8 @@ RECORD_GROUP_MAX = 8  # swipes recorded by one statement at most
 
 class _GroupStatements:
     """Statements that record several swipes at once: `entries` ledger entries and `declined` declines, then every
-    idempotency record, in one data-modifying statement (all or nothing); each prepared on every connection."""
+    idempotency record, in one data-modifying statement (all or nothing); each prepared on a connection the first
+    time a group of its mix is sent on it (with one thread a worker, never)."""
 
     def __init__(self) -> None:
         self._statements = {
@@ -724,11 +727,8 @@ class _GroupStatements:
             for entries in range(size + 1)
             for declined in (size - entries,)
         }
-
-    def prepare(self, pgconn: PGconn) -> None:
-        """Prepare every size on a new connection (parsing an INSERT waits for its table's locks, so not on a swipe's way)."""
-        for name, sql in self._statements.values():
-            _check(pgconn, pgconn.prepare(name, sql))
+        self._prepared: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[bytes]] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
 
     @staticmethod
     def params(row: tuple[str, dict[str, Any], dict[str, Any]]) -> tuple[list[bytes | None], list[bytes | None]]:
@@ -741,8 +741,13 @@ class _GroupStatements:
         ordered = [waiting for waiting in group if waiting.row[0] == ledger.name]
         entries = len(ordered)
         ordered += [waiting for waiting in group if waiting.row[0] != ledger.name]
-        name, _sql = self._statements[entries, len(ordered) - entries]
+        name, sql = self._statements[entries, len(ordered) - entries]
         pgconn = connection.pgconn
+        with self._lock:
+            prepared = self._prepared.setdefault(connection, set())
+        if name not in prepared:
+            _check(pgconn, pgconn.prepare(name, sql))
+            prepared.add(name)
         params: list[bytes | None] = []
         formats: list[int] = []
         for waiting in ordered:
@@ -809,10 +814,12 @@ class RecordGroup:
     The thread whose record finds no group in flight leads: it sends its own record at once, on its own connection.
     Records that come meanwhile queue; when the leader's statement is answered it hands the lead to the first of
     them, which sends all that queued (up to RECORD_GROUP_MAX) in one statement and wakes the rest with their
-    outcomes. A statement of several records is all or nothing: if PostgreSQL refuses it (a duplicate key, its
-    statement timeout), nothing was written, and each record is sent again alone for its own outcome; if its
-    answer is lost, each record's outcome is looked up as a lone record's is (DirectRepository.record).
-    With one thread per process nothing ever waits.
+    outcomes. A statement of several records is all or nothing. If PostgreSQL refuses it for one of its rows (a
+    duplicate key), nothing was written, and each record is sent again alone for its own outcome; if it cancels
+    it (the statement limit, an operator), nothing was written and each record gets the error; if its answer is
+    lost, each record's outcome is looked up as a lone record's is (DirectRepository.record_group). Any other
+    failure of the sender leaves every record of its group OutcomeUnknown (caps kept). With one thread per
+    process nothing ever waits.
     """
 
     def __init__(self) -> None:
@@ -842,9 +849,11 @@ class RecordGroup:
             group = [me]
         try:
             repository.record_group(group)
+        except Exception:  # a bug, or the process failing (poll, memory): the statement may be on its way
+            log.exception("recording a group of %d swipes failed: their outcome is unknown", len(group))
         finally:
             for waiting in group:
-                if not waiting.done:  # the leader was stopped with the statement perhaps on its way
+                if not waiting.done:  # the sender failed or was stopped with the statement perhaps on its way
                     waiting.done, waiting.error = True, OutcomeUnknown("the swipe's record was interrupted")
                 if waiting is not me:
                     waiting.leads = False

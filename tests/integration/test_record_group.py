@@ -23,6 +23,11 @@ from pos_engine.store.db import RECORD_GROUP_MAX, Database
 from tests.integration.test_direct_recording import _fields, _stored
 
 Row = tuple[str, dict[str, Any], dict[str, Any]]
+# Sessions of this test's database whose record (or its preparation) waits for a lock.
+_RECORDS_WAITING = (
+    "FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    " AND query LIKE '%INSERT INTO idempotency_records%'"
+)
 
 
 def _entry(request_id: str) -> Row:
@@ -99,9 +104,7 @@ def _until(condition: Callable[[], bool], what: str) -> None:
 def _waiting_in_postgresql(pg_url: str, statements: int) -> Callable[[], bool]:
     def check() -> bool:
         with psycopg.connect(pg_url, autocommit=True) as admin:
-            row = admin.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO idempotency_records%'"
-            ).fetchone()
+            row = admin.execute(f"SELECT count(*) {_RECORDS_WAITING}").fetchone()
         return row is not None and row[0] == statements
 
     return check
@@ -294,12 +297,7 @@ def test_a_leader_stopped_with_its_group_on_the_way_leaves_no_one_waiting(
 
 def _pids_waiting(pg_url: str) -> list[int]:
     with psycopg.connect(pg_url, autocommit=True) as admin:
-        return [
-            pid
-            for (pid,) in admin.execute(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO idempotency_records%'"
-            )
-        ]
+        return [pid for (pid,) in admin.execute(f"SELECT pid {_RECORDS_WAITING}")]
 
 
 def _error(future: Future[None]) -> BaseException | None:
@@ -349,3 +347,72 @@ def test_two_groups_holding_each_other_s_repeats_do_not_deadlock(pg_url: str, da
         limited.dispose()
         with psycopg.connect(pg_url, autocommit=True) as admin:
             admin.execute("DROP TRIGGER slow_key ON idempotency_records; DROP FUNCTION slow_key()")
+
+
+def test_a_group_refused_for_a_lock_one_row_could_not_take_sends_each_swipe_alone(
+    pg_url: str, database: Database, threads: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused, not cancelled (a lock timeout, a serialisation failure): nothing was written, and that was one row's doing."""
+
+    def refused(self: Any, connection: psycopg.Connection[Any], group: list[Any]) -> None:
+        raise psycopg.errors.LockNotAvailable("could not obtain lock on row in relation")
+
+    monkeypatch.setattr(db._GroupStatements, "execute", refused)
+    with _records_held(pg_url):
+        leader, followers = _lead_and_queue(pg_url, database, threads, _entry("req-1"), [_entry("req-2"), _decline("req-3")])
+    leader.result(timeout=10)
+    assert [_error(follower) for follower in followers] == [None, None]
+    writers = _writers(pg_url)
+    assert set(writers) == {"req-1", "req-2", "req-3"}
+    assert writers["req-2"] != writers["req-3"]  # each by a statement of its own
+
+
+def test_a_sender_failing_otherwise_leaves_every_swipe_of_its_group_outcome_unknown(
+    pg_url: str, database: Database, threads: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug or the process failing after the statement went out: no swipe of the group may give its caps back."""
+    execute = db._GroupStatements.execute
+
+    def sent_then_failed(self: Any, connection: psycopg.Connection[Any], group: list[Any]) -> None:
+        execute(self, connection, group)
+        raise OSError("poll failed")
+
+    monkeypatch.setattr(db._GroupStatements, "execute", sent_then_failed)
+    with _records_held(pg_url):
+        leader, followers = _lead_and_queue(pg_url, database, threads, _entry("req-1"), [_entry("req-2"), _entry("req-3")])
+    leader.result(timeout=10)
+    assert all(isinstance(_error(follower), OutcomeUnknown) for follower in followers)  # the sender's own too
+    monkeypatch.undo()
+    _record(database, _entry("req-4"))  # the group is free again
+    assert set(_writers(pg_url)) == {"req-1", "req-2", "req-3", "req-4"}
+
+
+def test_a_group_on_a_closed_connection_fails_each_swipe_as_nothing_written(pg_url: str, database: Database) -> None:
+    direct = database._direct
+    assert direct is not None
+    connection = direct.get()
+    connection.close()
+    group = [db._Waiting(_entry("req-1")), db._Waiting(_decline("req-2"))]
+    db.DirectRepository(connection, database._conninfo).record_group(group)
+    assert all(waiting.done and type(waiting.error) is psycopg.OperationalError for waiting in group)  # a 503, caps given back
+    assert _writers(pg_url) == {}
+
+
+def test_each_mix_of_entries_and_declines_is_prepared_on_a_connection_when_first_sent(pg_url: str, database: Database) -> None:
+    direct = database._direct
+    assert direct is not None
+    repository = db.DirectRepository(direct.get(), database._conninfo)
+    mixes = [
+        [_entry("req-1"), _decline("req-2")],
+        [_entry("req-3"), _entry("req-4"), _decline("req-5")],
+        [_decline("req-6"), _decline("req-7")],
+        [_entry("req-8"), _decline("req-9")],  # the first mix again: prepared already
+    ]
+    for rows in mixes:
+        group = [db._Waiting(row) for row in rows]
+        repository.record_group(group)
+        assert [waiting.error for waiting in group] == [None] * len(group)
+    writers = _writers(pg_url)
+    statements = [{writers[row[2]["request_id"]] for row in rows} for rows in mixes]
+    assert all(len(statement) == 1 for statement in statements)  # each group by one statement
+    assert len(set.union(*statements)) == len(mixes)
