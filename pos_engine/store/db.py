@@ -592,16 +592,15 @@ class _DirectStatement:
             f"INSERT INTO {idempotency_records.name} ({', '.join(column.name for column in idem_columns)}) VALUES ({idem_values})"
         ).encode()
         self._row = [(column.name, *_column_encoder(column)) for column in row_columns]
-        self._idem = [(column.name, *_column_encoder(column)) for column in idem_columns]
-        self._formats = [format_ for _name, _encode, format_ in self._row + self._idem]
         self.row_formats = [format_ for _name, _encode, format_ in self._row]
+        self._formats = self.row_formats + _IDEMPOTENCY_FORMATS
 
     def prepare(self, pgconn: PGconn) -> None:
         """Prepare on a new connection (once: a prepared statement lives as long as its connection)."""
         _check(pgconn, pgconn.prepare(self.name, self.sql))
 
     def execute(self, pgconn: PGconn, fields: dict[str, Any], idempotency: dict[str, Any]) -> None:
-        params = self.row_params(fields) + idempotency_params(idempotency)
+        params = self.row_params(fields) + _idempotency_params(idempotency)
         pgconn.send_query_prepared(self.name, params, self._formats)
         _check(pgconn, _answer_within(pgconn, RECORD_ANSWER_S_MAX))
 
@@ -703,12 +702,12 @@ def _connect_direct(conninfo: str) -> psycopg.Connection[Any]:
     return connection
 
 
-_DIRECT_RECORD = {table.name: _DirectStatement(table) for table in (ledger, declines)}
 _IDEMPOTENCY_COLUMNS = [(column.name, *_column_encoder(column)) for column in idempotency_records.columns]
 _IDEMPOTENCY_FORMATS = [format_ for _name, _encode, format_ in _IDEMPOTENCY_COLUMNS]
+_DIRECT_RECORD = {table.name: _DirectStatement(table) for table in (ledger, declines)}
 
 
-def idempotency_params(idempotency: Mapping[str, Any]) -> list[bytes | None]:
+def _idempotency_params(idempotency: Mapping[str, Any]) -> list[bytes | None]:
     return _encoded(idempotency, _IDEMPOTENCY_COLUMNS)
 
 
@@ -734,7 +733,7 @@ class _GroupStatements:
     def params(row: tuple[str, dict[str, Any], dict[str, Any]]) -> tuple[list[bytes | None], list[bytes | None]]:
         """A swipe's parameters: its ledger entry's or decline's, and its idempotency record's."""
         table_name, fields, idempotency = row
-        return _DIRECT_RECORD[table_name].row_params(fields), idempotency_params(idempotency)
+        return _DIRECT_RECORD[table_name].row_params(fields), _idempotency_params(idempotency)
 
     def execute(self, connection: psycopg.Connection[Any], group: list[_Waiting]) -> None:
         """Record `group`, each with its `params`, in one statement; raises as _DirectStatement.execute does."""
@@ -812,7 +811,7 @@ class RecordGroup:
     wait, and go together in one statement (one commit, one WAL flush) once it is back.
 
     The thread whose record finds no group in flight leads: it sends its own record at once, on its own connection.
-    Records that come meanwhile queue; when the leader's statement is answered it hands the lead to the first of
+    Records that come meanwhile queue; once the leader's outcome is known it hands the lead to the first of
     them, which sends all that queued (up to RECORD_GROUP_MAX) in one statement and wakes the rest with their
     outcomes. A statement of several records is all or nothing. If PostgreSQL refuses it for one of its rows (a
     duplicate key), nothing was written, and each record is sent again alone for its own outcome; if it cancels
