@@ -315,20 +315,10 @@ class DirectRepository:
             session_over, stored_rows = _after_lost_answer(self._conninfo, backend_pid, keys)
         except psycopg.Error as lookup_error:
             for waiting in group:
-                waiting.done = True
-                waiting.error = OutcomeUnknown(f"the swipe's answer was lost ({error}) and it cannot be looked up: {lookup_error}")
+                waiting.done, waiting.error = True, _unknown_after_lost_answer(error, lookup_error)
             return
         for waiting, stored in zip(group, stored_rows, strict=True):
-            waiting.done = True
-            idempotency = waiting.row[2]
-            if stored is not None and stored.resource_id == idempotency["resource_id"]:
-                log.warning("the answer to a recorded swipe was lost (%s); found it recorded", error)
-            elif stored is not None:
-                waiting.error = DuplicateKey(f"request {idempotency['request_id']!r} is recorded by another request")
-            elif session_over:
-                waiting.error = psycopg.OperationalError(str(error))
-            else:
-                waiting.error = OutcomeUnknown(f"the swipe's answer was lost ({error}) and its session is still open")
+            waiting.done, waiting.error = True, _outcome_after_lost_answer(error, session_over, stored, waiting.row[2])
 
     def record_alone(self, table_name: str, fields: dict[str, Any], idempotency: dict[str, Any]) -> Any:
         """Both rows in one statement (a data-modifying CTE): both or neither.
@@ -359,20 +349,31 @@ class DirectRepository:
                     self._conninfo, backend_pid, [(idempotency["terminal_id"], idempotency["request_id"])]
                 )
             except psycopg.Error as lookup_error:
-                raise OutcomeUnknown(f"the swipe's answer was lost ({error}) and it cannot be looked up: {lookup_error}") from error
-            if stored is not None and stored.resource_id == idempotency["resource_id"]:
-                log.warning("the answer to a recorded swipe was lost (%s); found it recorded", error)
-                return SimpleNamespace(**fields)
-            if stored is not None:
-                raise DuplicateKey(f"request {idempotency['request_id']!r} is recorded by another request") from error
-            if session_over:
-                raise
-            raise OutcomeUnknown(f"the swipe's answer was lost ({error}) and its session is still open") from error
+                raise _unknown_after_lost_answer(error, lookup_error) from error
+            outcome = _outcome_after_lost_answer(error, session_over, stored, idempotency)
+            if outcome is not None:
+                raise outcome from error
         return SimpleNamespace(**fields)
 
     def idempotency(self, terminal_id: str, request_id: str) -> Any:
         cursor = self.connection.cursor(row_factory=namedtuple_row)
         return cursor.execute(_DIRECT_IDEMPOTENCY_SQL, (terminal_id, request_id), prepare=True).fetchone()
+
+
+def _outcome_after_lost_answer(error: psycopg.Error, session_over: bool, stored: Any, idempotency: Mapping[str, Any]) -> Exception | None:
+    """What a swipe whose record's answer was lost gets, from what `_after_lost_answer` found: None if it is recorded."""
+    if stored is not None and stored.resource_id == idempotency["resource_id"]:
+        log.warning("the answer to a recorded swipe was lost (%s); found it recorded", error)
+        return None
+    if stored is not None:
+        return DuplicateKey(f"request {idempotency['request_id']!r} is recorded by another request")
+    if session_over:  # it committed or never will: it did not
+        return psycopg.OperationalError(str(error))
+    return OutcomeUnknown(f"the swipe's answer was lost ({error}) and its session is still open")
+
+
+def _unknown_after_lost_answer(error: psycopg.Error, lookup_error: psycopg.Error) -> OutcomeUnknown:
+    return OutcomeUnknown(f"the swipe's answer was lost ({error}) and it cannot be looked up: {lookup_error}")
 
 
 def _after_lost_answer(conninfo: str, backend_pid: int, requests: list[tuple[str, str]]) -> tuple[bool, list[Any]]:

@@ -378,9 +378,10 @@ class RedisCounterStore:
             kept = [(stored, key) for stored, key, is_shut in zip(batch, keys, shut, strict=True) if not is_shut]
             for stored, _key in kept:
                 pipeline.ttl(stored)
-            lives = [(stored, _ttl(key, now)) for (stored, key), left in zip(kept, pipeline.execute(), strict=True) if left == -1]
+            untimed = [(stored, key) for (stored, key), left in zip(kept, pipeline.execute(), strict=True) if left == -1]
             pipeline = self.client.pipeline(transaction=False)
-            for stored, ttl in lives:
+            for stored, key in untimed:
+                ttl = _ttl(key, now)
                 if ttl != "0":  # a campaign's whole run, a budget: kept for ever
                     pipeline.expire(stored, int(ttl))
             timed += sum(1 for done in pipeline.execute() if done)
