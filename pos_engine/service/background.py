@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class _Process:
@@ -59,6 +61,43 @@ class ProcessThread:
     def driven_by_hand(self) -> None:
         """Never start the thread in this process: the caller runs the work itself (tests, one-off tools)."""
         self._started_in = this_process()
+
+
+# While a background thread does a long stretch of CPU work, a thread waiting for the GIL gets it after this
+# long (CPython's default is 5 ms): docs/performance.md, twentieth round.
+YIELDING_SWITCH_INTERVAL_S = 0.0002
+
+
+class _Yielding:
+    """How many threads of this process are in `yielding_to_requests`, and the switch interval before the first."""
+
+    lock = threading.Lock()
+    inside = 0
+    interval_before = 0.0
+
+
+@contextmanager
+def yielding_to_requests() -> Iterator[None]:
+    """Run a background thread's long CPU work (a rulebook reload) without holding up the threads serving requests.
+
+    A request thread that wakes from a wait (Redis, PostgreSQL, the client) needs the GIL back. While another
+    thread runs Python, CPython hands it over only after the switch interval, 5 ms by default, and a swipe
+    waits that long several times over. While any thread of the process is inside this, the interval is
+    YIELDING_SWITCH_INTERVAL_S; it is put back when the last one leaves. A thread that needs no GIL meanwhile
+    costs nothing: the interval counts only while another thread waits.
+    """
+    with _Yielding.lock:
+        if _Yielding.inside == 0:
+            _Yielding.interval_before = sys.getswitchinterval()
+            sys.setswitchinterval(YIELDING_SWITCH_INTERVAL_S)
+        _Yielding.inside += 1
+    try:
+        yield
+    finally:
+        with _Yielding.lock:
+            _Yielding.inside -= 1
+            if _Yielding.inside == 0:
+                sys.setswitchinterval(_Yielding.interval_before)
 
 
 REPEATED_FAILURE_QUIET_S = 300.0  # a failure that goes on is logged again, as one line, this often

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 
 import pytest
 
-from pos_engine.service.background import ProcessThread, RepeatedFailure
+from pos_engine.service.background import YIELDING_SWITCH_INTERVAL_S, ProcessThread, RepeatedFailure, yielding_to_requests
 
 
 def test_a_thread_starts_once_in_a_process_and_once_again_in_a_forked_child() -> None:
@@ -89,3 +90,41 @@ def test_a_service_that_comes_and_goes_shows_its_traceback_once_in_the_quiet_per
         works,
         ("ERROR", "directory poll failed; retrying", True),
     ]
+
+
+def test_long_background_work_shortens_the_switch_interval_until_the_last_thread_leaves() -> None:
+    """Two threads' reloads overlap: the interval stays short until both are done, then is what it was before."""
+    before = sys.getswitchinterval()
+    assert before > YIELDING_SWITCH_INTERVAL_S  # the test would prove nothing at the short interval already
+    first_inside, second_inside, first_may_leave, first_left = (threading.Event() for _ in range(4))
+    seen: dict[str, float] = {}
+
+    def first() -> None:
+        with yielding_to_requests():
+            seen["first inside"] = sys.getswitchinterval()
+            first_inside.set()
+            first_may_leave.wait(5)
+        first_left.set()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert first_inside.wait(5)
+    with yielding_to_requests():
+        second_inside.set()
+        first_may_leave.set()
+        assert first_left.wait(5)
+        seen["second, after the first left"] = sys.getswitchinterval()
+    thread.join(5)
+    seen["after both"] = sys.getswitchinterval()
+
+    assert seen == pytest.approx(  # CPython keeps the interval in whole microseconds
+        {"first inside": YIELDING_SWITCH_INTERVAL_S, "second, after the first left": YIELDING_SWITCH_INTERVAL_S, "after both": before}
+    )
+
+
+def test_the_switch_interval_is_put_back_when_the_work_fails() -> None:
+    before = sys.getswitchinterval()
+    with pytest.raises(RuntimeError), yielding_to_requests():
+        assert sys.getswitchinterval() == pytest.approx(YIELDING_SWITCH_INTERVAL_S)
+        raise RuntimeError("the loader failed")
+    assert sys.getswitchinterval() == before

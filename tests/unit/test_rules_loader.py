@@ -7,6 +7,9 @@ from datetime import date, time
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pos_engine import rules_loader
 from pos_engine.domain.rulebook import Benefit, Conditions, FunderShare, Limit, Rule
@@ -721,3 +724,78 @@ def test_the_index_never_returns_another_districts_or_categorys_rules(demo_ruleb
                     assert conditions.merchant_ids is None or merchant_id in conditions.merchant_ids
                     by_merchant_id += conditions.merchant_ids is not None
     assert by_merchant_id > 0, "no rule naming merchants was returned: the merchant check above never ran"
+
+
+# -- libyaml reads, PyYAML's parser answers what it refuses ----------------------
+
+
+def loader_events(text: str, loader: type) -> list[tuple[object, ...]]:
+    """What `_read_yaml` uses of each event: a node's kind, text, tag, implicit flags and line; a document's line."""
+    used: list[tuple[object, ...]] = []
+    for event in yaml.parse(text, Loader=loader):
+        line = event.start_mark.line if event.start_mark is not None else None
+        if isinstance(event, yaml.NodeEvent):
+            used.append(
+                (type(event).__name__, getattr(event, "value", None), getattr(event, "tag", None), getattr(event, "implicit", None), line)
+            )
+        elif isinstance(event, yaml.DocumentStartEvent):
+            used.append(("DocumentStartEvent", line))
+        else:
+            used.append((type(event).__name__,))
+    return used
+
+
+def test_libyaml_is_what_reads_a_rule_file() -> None:
+    """The fast parser is libyaml's: the 15-fold speed-up of docs/performance.md's twentieth round is there."""
+    assert yaml.__with_libyaml__
+    assert rules_loader._FAST_LOADER is yaml.CSafeLoader
+
+
+def test_libyaml_and_pyyaml_give_the_loader_the_same_events_for_every_rule_file_we_ship_and_generate(tmp_path: Path) -> None:
+    from loadtests.world import merchant_profile
+    from loadtests.world import write_rulebook as write_world_rulebook
+
+    write_world_rulebook(tmp_path / "world", [merchant_profile(j, seed=7) for j in range(200)], rule_count=300, seed=7, year=2026)
+    files = sorted(DEMO_RULES.rglob("*.yaml")) + sorted((tmp_path / "world").rglob("*.yaml"))
+    assert len(files) > 10
+    for path in files:
+        text = path.read_text()
+        assert loader_events(text, yaml.CSafeLoader) == loader_events(text, yaml.SafeLoader), path
+
+
+_YAML_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
+_YAML_SCALAR = st.one_of(st.none(), st.booleans(), st.integers(), _YAML_TEXT, st.dates())
+_YAML_DATA = st.recursive(
+    _YAML_SCALAR,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_YAML_TEXT, inner, max_size=4)),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=_YAML_DATA,
+    flow=st.sampled_from([None, False, True]),
+    style=st.sampled_from([None, "'", '"', "|"]),
+    indent=st.integers(2, 6),
+    width=st.sampled_from([20, 80]),
+)
+def test_libyaml_and_pyyaml_give_the_loader_the_same_events_for_yaml_as_tools_write_it(
+    data: object, flow: bool | None, style: str | None, indent: int, width: int
+) -> None:
+    text = yaml.safe_dump(data, default_flow_style=flow, default_style=style, indent=indent, width=width, allow_unicode=True)
+    assert loader_events(text, yaml.CSafeLoader) == loader_events(text, yaml.SafeLoader)
+
+
+def test_a_refusal_found_before_a_later_syntax_error_is_the_one_reported(tmp_path: Path) -> None:
+    """The loader meets the events in the file's order, whichever parser reads it: the alias on line 3 is reported, not line 5's error."""
+    root = write_rulebook(tmp_path, {"odd.yaml": "campaign: &top\n  id: x\n  name: *top\n  more:\n    a: b: c\n"})
+
+    assert problems_of(root) == [f"{root / 'campaigns' / 'odd.yaml'}:3: YAML aliases (*name) are not supported; write the value out"]
+
+
+def test_a_syntax_error_met_after_good_events_is_pyyaml_s_message_with_its_line(tmp_path: Path) -> None:
+    """libyaml stops at line 4; PyYAML's parser reads the file again, goes on past what the loader has, and words the error."""
+    root = write_rulebook(tmp_path, {"odd.yaml": "campaign:\n  id: x\n  name: y\n  more: a: b\n"})
+
+    assert problems_of(root) == [f"{root / 'campaigns' / 'odd.yaml'}:4: YAML syntax: mapping values are not allowed here"]
