@@ -82,6 +82,8 @@ AMOUNT_FEN_MAX = 10**12
 PLAN_STEPS_MAX = 1_000  # more rules than any swipe can match; keeps ARGV bounded
 SCAN_COUNT = 1_000  # keys asked of SCAN per call
 MGET_BATCH_KEYS = 1_000  # keys per MGET in `snapshot`
+# Keys per call of expire_untimed.lua: Redis runs it ~2 µs a key, and other clients (swipes) wait meanwhile.
+EXPIRE_SCRIPT_KEYS = 100
 
 REPLACE_ATOMIC_KEYS_MAX = 50_000  # counters a rebuild writes in one atomic script
 REPLACE_BATCH_KEYS = 10_000  # counters per script beyond that, each written only if no counter changed meanwhile
@@ -376,8 +378,8 @@ class RedisCounterStore:
             gone = [stored for stored, is_shut in zip(batch, shut, strict=True) if is_shut]
             if gone:
                 dropped += cast(int, self.client.delete(*gone))
-            # One script call a batch gives those without a time to live theirs: a pipeline of a TTL and an
-            # EXPIRE a key cost this process about 5 µs of redis-py a key (docs/performance.md, twentieth round).
+            # A script gives those without a time to live theirs, EXPIRE_SCRIPT_KEYS at a call: a pipeline of a TTL
+            # and an EXPIRE a key cost this process about 5 µs of redis-py a key (docs/performance.md, twentieth round).
             open_keys: list[str] = []
             ttls: list[str] = []
             for stored, key, is_shut in zip(batch, keys, shut, strict=True):
@@ -385,8 +387,9 @@ class RedisCounterStore:
                 if ttl != "0":  # "0": a campaign's whole run, a budget; kept for ever
                     open_keys.append(stored)
                     ttls.append(ttl)
-            if open_keys:
-                timed += int(self._expire_untimed(keys=open_keys, args=ttls))
+            for at in range(0, len(open_keys), EXPIRE_SCRIPT_KEYS):
+                part = slice(at, at + EXPIRE_SCRIPT_KEYS)
+                timed += int(self._expire_untimed(keys=open_keys[part], args=ttls[part]))
         return dropped, timed
 
     def check_settings(self) -> None:

@@ -1026,7 +1026,8 @@ def test_expire_closed_works_on_a_redis_cluster(cluster_store: RedisCounterStore
 
 
 def test_expire_closed_treats_every_batch_of_keys_alike(store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(redis_counters, "MGET_BATCH_KEYS", 2)
+    monkeypatch.setattr(redis_counters, "MGET_BATCH_KEYS", 3)
+    monkeypatch.setattr(redis_counters, "EXPIRE_SCRIPT_KEYS", 2)
     check_expire_closed(store)
 
 
