@@ -1025,9 +1025,12 @@ def test_expire_closed_works_on_a_redis_cluster(cluster_store: RedisCounterStore
     check_expire_closed(cluster_store)
 
 
-def test_expire_closed_treats_every_batch_of_keys_alike(store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(redis_counters, "MGET_BATCH_KEYS", 3)
-    monkeypatch.setattr(redis_counters, "EXPIRE_SCRIPT_KEYS", 2)
+@pytest.mark.parametrize(("batch_keys", "script_keys"), [(3, 2), (1_000, 2)], ids=["small batches", "one batch, several script calls"])
+def test_expire_closed_treats_every_batch_of_keys_alike(
+    store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch, batch_keys: int, script_keys: int
+) -> None:
+    monkeypatch.setattr(redis_counters, "MGET_BATCH_KEYS", batch_keys)
+    monkeypatch.setattr(redis_counters, "EXPIRE_SCRIPT_KEYS", script_keys)
     check_expire_closed(store)
 
 
