@@ -82,8 +82,6 @@ AMOUNT_FEN_MAX = 10**12
 PLAN_STEPS_MAX = 1_000  # more rules than any swipe can match; keeps ARGV bounded
 SCAN_COUNT = 1_000  # keys asked of SCAN per call
 MGET_BATCH_KEYS = 1_000  # keys per MGET in `snapshot`
-# Keys per call of expire_untimed.lua: Redis runs it ~2 µs a key, and other clients (swipes) wait meanwhile.
-EXPIRE_SCRIPT_KEYS = 100
 
 REPLACE_ATOMIC_KEYS_MAX = 50_000  # counters a rebuild writes in one atomic script
 REPLACE_BATCH_KEYS = 10_000  # counters per script beyond that, each written only if no counter changed meanwhile
@@ -256,7 +254,6 @@ class RedisCounterStore:
         self._hold = _register(client, _lua("hold.lua"))
         self._replace_all = _register(client, _lua("replace_all.lua"))
         self._replace_batch = _register(client, _lua("replace_batch.lua"))
-        self._expire_untimed = _register(client, _lua("expire_untimed.lua"))
         # Outside the counters' "{ns}:" prefix (snapshot, reconcile and rebuild never see it), in their slot.
         self._changes_key = "{" + namespace + "}changes"
 
@@ -365,8 +362,7 @@ class RedisCounterStore:
         them without) its own; `session` is ignored.
 
         A key deleted or given a time to live between the SCAN and this is harmless: a swipe never adds to a
-        closed counter, and the script that gives an open one its time to live (`expire_untimed.lua`) looks at
-        the key and sets it in one step, keeping any it has.
+        closed counter, and any time to live given to an open one is the same as this.
         """
         now = int(self.clock.now().timestamp())
         found = list(dict.fromkeys(self._scan()))
@@ -378,18 +374,17 @@ class RedisCounterStore:
             gone = [stored for stored, is_shut in zip(batch, shut, strict=True) if is_shut]
             if gone:
                 dropped += cast(int, self.client.delete(*gone))
-            # A script gives those without a time to live theirs, EXPIRE_SCRIPT_KEYS at a call: a pipeline of a TTL
-            # and an EXPIRE a key cost this process about 5 µs of redis-py a key (docs/performance.md, twentieth round).
-            open_keys: list[str] = []
-            ttls: list[str] = []
-            for stored, key, is_shut in zip(batch, keys, shut, strict=True):
-                ttl = "0" if is_shut else _ttl(key, now)
-                if ttl != "0":  # "0": a campaign's whole run, a budget; kept for ever
-                    open_keys.append(stored)
-                    ttls.append(ttl)
-            for at in range(0, len(open_keys), EXPIRE_SCRIPT_KEYS):
-                part = slice(at, at + EXPIRE_SCRIPT_KEYS)
-                timed += int(self._expire_untimed(keys=open_keys[part], args=ttls[part]))
+            pipeline = self.client.pipeline(transaction=False)
+            kept = [(stored, key) for stored, key, is_shut in zip(batch, keys, shut, strict=True) if not is_shut]
+            for stored, _key in kept:
+                pipeline.ttl(stored)
+            untimed = [(stored, key) for (stored, key), left in zip(kept, pipeline.execute(), strict=True) if left == -1]
+            pipeline = self.client.pipeline(transaction=False)
+            for stored, key in untimed:
+                ttl = _ttl(key, now)
+                if ttl != "0":  # a campaign's whole run, a budget: kept for ever
+                    pipeline.expire(stored, int(ttl))
+            timed += sum(1 for done in pipeline.execute() if done)
         return dropped, timed
 
     def check_settings(self) -> None:
