@@ -1016,6 +1016,20 @@ def test_the_settings_check_asks_every_node_of_a_cluster(cluster_store: RedisCou
 
 def test_expire_closed_drops_closed_counters_and_gives_the_others_that_have_none_a_time_to_live(store: RedisCounterStore) -> None:
     """After an upgrade: counters an earlier release wrote have no time to live, and those of periods over stay for ever."""
+    check_expire_closed(store)
+
+
+@pytest.mark.slow
+def test_expire_closed_works_on_a_redis_cluster(cluster_store: RedisCounterStore) -> None:
+    check_expire_closed(cluster_store)
+
+
+def test_expire_closed_treats_every_batch_of_keys_alike(store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_counters, "MGET_BATCH_KEYS", 2)
+    check_expire_closed(store)
+
+
+def check_expire_closed(store: RedisCounterStore) -> None:
     store.use_clock(FixedClock(NOON_IN_SHANGHAI))
     day = "rule:r1:card:C1:day:2026-12-05:uses"
     closed = "rule:r1:card:C1:day:2026-12-03:uses"
