@@ -288,31 +288,24 @@ def _scalar(value: str, tag: str) -> Any:
 
 
 # libyaml's parser (bundled with PyYAML's wheels) reads a rule file about 15 times faster than PyYAML's own
-# (docs/performance.md, twentieth round). A file it refuses is read again by PyYAML's, whose messages name the
-# problem and its line as the loader's users know them; a test holds the two parsers' events to each other.
+# (docs/performance.md, twentieth round). A file whose YAML it refuses is read again, from the start, by PyYAML's,
+# so that the refusal is worded and placed as it always was. libyaml takes a few things PyYAML's parser refused
+# (a tab after a colon, a '?' inside a flow collection: docs/rules.md); tests hold the two to each other on the
+# rule files we ship and generate.
 _FAST_LOADER: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _events(text: str) -> Iterator[yaml.Event]:
-    """The file's YAML events, read by libyaml as the loader asks for them.
-
-    If libyaml refuses the file (or is missing), PyYAML's own parser reads it again and goes on from where libyaml
-    stopped, so that the loader meets the same events in the same order, and a refusal is PyYAML's error.
-    """
-    given = 0
-    try:
-        for event in yaml.parse(text, Loader=_FAST_LOADER):
-            yield event
-            given += 1
-        return
-    except yaml.YAMLError:
-        pass
-    for index, event in enumerate(yaml.parse(text, Loader=yaml.SafeLoader)):
-        if index >= given:
-            yield event
-
-
 def _read_yaml(text: str) -> _Document:
+    """Build plain data and a path → line map from the file's YAML events, read by libyaml; see _FAST_LOADER."""
+    try:
+        return _read_events(text, _FAST_LOADER)
+    except _YamlRefused as refused:
+        if _FAST_LOADER is yaml.SafeLoader or not isinstance(refused.__cause__, yaml.YAMLError):
+            raise  # PyYAML's parser read it already, or the refusal is the loader's own (an alias, a tag, …)
+    return _read_events(text, yaml.SafeLoader)
+
+
+def _read_events(text: str, loader: type[Any]) -> _Document:
     """Build plain data and a path → line map from YAML events, iteratively.
 
     The composer and constructor of PyYAML are not used: they recurse (a deep
@@ -326,7 +319,7 @@ def _read_yaml(text: str) -> _Document:
     root: Any = None
     documents = 0
     try:
-        for event in _events(text):
+        for event in yaml.parse(text, Loader=loader):
             line = event.start_mark.line + 1 if event.start_mark is not None else None
             if isinstance(event, yaml.DocumentStartEvent):
                 documents += 1

@@ -17,6 +17,7 @@ class _Process:
 
 def _forked() -> None:
     _Process.current = object()
+    _Yielding.forked()
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -73,7 +74,19 @@ class _Yielding:
 
     lock = threading.Lock()
     inside = 0
-    interval_before = 0.0
+    interval_before_us = 0  # CPython keeps the interval in whole microseconds
+
+    @classmethod
+    def set_us(cls, microseconds: int) -> None:
+        sys.setswitchinterval((microseconds + 0.5) / 1e6)  # exactly `microseconds`: CPython truncates
+
+    @classmethod
+    def forked(cls) -> None:
+        """A child forked while a thread was inside: that thread does not exist here, and neither does its work."""
+        cls.lock = threading.Lock()
+        if cls.inside:
+            cls.inside = 0
+            cls.set_us(cls.interval_before_us)
 
 
 @contextmanager
@@ -83,21 +96,23 @@ def yielding_to_requests() -> Iterator[None]:
     A request thread that wakes from a wait (Redis, PostgreSQL, the client) needs the GIL back. While another
     thread runs Python, CPython hands it over only after the switch interval, 5 ms by default, and a swipe
     waits that long several times over. While any thread of the process is inside this, the interval is
-    YIELDING_SWITCH_INTERVAL_S; it is put back when the last one leaves. A thread that needs no GIL meanwhile
-    costs nothing: the interval counts only while another thread waits.
+    YIELDING_SWITCH_INTERVAL_S; when the last one leaves, it is put back as it was, unless someone set
+    another meanwhile. A thread that needs no GIL meanwhile costs nothing: the interval counts only while
+    another thread waits.
     """
+    short_us = round(YIELDING_SWITCH_INTERVAL_S * 1e6)
     with _Yielding.lock:
         if _Yielding.inside == 0:
-            _Yielding.interval_before = sys.getswitchinterval()
-            sys.setswitchinterval(YIELDING_SWITCH_INTERVAL_S)
+            _Yielding.interval_before_us = round(sys.getswitchinterval() * 1e6)
+            _Yielding.set_us(short_us)
         _Yielding.inside += 1
     try:
         yield
     finally:
         with _Yielding.lock:
             _Yielding.inside -= 1
-            if _Yielding.inside == 0:
-                sys.setswitchinterval(_Yielding.interval_before)
+            if _Yielding.inside == 0 and round(sys.getswitchinterval() * 1e6) == short_us:
+                _Yielding.set_us(_Yielding.interval_before_us)
 
 
 REPEATED_FAILURE_QUIET_S = 300.0  # a failure that goes on is logged again, as one line, this often

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_long_background_work_shortens_the_switch_interval_until_the_last_thread
     """Two threads' reloads overlap: the interval stays short until both are done, then is what it was before."""
     before = sys.getswitchinterval()
     assert before > YIELDING_SWITCH_INTERVAL_S  # the test would prove nothing at the short interval already
-    first_inside, second_inside, first_may_leave, first_left = (threading.Event() for _ in range(4))
+    first_inside, first_may_leave, first_left = (threading.Event() for _ in range(3))
     seen: dict[str, float] = {}
 
     def first() -> None:
@@ -110,7 +111,6 @@ def test_long_background_work_shortens_the_switch_interval_until_the_last_thread
     thread.start()
     assert first_inside.wait(5)
     with yielding_to_requests():
-        second_inside.set()
         first_may_leave.set()
         assert first_left.wait(5)
         seen["second, after the first left"] = sys.getswitchinterval()
@@ -128,3 +128,61 @@ def test_the_switch_interval_is_put_back_when_the_work_fails() -> None:
         assert sys.getswitchinterval() == pytest.approx(YIELDING_SWITCH_INTERVAL_S)
         raise RuntimeError("the loader failed")
     assert sys.getswitchinterval() == before
+
+
+@pytest.fixture
+def switch_interval() -> Iterator[None]:
+    """Whatever a test sets, the suite goes on at the interval it had."""
+    before = sys.getswitchinterval()
+    yield
+    sys.setswitchinterval(before)
+
+
+def test_an_interval_of_its_own_is_put_back_to_the_microsecond_however_often(switch_interval: None) -> None:
+    """CPython keeps whole microseconds and truncates: setswitchinterval(0.004003) keeps 4,002, and
+    setswitchinterval(getswitchinterval()) can lose one each time."""
+    sys.setswitchinterval(4003.5 / 1e6)  # 4,003 µs
+    for _ in range(3):
+        with yielding_to_requests():
+            pass
+    assert round(sys.getswitchinterval() * 1e6) == 4003
+
+
+def test_an_interval_set_by_someone_else_meanwhile_is_kept(switch_interval: None) -> None:
+    with yielding_to_requests():
+        sys.setswitchinterval(0.002)
+    assert sys.getswitchinterval() == pytest.approx(0.002)
+
+
+def test_a_child_forked_while_a_thread_is_inside_starts_with_the_interval_as_it_was(switch_interval: None) -> None:
+    """gunicorn forks workers; the thread that was inside does not exist in the child and will never leave."""
+    sys.setswitchinterval(0.005)
+    inside, may_leave = threading.Event(), threading.Event()
+
+    def reload() -> None:
+        with yielding_to_requests():
+            inside.set()
+            may_leave.wait(5)
+
+    thread = threading.Thread(target=reload)
+    thread.start()
+    assert inside.wait(5)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: the interval as before the reload, and the next reload works as ever
+        try:
+            seen = [round(sys.getswitchinterval() * 1e6)]
+            with yielding_to_requests():
+                seen.append(round(sys.getswitchinterval() * 1e6))
+            seen.append(round(sys.getswitchinterval() * 1e6))
+            os.write(write_end, repr(seen).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 64)
+    os.waitpid(child, 0)
+    may_leave.set()
+    thread.join(5)
+
+    assert answer == repr([5000, round(YIELDING_SWITCH_INTERVAL_S * 1e6), 5000]).encode()
+    assert round(sys.getswitchinterval() * 1e6) == 5000  # and here, once the thread left

@@ -788,14 +788,26 @@ def test_libyaml_and_pyyaml_give_the_loader_the_same_events_for_yaml_as_tools_wr
 
 
 def test_a_refusal_found_before_a_later_syntax_error_is_the_one_reported(tmp_path: Path) -> None:
-    """The loader meets the events in the file's order, whichever parser reads it: the alias on line 3 is reported, not line 5's error."""
+    """The loader meets the events in the file's order: the alias on line 3 is its own refusal, reported before line 5's error."""
     root = write_rulebook(tmp_path, {"odd.yaml": "campaign: &top\n  id: x\n  name: *top\n  more:\n    a: b: c\n"})
 
     assert problems_of(root) == [f"{root / 'campaigns' / 'odd.yaml'}:3: YAML aliases (*name) are not supported; write the value out"]
 
 
 def test_a_syntax_error_met_after_good_events_is_pyyaml_s_message_with_its_line(tmp_path: Path) -> None:
-    """libyaml stops at line 4; PyYAML's parser reads the file again, goes on past what the loader has, and words the error."""
+    """libyaml stops at line 4 ("not allowed in this context"); PyYAML's parser reads the file again and words the error."""
     root = write_rulebook(tmp_path, {"odd.yaml": "campaign:\n  id: x\n  name: y\n  more: a: b\n"})
 
     assert problems_of(root) == [f"{root / 'campaigns' / 'odd.yaml'}:4: YAML syntax: mapping values are not allowed here"]
+
+
+def test_what_libyaml_takes_and_pyyaml_refused_loads() -> None:
+    """A tab after a colon, a '?' inside a flow collection: PyYAML's parser refused them, libyaml reads them (docs/rules.md)."""
+    text = "name:\tTest campaign\ntags: [x?y]\n"
+    with pytest.raises(yaml.YAMLError):
+        list(yaml.parse(text, Loader=yaml.SafeLoader))
+
+    document = rules_loader._read_yaml(text)
+
+    assert document.data == {"name": "Test campaign", "tags": ["x?y"]}
+    assert document.lines == {(): 1, ("name",): 1, ("tags",): 2, ("tags", 0): 2}
