@@ -12,8 +12,11 @@ run with upkeep:
   again 12 s later; each worker's watcher then loads the whole rulebook again
   (the files' contents do not change);
 - `expire`: `pos-engine counters expire` runs from 2 s into the run.
-Printed for each run: the rate achieved, p50 / p95 / p99 / max, errors. Figures
-are printed, never asserted.
+Printed for each run: the rate achieved, p50 / p95 / p99 / max, errors. wrk
+paces each connection with a delay after each answer, so a stall delays the
+requests behind it rather than piling them up (coordinated omission): the
+figures during upkeep are, if anything, kinder than a till's. Figures are
+printed, never asserted.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import time
 from pathlib import Path
 
 from loadtests.bench import ROOT, Result, cli, gunicorn, run_wrk, warm_up, world_credentials, write_requests
+from pos_engine.rules_watch import RULES_RELOAD_INTERVAL_S
 
 RELOAD_AT_S = (5.0, 17.0)
 EXPIRE_AT_S = 2.0
@@ -70,8 +74,10 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("upkeep_latency: wrk is not installed; `apt-get install -y wrk` (Debian) and run again")
-    if args.seconds < RELOAD_AT_S[-1] + 3:
-        sys.exit(f"upkeep_latency: --seconds must be at least {RELOAD_AT_S[-1] + 3:.0f}, to hold both reloads")
+    # Each worker's watcher sees the second change within its poll, then loads for about a second.
+    seconds_min = RELOAD_AT_S[-1] + RULES_RELOAD_INTERVAL_S + 3
+    if args.seconds < seconds_min:
+        sys.exit(f"upkeep_latency: --seconds must be at least {seconds_min:.0f}, to hold both reloads")
 
     world = json.loads(args.world.read_text())
     rules_dir = Path(world.get("rules_dir") or args.world.parent)
@@ -120,6 +126,8 @@ def main() -> None:
                     if thread:
                         thread.join()
                     figures = " / ".join(f"{data[key] / 1000:.2f}" for key in ("p50_us", "p95_us", "p99_us", "max_us"))
+                    if upkeep and not log:
+                        log.append("the upkeep failed (see above): this run is not one with upkeep")
                     print(
                         f"round {round_ + 1}, {upkeep or 'quiet'}: {data['rps']:.0f} req/s; p50 / p95 / p99 / max {figures} ms; "
                         f"errors {data['errors']}" + (f"; {log[0]}" if log else ""),
