@@ -6,11 +6,27 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from pos_engine.service.background import YIELDING_SWITCH_INTERVAL_S, ProcessThread, RepeatedFailure, yielding_to_requests
+
+
+def in_a_forked_child(work: Callable[[], object]) -> str:
+    """What `work` returns (its repr) when run in a child forked from this process, as gunicorn forks a worker."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.write(write_end, repr(work()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 256).decode()
+    os.waitpid(child, 0)
+    os.close(read_end)
+    return answer
 
 
 def test_a_thread_starts_once_in_a_process_and_once_again_in_a_forked_child() -> None:
@@ -21,21 +37,15 @@ def test_a_thread_starts_once_in_a_process_and_once_again_in_a_forked_child() ->
     worker.ensure_started()
     assert started_in == [os.getpid()]
 
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # the child: a gunicorn worker forked after the app was built
-        try:
-            worker.ensure_started()
-            worker.ensure_started()
-            os.write(write_end, repr(started_in == [started_in[0], os.getpid()]).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    answer = os.read(read_end, 16)
-    os.waitpid(child, 0)
+    def in_the_child() -> object:  # a gunicorn worker forked after the app was built
+        worker.ensure_started()
+        worker.ensure_started()
+        return started_in == [started_in[0], os.getpid()]
+
+    answer = in_a_forked_child(in_the_child)
     stop.set()
 
-    assert answer == b"True"
+    assert answer == "True"
     assert started_in == [os.getpid()]  # the child's start changed nothing here
 
 
@@ -167,22 +177,17 @@ def test_a_child_forked_while_a_thread_is_inside_starts_with_the_interval_as_it_
     thread = threading.Thread(target=reload)
     thread.start()
     assert inside.wait(5)
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # the child: the interval as before the reload, and the next reload works as ever
-        try:
-            seen = [round(sys.getswitchinterval() * 1e6)]
-            with yielding_to_requests():
-                seen.append(round(sys.getswitchinterval() * 1e6))
+
+    def in_the_child() -> object:  # the interval as before the reload, and the next reload works as ever
+        seen = [round(sys.getswitchinterval() * 1e6)]
+        with yielding_to_requests():
             seen.append(round(sys.getswitchinterval() * 1e6))
-            os.write(write_end, repr(seen).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    answer = os.read(read_end, 64)
-    os.waitpid(child, 0)
+        seen.append(round(sys.getswitchinterval() * 1e6))
+        return seen
+
+    answer = in_a_forked_child(in_the_child)
     may_leave.set()
     thread.join(5)
 
-    assert answer == repr([5000, round(YIELDING_SWITCH_INTERVAL_S * 1e6), 5000]).encode()
+    assert answer == repr([5000, round(YIELDING_SWITCH_INTERVAL_S * 1e6), 5000])
     assert round(sys.getswitchinterval() * 1e6) == 5000  # and here, once the thread left
