@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
+import tempfile
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pos_engine.domain.rulebook import Rulebook
@@ -13,6 +18,57 @@ from pos_engine.service.background import yielding_to_requests
 log = logging.getLogger(__name__)
 
 RULES_RELOAD_INTERVAL_S = 5.0
+# How long a worker waits for the others on its host to finish their reloads before it loads anyway.
+RELOAD_TURN_WAIT_S = 30.0
+RELOAD_TURN_POLL_S = 0.05
+
+
+@contextmanager
+def reload_turn(directory: Path) -> Iterator[None]:
+    """One process of this host at a time loads the rulebook of `directory` again.
+
+    gunicorn's workers all see a change within the same poll interval, and each load is about 0.7 s of CPU on
+    a 5,000-rule book: loaded together, they took the cores from the swipes (docs/performance.md, twentieth
+    round). The turn is an flock on a file in the temporary directory, named after the rules directory; the
+    kernel lets it go when its holder exits, however. A worker that waits longer than RELOAD_TURN_WAIT_S (a
+    holder stopped, say), or cannot open the file, loads without its turn, and says so.
+    """
+    path = reload_turn_path(directory)
+    wait_s = RELOAD_TURN_WAIT_S
+    try:
+        turn = path.open("a")
+    except OSError as error:
+        log.warning("rulebook reload without waiting for the other workers: %s: %s", path, error)
+        yield
+        return
+    with turn:
+        held = _take_turn(turn.fileno(), wait_s)
+        if not held:
+            log.warning("rulebook reload without its turn: another process held %s over %.0f s", path, wait_s)
+        try:
+            yield
+        finally:
+            if held:
+                fcntl.flock(turn.fileno(), fcntl.LOCK_UN)
+
+
+def reload_turn_path(directory: Path) -> Path:
+    """The file whose flock is the reload turn for the rules in `directory`."""
+    name = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"pos-engine-rulebook-{name}.lock"
+
+
+def _take_turn(fd: int, wait_s: float) -> bool:
+    """Whether this process took the flock on `fd` within `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(RELOAD_TURN_POLL_S)
 
 
 def fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
@@ -61,7 +117,8 @@ class RulebookWatcher:
             return False
         self._seen = current
         try:
-            with yielding_to_requests():  # about 0.7 s of CPU on a 5,000-rule book; swipes meanwhile go first
+            # About 0.7 s of CPU on a 5,000-rule book: one worker of the host at a time, and its swipes go first.
+            with reload_turn(self.directory), yielding_to_requests():
                 rulebook = self.load(self.directory)
         except Exception as error:  # a RulebookError, or anything else the loader raised: keep the old rulebook
             self.last_error = str(error)

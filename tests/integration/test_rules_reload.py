@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import os
 import shutil
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +17,7 @@ import pytest
 
 from pos_engine.domain.rulebook import Rulebook
 from pos_engine.rules_loader import load_rulebook
-from pos_engine.rules_watch import RulebookWatcher
+from pos_engine.rules_watch import RulebookWatcher, reload_turn_path
 from pos_engine.service.background import YIELDING_SWITCH_INTERVAL_S
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,3 +90,79 @@ def test_a_reload_lets_request_threads_take_the_gil_sooner_and_then_puts_the_int
     assert watcher.check_now() is False
     assert sys.getswitchinterval() == before
     assert intervals == pytest.approx([YIELDING_SWITCH_INTERVAL_S, YIELDING_SWITCH_INTERVAL_S])
+
+
+def slow_load(spans: list[tuple[str, float, float]], label: str) -> Callable[[Path], Rulebook]:
+    def load(directory: Path) -> Rulebook:
+        started = time.monotonic()
+        rulebook = load_rulebook(directory)
+        time.sleep(0.3)  # a big rulebook's load, long enough for the others to come while it runs
+        spans.append((label, started, time.monotonic()))
+        return rulebook
+
+    return load
+
+
+def reload_at_once(watchers: list[RulebookWatcher]) -> list[bool]:
+    """Every watcher's check at the same moment, each in a thread of its own, as gunicorn's workers each poll."""
+    start = threading.Barrier(len(watchers))
+    results: list[bool] = [False] * len(watchers)
+
+    def check(index: int) -> None:
+        start.wait(5)
+        results[index] = watchers[index].check_now()
+
+    threads = [threading.Thread(target=check, args=(index,)) for index in range(len(watchers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return results
+
+
+def test_the_workers_of_a_host_reload_one_at_a_time_and_other_rulebooks_do_not_wait(tmp_path: Path) -> None:
+    """Three watchers of one directory (three workers; an flock excludes separate opens in one process too) load in
+    turn; a watcher of another directory loads meanwhile."""
+    rules, other = tmp_path / "rules", tmp_path / "other"
+    shutil.copytree(ROOT / "rules", rules)
+    shutil.copytree(ROOT / "rules", other)
+    spans: list[tuple[str, float, float]] = []
+    watchers = [RulebookWatcher(rules, slow_load(spans, f"worker {n}"), lambda rulebook: None) for n in range(3)]
+    watchers.append(RulebookWatcher(other, slow_load(spans, "other"), lambda rulebook: None))
+    for directory in (rules, other):
+        city = directory / "campaigns" / "city-dining.yaml"
+        touch_later(city, city.read_text().replace("name:", "name: Renamed", 1))
+
+    assert reload_at_once(watchers) == [True, True, True, True]
+
+    turns = sorted((span for span in spans if span[0] != "other"), key=lambda span: span[1])
+    assert len(turns) == 3
+    for earlier, later in itertools.pairwise(turns):
+        assert later[1] >= earlier[2], f"{later[0]} loaded while {earlier[0]} did"
+    (other_span,) = [span for span in spans if span[0] == "other"]
+    assert other_span[1] < turns[0][2], "the other directory's watcher waited for this one's turn"
+
+
+def test_a_turn_not_given_in_time_or_a_turn_file_that_cannot_be_opened_still_reloads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pos_engine import rules_watch
+
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    installed: list[Rulebook] = []
+    watcher = RulebookWatcher(rules, load_rulebook, installed.append)
+    city = rules / "campaigns" / "city-dining.yaml"
+    monkeypatch.setattr(rules_watch, "RELOAD_TURN_WAIT_S", 0.2)
+
+    with reload_turn_path(rules).open("a") as held:  # a holder that never lets go (stopped, say)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        touch_later(city, city.read_text().replace("name:", "name: Renamed", 1))
+        assert watcher.check_now() is True
+    assert "without its turn" in caplog.text
+
+    monkeypatch.setattr(rules_watch.tempfile, "gettempdir", lambda: str(tmp_path / "no such directory"))
+    touch_later(city, city.read_text().replace("name: Renamed", "name: Renamed again", 1))
+    assert watcher.check_now() is True
+    assert "without waiting for the other workers" in caplog.text
+    assert len(installed) == 2
