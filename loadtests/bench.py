@@ -180,6 +180,15 @@ def write_requests(path: Path, credentials: Credentials, count: int, seed: int) 
             file.write(f"POST\t/v1/authorisations\t{headers}\t{body}\n")
 
 
+def world_settings(world_path: Path) -> dict[str, str]:
+    """The engine's settings for a large world that loadtests/world.py wrote: its rules directory and card key."""
+    world = json.loads(world_path.read_text())
+    settings = {"POS_ENGINE_RULES_DIR": world.get("rules_dir") or str(world_path.parent)}
+    if world.get("card_key"):
+        settings["POS_ENGINE_CARD_KEY"] = world["card_key"]
+    return settings
+
+
 def run_wrk(url: str, requests_file: Path, seconds: int, connections: int, delay_ms: float = 0) -> dict[str, Any]:
     env = {**os.environ, "WRK_REQUESTS": str(requests_file), "WRK_THREADS": str(WRK_THREADS), "WRK_DELAY_MS": f"{delay_ms:.3f}"}
     command = ["wrk", "-t", str(WRK_THREADS), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "5s", "-s", str(LUA), url]
@@ -456,10 +465,7 @@ def main() -> None:
         "POS_ENGINE_REDIS_NAMESPACE": "bench",
     }
     if args.world:
-        world = json.loads(args.world.read_text())
-        pg_env["POS_ENGINE_RULES_DIR"] = world.get("rules_dir") or str(args.world.parent)
-        if world.get("card_key"):
-            pg_env["POS_ENGINE_CARD_KEY"] = world["card_key"]
+        pg_env |= world_settings(args.world)
         pg_credentials = world_credentials(args.world)
         world_name = f"large world ({len(pg_credentials.cards)} usable cards, {len(pg_credentials.terminals)} terminals)"
     else:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import os
 import pstats
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 
 from werkzeug.test import EnvironBuilder
 
-from loadtests.bench import process_cpu_s, world_credentials, write_requests
+from loadtests.bench import process_cpu_s, world_credentials, world_settings, write_requests
 
 CARDS_READY_TIMEOUT_S = 300.0
 
@@ -72,13 +71,11 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="also profile one more round with cProfile into this file")
     args = parser.parse_args()
 
-    world = json.loads(args.world.read_text())
     os.environ.update(
         POS_ENGINE_DATABASE_URL=args.pg_url,
         POS_ENGINE_REDIS_URL=args.redis_url,
         POS_ENGINE_REDIS_NAMESPACE="bench",
-        POS_ENGINE_RULES_DIR=world.get("rules_dir") or str(args.world.parent),
-        POS_ENGINE_CARD_KEY=world["card_key"],
+        **world_settings(args.world),
     )
     from loadtests.ceiling_app import app as ceiling
     from pos_engine.api import create_app

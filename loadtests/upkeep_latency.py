@@ -22,7 +22,6 @@ printed, never asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import runpy
 import shutil
@@ -33,7 +32,7 @@ import threading
 import time
 from pathlib import Path
 
-from loadtests.bench import ROOT, Result, cli, gunicorn, run_wrk, warm_up, world_credentials, write_requests
+from loadtests.bench import ROOT, Result, cli, gunicorn, run_wrk, warm_up, world_credentials, world_settings, write_requests
 from pos_engine.rules_watch import RULES_RELOAD_INTERVAL_S
 
 RELOAD_AT_S = (5.0, 17.0)
@@ -79,16 +78,10 @@ def main() -> None:
     if args.seconds < seconds_min:
         sys.exit(f"upkeep_latency: --seconds must be at least {seconds_min:.0f}, to hold both reloads")
 
-    world = json.loads(args.world.read_text())
-    rules_dir = Path(world.get("rules_dir") or args.world.parent)
     env = {key: value for key, value in os.environ.items() if not key.startswith("POS_ENGINE_")}
-    env |= {
-        "POS_ENGINE_DATABASE_URL": args.pg_url,
-        "POS_ENGINE_REDIS_URL": args.redis_url,
-        "POS_ENGINE_REDIS_NAMESPACE": "bench",
-        "POS_ENGINE_RULES_DIR": str(rules_dir),
-        "POS_ENGINE_CARD_KEY": world["card_key"],
-    }
+    env |= {"POS_ENGINE_DATABASE_URL": args.pg_url, "POS_ENGINE_REDIS_URL": args.redis_url, "POS_ENGINE_REDIS_NAMESPACE": "bench"}
+    env |= world_settings(args.world)
+    rules_dir = Path(env["POS_ENGINE_RULES_DIR"])
     credentials = world_credentials(args.world)
     shipped = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     scratch = Path(tempfile.mkdtemp(prefix="pos-upkeep-"))

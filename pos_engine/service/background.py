@@ -67,6 +67,7 @@ class ProcessThread:
 # While a background thread does a long stretch of CPU work, a thread waiting for the GIL gets it after this
 # long (CPython's default is 5 ms): docs/performance.md, twentieth round.
 YIELDING_SWITCH_INTERVAL_S = 0.0002
+_YIELDING_US = round(YIELDING_SWITCH_INTERVAL_S * 1e6)
 
 
 class _Yielding:
@@ -100,18 +101,17 @@ def yielding_to_requests() -> Iterator[None]:
     another meanwhile. A thread that needs no GIL meanwhile costs nothing: the interval counts only while
     another thread waits.
     """
-    short_us = round(YIELDING_SWITCH_INTERVAL_S * 1e6)
     with _Yielding.lock:
         if _Yielding.inside == 0:
             _Yielding.interval_before_us = round(sys.getswitchinterval() * 1e6)
-            _Yielding.set_us(short_us)
+            _Yielding.set_us(_YIELDING_US)
         _Yielding.inside += 1
     try:
         yield
     finally:
         with _Yielding.lock:
             _Yielding.inside -= 1
-            if _Yielding.inside == 0 and round(sys.getswitchinterval() * 1e6) == short_us:
+            if _Yielding.inside == 0 and round(sys.getswitchinterval() * 1e6) == _YIELDING_US:
                 _Yielding.set_us(_Yielding.interval_before_us)
 
 

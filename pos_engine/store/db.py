@@ -722,10 +722,12 @@ class _GroupStatements:
 
     def __init__(self) -> None:
         self._statements = {
-            (entries, declined): (f"pos_engine_record_group_{entries}_{declined}".encode("ascii"), _group_sql(entries, declined))
+            (entries, size - entries): (
+                f"pos_engine_record_group_{entries}_{size - entries}".encode("ascii"),
+                _group_sql(entries, size - entries),
+            )
             for size in range(2, RECORD_GROUP_MAX + 1)
             for entries in range(size + 1)
-            for declined in (size - entries,)
         }
         self._prepared: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[bytes]] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
@@ -773,8 +775,8 @@ def _group_sql(entries: int, declined: int) -> bytes:
     def values(table: Table, rows: int) -> str:
         nonlocal number
         groups = []
+        columns = len(table.columns)
         for _row in range(rows):
-            columns = len(table.columns)
             groups.append("(" + ", ".join(f"${index}" for index in range(number + 1, number + columns + 1)) + ")")
             number += columns
         return ", ".join(groups)
