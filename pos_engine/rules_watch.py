@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pos_engine.domain.rulebook import Rulebook
-from pos_engine.service.background import yielding_to_requests
+from pos_engine.service.background import ProcessThread, yielding_to_requests
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,9 @@ class RulebookWatcher:
         self.last_error: str | None = None
         self._seen: tuple[tuple[str, int, int], ...] | None = fingerprint(directory)
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # A thread in each process that serves: `gunicorn --preload` builds the app in the master and forks the
+        # workers, which do not inherit the master's threads.
+        self.thread = ProcessThread("rulebook-watcher", self._run, before_start=self._new_stop_event)
 
     def check_now(self) -> bool:
         """Reload if the files changed; return True if a new rulebook was installed."""
@@ -130,12 +132,16 @@ class RulebookWatcher:
         return True
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="rulebook-watcher", daemon=True)
-            self._thread.start()
+        """Start checking in this process, if it does not already (cheap: requests call it too)."""
+        self.thread.ensure_started()
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _new_stop_event(self) -> None:
+        # The parent's thread may have been waiting on the event as the process forked: the child waits on its own.
+        if not self._stop.is_set():
+            self._stop = threading.Event()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -246,3 +247,19 @@ def finishes_within(seconds: float, call: Any) -> list[Any]:
     thread.start()
     thread.join(timeout=seconds)
     return outcome
+
+
+def in_a_forked_child(work: Callable[[], object]) -> str:
+    """What `work` returns (its repr) when run in a child forked from this process, as gunicorn forks a worker."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.write(write_end, repr(work()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 256).decode()
+    os.waitpid(child, 0)
+    os.close(read_end)
+    return answer

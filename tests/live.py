@@ -67,6 +67,7 @@ def live_engine(
     rules_dir: Path | None = None,
     database_url: str | None = None,
     redis_url: str | None = None,
+    preload: bool = False,
 ) -> Iterator[LiveEngine]:
     """Load the demo world into a database and serve it with gunicorn; stop it afterwards."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("POS_ENGINE_")}
@@ -82,6 +83,7 @@ def live_engine(
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}", "--graceful-timeout", "2"]
         + ([] if threads is None else ["--threads", str(threads)])  # else gunicorn.conf.py's
+        + (["--preload"] if preload else [])  # the app built in the master, the workers forked from it
         + ["pos_engine.wsgi:app"],
         env=env,
         stdout=log,

@@ -152,7 +152,7 @@ def create_app(settings: Settings | None = None, context: EngineContext | None =
         from pos_engine.rules_loader import load_rulebook
 
         watcher = RulebookWatcher(Path(settings.rules_dir), load_rulebook, ctx.replace_rulebook)
-        watcher.start()
+        ctx.run_in_each_process(watcher.thread)
     app.extensions["pos_engine_rules_watcher"] = watcher
     ctx.start()  # each gunicorn worker builds its app after the fork: its card directory loads now
     api = _Api(app)
@@ -170,6 +170,7 @@ def create_app(settings: Settings | None = None, context: EngineContext | None =
         A broken rulebook on disk (the engine keeps the one it had) and a card directory still loading
         (swipes ask the database meanwhile) are reported, but serving goes on: 200.
         """
+        ctx.ensure_background()  # a worker forked after the app was built (--preload) reports its own watcher
         body: dict[str, Any] = {"status": "ok", "rules_version": ctx.rulebook.version}
         probes: list[tuple[str, Callable[[], object]]] = [
             # A terminal look-up, as a swipe from an unknown till makes it (the terminals' statement limits).

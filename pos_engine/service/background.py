@@ -59,6 +59,9 @@ class ProcessThread:
             threading.Thread(target=self._target, name=self.name, daemon=True).start()
             self._started_in = this_process()
 
+    def started_in_this_process(self) -> bool:
+        return self._started_in is this_process()
+
     def driven_by_hand(self) -> None:
         """Never start the thread in this process: the caller runs the work itself (tests, one-off tools)."""
         self._started_in = this_process()

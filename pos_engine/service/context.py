@@ -112,6 +112,8 @@ class EngineContext:
     read_snapshot: Callable[[], UnitOfWork] | None = None
     snapshot: RegistrySnapshot | None = field(init=False)
     cards: CardDirectory | None = field(init=False)
+    # The app's own threads (the rulebook watcher) that every process serving terminals runs: see `run_in_each_process`.
+    background: tuple[ProcessThread, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         self.counters.use_clock(self.clock)
@@ -142,11 +144,25 @@ class EngineContext:
             except Exception as error:  # the database is away: the engine still starts, as it does without a snapshot
                 log.warning("registry snapshot not loaded at start (%s); the first swipe loads it", error)
 
+    def run_in_each_process(self, thread: ProcessThread) -> None:
+        """Start `thread` now, and in a forked child at its first request (`gunicorn --preload` forks the
+        workers after the app was built: the card directory and the registry snapshot start theirs the same way).
+        """
+        self.background = (*self.background, thread)
+        thread.ensure_started()
+
+    def ensure_background(self) -> None:
+        """The threads of `run_in_each_process` run in this process (one comparison each once they do)."""
+        for thread in self.background:
+            thread.ensure_started()
+
     def card_hash(self, card_number: str) -> str:
         """The keyed hash the card is found by; the number itself is never stored."""
         return card_hash(self.card_key, card_number)
 
     def terminal(self, terminal_id: str) -> Terminal | None:
+        """The terminal a request names: every terminal request asks this first, so it keeps the background going."""
+        self.ensure_background()
         if self.snapshot is None:
             return self.registry.terminal(terminal_id)
         return self.snapshot.terminal(terminal_id)

@@ -71,13 +71,38 @@ DEAD_HOST_PARAMS = {
 }
 
 
+# Every engine this process made, so that a forked child stops using the connections pooled by its parent.
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _forget_parents_connections() -> None:
+    """In a forked child: each engine starts a pool of its own, leaving the parent's connections to the parent.
+
+    `gunicorn --preload` builds the app, and so its engines, in the master, and forks the workers from it: a
+    pooled connection inherited by two workers would carry both one's statements on one socket. Closing
+    it here would close it for the parent too (SQLAlchemy's "Using Connection Pools with os.fork()").
+    """
+    for engine in list(_ENGINES):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_parents_connections)
+
+
 def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
     """Create an engine; SQLite gets WAL, a busy timeout and write transactions that lock at BEGIN.
 
     Several gunicorn workers share one SQLite file. `BEGIN IMMEDIATE` takes the
     write lock when a transaction starts, so the check-reserve-insert sequence
-    of a swipe runs serialised across processes, never interleaved.
+    of a swipe runs serialised across processes, never interleaved. A process
+    forked after the engine was made opens connections of its own.
     """
+    engine = _make_engine(url, immediate=immediate, **kwargs)
+    _ENGINES.add(engine)
+    return engine
+
+
+def _make_engine(url: str, *, immediate: bool, **kwargs: Any) -> Engine:
     url = normalise_url(url)
     kwargs.setdefault("json_serializer", _json_text)
     kwargs.setdefault("json_deserializer", orjson.loads)

@@ -6,27 +6,12 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from pos_engine.service.background import YIELDING_SWITCH_INTERVAL_S, ProcessThread, RepeatedFailure, yielding_to_requests
-
-
-def in_a_forked_child(work: Callable[[], object]) -> str:
-    """What `work` returns (its repr) when run in a child forked from this process, as gunicorn forks a worker."""
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:
-        try:
-            os.write(write_end, repr(work()).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    answer = os.read(read_end, 256).decode()
-    os.waitpid(child, 0)
-    os.close(read_end)
-    return answer
+from tests.helpers import in_a_forked_child
 
 
 def test_a_thread_starts_once_in_a_process_and_once_again_in_a_forked_child() -> None:

@@ -1,0 +1,84 @@
+"""`gunicorn --preload`: the app is built in the master, and the workers are forked from it after."""
+
+from __future__ import annotations
+
+import ast
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from pos_engine.store.db import Database
+from tests.helpers import in_a_forked_child
+from tests.integration.test_multiprocess import fifty_swipes_on_one_card, write_rulebook
+from tests.live import live_engine
+
+
+def backend_pid(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+
+def test_a_forked_child_opens_postgresql_connections_of_its_own_and_leaves_the_parents_working(pg_url: str) -> None:
+    """A pooled connection inherited by two workers would carry both one's statements on one socket."""
+    database = Database(pg_url, statement_timeout_ms=5_000)
+    engines = {"engine": database.engine, "terminal_engine": database.terminal_engine}
+    assert database.terminal_engine is not database.engine  # two pools, both looked at
+    try:
+        parents = {name: backend_pid(engine) for name, engine in engines.items()}  # each now pooled
+
+        children = ast.literal_eval(in_a_forked_child(lambda: {name: backend_pid(engine) for name, engine in engines.items()}))
+
+        assert set(children) == set(parents)
+        for name in parents:
+            assert children[name] != parents[name], f"the child used its parent's pooled connection ({name})"
+        # The child neither closed nor used them: the parent goes on with the same sessions.
+        assert {name: backend_pid(engine) for name, engine in engines.items()} == parents
+    finally:
+        database.dispose()
+
+
+def test_a_forked_child_does_not_take_its_parents_pooled_sqlite_connection(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path}/engine.sqlite3")
+    try:
+        with database.engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+        assert database.engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+
+        answer = in_a_forked_child(lambda: database.engine.pool.checkedin())  # type: ignore[attr-defined]
+
+        assert answer == "0"
+        assert database.engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+    finally:
+        database.dispose()
+
+
+@pytest.mark.slow
+def test_preloaded_workers_share_the_caps_exactly_and_each_reloads_a_changed_rulebook(
+    tmp_path: Path, pg_url: str, request: pytest.FixtureRequest
+) -> None:
+    request.getfixturevalue("redis_client")  # fails, not skips, if Redis is down
+    rules_dir = write_rulebook(tmp_path / "rules")
+    options: dict[str, Any] = {"database_url": pg_url, "redis_url": "redis://127.0.0.1:6379/0"}
+    with live_engine(tmp_path, workers=2, rules_dir=rules_dir, preload=True, **options) as engine:
+        answers = fifty_swipes_on_one_card(engine)
+        assert sum(answer["status"] == "approved" for answer in answers) == 7
+
+        def version() -> str:
+            # A new connection each time, so that either worker may answer (the kernel picks).
+            health = httpx.get(engine.base_url + "/healthz", headers={"Connection": "close"}, timeout=10)
+            assert health.status_code == 200, health.text
+            return str(health.json()["rules_version"])
+
+        before = version()
+        funders = rules_dir / "funders.yaml"
+        funders.write_text(funders.read_text() + "# changed\n")
+        # Every worker polls every 5 s, and they reload one at a time: 20 answers in a row, 30 s at most.
+        changed_in_a_row, deadline = 0, time.monotonic() + 30
+        while changed_in_a_row < 20 and time.monotonic() < deadline:
+            changed_in_a_row = changed_in_a_row + 1 if version() != before else 0
+            time.sleep(0.05)
+        assert changed_in_a_row >= 20, "a preloaded worker still serves the rulebook it was forked with"
