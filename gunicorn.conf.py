@@ -13,6 +13,10 @@ Override any of them on the command line or with GUNICORN_CMD_ARGS.
 """
 
 import multiprocessing
+import os
+
+# This process is gunicorn's master: an app it builds (`--preload`) starts no thread of its own (pos_engine.wsgi).
+os.environ["POS_ENGINE_GUNICORN_MASTER_PID"] = str(os.getpid())
 
 workers = max(2, multiprocessing.cpu_count() + 1)
 worker_class = "gthread"
@@ -50,9 +54,15 @@ def _remove_marks(mark: str) -> None:
 
 
 def post_worker_init(worker: object) -> None:
-    """A worker has loaded the engine: the server is serving (one line per worker that did)."""
-    import os
+    """A worker has loaded the engine: the server is serving (one line per worker that did).
 
+    With `--preload` the master built the app, starting nothing: the worker starts its card directory, registry
+    snapshot and rulebook watcher now (without it, it built the app itself, and they run already).
+    """
+    app = getattr(worker, "wsgi", None)
+    context = getattr(app, "extensions", {}).get("pos_engine")
+    if context is not None:
+        context.start()
     mark = os.environ.get("POS_ENGINE_SERVING_MARK")
     if mark:
         with open(mark, "a") as serving:

@@ -117,23 +117,22 @@ class RulebookWatcher:
             return False
         if current == self._seen:
             return False
-        self._seen = current
         try:
             # About 0.7 s of CPU on a 5,000-rule book: one worker of the host at a time, and its swipes go first.
             with reload_turn(self.directory), yielding_to_requests():
                 rulebook = self.load(self.directory)
         except Exception as error:  # a RulebookError, or anything else the loader raised: keep the old rulebook
             self.last_error = str(error)
+            self._seen = current  # refused once: not loaded again until the files change again
             log.error("new rulebook in %s refused; keeping the running one:\n%s", self.directory, error)
             return False
         self.last_error = None
         self.install(rulebook)
+        # Only now: a worker forked from this process while it loaded (--preload) has the old rulebook, and so
+        # must see the files as changed.
+        self._seen = current
         log.info("rulebook %s installed from %s", rulebook.version, self.directory)
         return True
-
-    def start(self) -> None:
-        """Start checking in this process, if it does not already (cheap: requests call it too)."""
-        self.thread.ensure_started()
 
     def stop(self) -> None:
         self._stop.set()

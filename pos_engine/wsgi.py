@@ -44,8 +44,18 @@ def _halt_gunicorn() -> NoReturn:
     sys.exit(WORKER_BOOT_ERROR)
 
 
+# gunicorn.conf.py names the master's process: with `--preload` the master builds this app and forks the
+# workers from it, and a thread it started would run in the master alone (gunicorn.conf.py's post_worker_init
+# starts them in each worker).
+GUNICORN_MASTER_ENV = "POS_ENGINE_GUNICORN_MASTER_PID"
+
+
+def _in_gunicorn_master() -> bool:
+    return os.environ.get(GUNICORN_MASTER_ENV) == str(os.getpid())
+
+
 try:
-    app = create_app()
+    app = create_app(start=not _in_gunicorn_master())
 except (ConfigError, SchemaNotCurrent) as error:
     print(f"pos-engine cannot start: {error}", file=sys.stderr)
     _halt_gunicorn()

@@ -42,6 +42,7 @@ class LiveEngine:
     base_url: str
     env: dict[str, str]
     credentials: dict[str, Any]
+    server_pid: int = 0  # gunicorn's master
 
     def terminal(self, index: int = 0) -> dict[str, str]:
         return self.credentials["terminals"][index]  # type: ignore[no-any-return]
@@ -103,7 +104,7 @@ def live_engine(
             if time.monotonic() > deadline:
                 raise AssertionError(f"gunicorn did not start: {(tmp_path / 'gunicorn.log').read_text()}")
             time.sleep(0.1)
-        yield LiveEngine(base_url, env, json.loads(credentials_path.read_text()))
+        yield LiveEngine(base_url, env, json.loads(credentials_path.read_text()), server.pid)
     finally:
         server.terminate()
         try:

@@ -124,11 +124,16 @@ def build_context(settings: Settings) -> EngineContext:
     )
 
 
-def create_app(settings: Settings | None = None, context: EngineContext | None = None, *, watch_rules: bool | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None, context: EngineContext | None = None, *, watch_rules: bool | None = None, start: bool = True
+) -> Flask:
     """Build the Flask app; a broken rulebook stops it here with file, path and reason.
 
     With `watch_rules` (the default when the app builds its own context), a
     changed rulebook is reloaded within seconds, and a broken one refused.
+    Without `start` this process starts no thread (the card directory, the
+    registry snapshot, the rulebook watcher): a process forked from it starts
+    them in `EngineContext.start` or at its first request (`gunicorn --preload`).
     """
     settings = settings or Settings.from_env()
     app = Flask("pos_engine")
@@ -154,7 +159,8 @@ def create_app(settings: Settings | None = None, context: EngineContext | None =
         watcher = RulebookWatcher(Path(settings.rules_dir), load_rulebook, ctx.replace_rulebook)
         ctx.run_in_each_process(watcher.thread)
     app.extensions["pos_engine_rules_watcher"] = watcher
-    ctx.start()  # each gunicorn worker builds its app after the fork: its card directory loads now
+    if start:
+        ctx.start()  # each gunicorn worker builds its app after the fork: its card directory loads now
     api = _Api(app)
     from pos_engine.api import terminal
 

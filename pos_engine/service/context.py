@@ -132,12 +132,12 @@ class EngineContext:
         return self.swipe_transaction() if self.swipe_transaction is not None else self.unit_of_work()
 
     def start(self) -> None:
-        """Start loading the card directory and load the registry snapshot in this process (a worker after
-        the fork), so that its first swipe does not wait for them (the snapshot took 130-180 ms on the large
-        world). Swipes start both too: if the database cannot be read now, the first swipe tries again.
+        """Start loading the card directory, load the registry snapshot and start the other background threads
+        in this process (a worker after the fork), so that its first swipe does not wait for them (the snapshot
+        took 130-180 ms on the large world). Requests start them too: if the database cannot be read now, the
+        first swipe tries again.
         """
-        if self.cards is not None:
-            self.cards.start()
+        self.ensure_background()
         if self.snapshot is not None:
             try:
                 self.snapshot.start()
@@ -145,16 +145,20 @@ class EngineContext:
                 log.warning("registry snapshot not loaded at start (%s); the first swipe loads it", error)
 
     def run_in_each_process(self, thread: ProcessThread) -> None:
-        """Start `thread` now, and in a forked child at its first request (`gunicorn --preload` forks the
-        workers after the app was built: the card directory and the registry snapshot start theirs the same way).
+        """Run `thread` in each process that serves: started by `start`, or at the process's first request
+        (`gunicorn --preload` forks the workers after the app was built; the card directory and the registry
+        snapshot start theirs the same way).
         """
         self.background = (*self.background, thread)
-        thread.ensure_started()
 
     def ensure_background(self) -> None:
-        """The threads of `run_in_each_process` run in this process (one comparison each once they do)."""
+        """The threads of `run_in_each_process` and the card directory's run in this process (one comparison
+        each once they do): a forked worker's card directory starts loading at its first request, whatever it is.
+        """
         for thread in self.background:
             thread.ensure_started()
+        if self.cards is not None:
+            self.cards.start()
 
     def card_hash(self, card_number: str) -> str:
         """The keyed hash the card is found by; the number itself is never stored."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,3 +47,23 @@ def test_a_worker_forked_after_the_app_was_built_starts_its_rulebook_watcher_at_
         return before, status, watcher.thread.started_in_this_process()
 
     assert in_a_forked_child(in_the_worker) == repr((False, 200, True))
+
+
+def test_an_app_built_without_start_starts_no_thread_and_a_forked_worker_starts_them_at_its_first_request(
+    context: EngineContext, tmp_path: Path
+) -> None:
+    """`gunicorn --preload`: the master builds the app (pos_engine.wsgi) and never serves; its workers do."""
+    cached = dataclasses.replace(context, lookup_cache_ttl_s=5.0)  # with a card directory and a registry snapshot
+    assert cached.cards is not None
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    app = create_app(Settings(rules_dir=str(rules)), cached, watch_rules=True, start=False)
+    threads = (app.extensions["pos_engine_rules_watcher"].thread, cached.cards.worker)
+    assert [thread.started_in_this_process() for thread in threads] == [False, False]
+
+    def in_the_worker() -> Any:
+        health = app.test_client().get("/healthz")
+        return health.status_code, [thread.started_in_this_process() for thread in threads]
+
+    assert in_a_forked_child(in_the_worker) == repr((200, [True, True]))
+    assert [thread.started_in_this_process() for thread in threads] == [False, False]

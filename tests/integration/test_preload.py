@@ -57,28 +57,50 @@ def test_a_forked_child_does_not_take_its_parents_pooled_sqlite_connection(tmp_p
 
 
 @pytest.mark.slow
-def test_preloaded_workers_share_the_caps_exactly_and_each_reloads_a_changed_rulebook(
+def test_preloaded_workers_load_their_cards_share_the_caps_exactly_and_each_reload_a_changed_rulebook(
     tmp_path: Path, pg_url: str, request: pytest.FixtureRequest
 ) -> None:
     request.getfixturevalue("redis_client")  # fails, not skips, if Redis is down
     rules_dir = write_rulebook(tmp_path / "rules")
     options: dict[str, Any] = {"database_url": pg_url, "redis_url": "redis://127.0.0.1:6379/0"}
     with live_engine(tmp_path, workers=2, rules_dir=rules_dir, preload=True, **options) as engine:
+
+        def health() -> dict[str, Any]:
+            # A new connection each time, so that either worker may answer (the kernel picks).
+            answer = httpx.get(engine.base_url + "/healthz", headers={"Connection": "close"}, timeout=10)
+            assert answer.status_code == 200, answer.text
+            return answer.json()  # type: ignore[no-any-return]
+
+        def answers_in_a_row(check: Any, count: int = 20, within_s: float = 30) -> bool:
+            in_a_row, deadline = 0, time.monotonic() + within_s
+            while in_a_row < count and time.monotonic() < deadline:
+                in_a_row = in_a_row + 1 if check(health()) else 0
+                time.sleep(0.05)
+            return in_a_row >= count
+
+        def threads(pid: int) -> int:
+            return len(list(Path(f"/proc/{pid}/task").iterdir()))
+
+        # Each worker starts its card directory, registry snapshot and rulebook watcher as it boots (gunicorn.conf.py's
+        # post_worker_init), requests or not: the start-up above asked one of them for /healthz.
+        def workers() -> list[int]:
+            return [int(pid) for pid in Path(f"/proc/{engine.server_pid}/task/{engine.server_pid}/children").read_text().split()]
+
+        deadline = time.monotonic() + 10  # gunicorn forks the second worker after the first
+        while not (len(workers()) == 2 and min(threads(pid) for pid in workers()) >= 4) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(workers()) == 2
+        assert {pid: threads(pid) >= 4 for pid in workers()} == {pid: True for pid in workers()}
+        # The master built the app and started nothing: one thread, gunicorn's own.
+        assert threads(engine.server_pid) == 1
+
+        assert answers_in_a_row(lambda body: body.get("card_directory") == "ready"), "a worker never loaded its cards"
+
         answers = fifty_swipes_on_one_card(engine)
         assert sum(answer["status"] == "approved" for answer in answers) == 7
 
-        def version() -> str:
-            # A new connection each time, so that either worker may answer (the kernel picks).
-            health = httpx.get(engine.base_url + "/healthz", headers={"Connection": "close"}, timeout=10)
-            assert health.status_code == 200, health.text
-            return str(health.json()["rules_version"])
-
-        before = version()
+        before = health()["rules_version"]
         funders = rules_dir / "funders.yaml"
         funders.write_text(funders.read_text() + "# changed\n")
-        # Every worker polls every 5 s, and they reload one at a time: 20 answers in a row, 30 s at most.
-        changed_in_a_row, deadline = 0, time.monotonic() + 30
-        while changed_in_a_row < 20 and time.monotonic() < deadline:
-            changed_in_a_row = changed_in_a_row + 1 if version() != before else 0
-            time.sleep(0.05)
-        assert changed_in_a_row >= 20, "a preloaded worker still serves the rulebook it was forked with"
+        # Every worker polls every 5 s, and they reload one at a time.
+        assert answers_in_a_row(lambda body: body["rules_version"] != before), "a worker still serves the rulebook it was forked with"

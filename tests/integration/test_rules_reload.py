@@ -33,7 +33,13 @@ def test_a_valid_change_is_installed_and_a_broken_one_refused(tmp_path: Path) ->
     rules = tmp_path / "rules"
     shutil.copytree(ROOT / "rules", rules)
     installed: list[Rulebook] = [load_rulebook(rules)]
-    watcher = RulebookWatcher(rules, load_rulebook, installed.append)
+    loads: list[Path] = []
+
+    def load(directory: Path) -> Rulebook:
+        loads.append(directory)
+        return load_rulebook(directory)
+
+    watcher = RulebookWatcher(rules, load, installed.append)
     assert watcher.check_now() is False  # nothing changed
 
     city = rules / "campaigns" / "city-dining.yaml"
@@ -47,6 +53,8 @@ def test_a_valid_change_is_installed_and_a_broken_one_refused(tmp_path: Path) ->
     assert len(installed) == 2  # the running rulebook stays
     assert watcher.last_error is not None
     assert "city-dining.yaml" in watcher.last_error
+    assert watcher.check_now() is False
+    assert len(loads) == 2, "a refused rulebook is read again at every poll, though its files did not change"
 
 
 def test_a_directory_that_could_not_be_read_for_a_moment_clears_its_error_once_readable(tmp_path: Path, monkeypatch: Any) -> None:
@@ -166,3 +174,40 @@ def test_a_turn_not_given_in_time_or_a_turn_file_that_cannot_be_opened_still_rel
     assert watcher.check_now() is True
     assert "without waiting for the other workers" in caplog.text
     assert len(installed) == 2
+
+
+def test_a_process_forked_while_its_parent_loads_a_changed_rulebook_loads_it_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gunicorn starts a worker again (killed, timed out, HUP) by forking its master, whatever the master is doing."""
+    from pos_engine import rules_watch
+    from tests.helpers import in_a_forked_child
+
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    monkeypatch.setattr(rules_watch, "RELOAD_TURN_WAIT_S", 0.2)  # the parent's load holds the turn throughout
+    parent = os.getpid()
+    loading, finish = threading.Event(), threading.Event()
+
+    def load(directory: Path) -> Rulebook:
+        if os.getpid() == parent:
+            loading.set()
+            finish.wait(10)
+        return load_rulebook(directory)
+
+    installed: list[Rulebook] = []
+    watcher = RulebookWatcher(rules, load, installed.append)
+    city = rules / "campaigns" / "city-dining.yaml"
+    touch_later(city, city.read_text().replace("name:", "name: Renamed", 1))
+    parents_reload = threading.Thread(target=watcher.check_now)
+    parents_reload.start()
+    try:
+        assert loading.wait(10)
+        answer = in_a_forked_child(lambda: (watcher.check_now(), len(installed)))
+    finally:
+        finish.set()
+        parents_reload.join()
+
+    assert answer == repr((True, 1)), "the child took the files for loaded, and kept the rulebook it was forked with"
+    assert len(installed) == 1
+    assert watcher.check_now() is False  # the parent loaded them: nothing more to do
