@@ -15,8 +15,9 @@ Override any of them on the command line or with GUNICORN_CMD_ARGS.
 import multiprocessing
 import os
 
-# This process is gunicorn's master: an app it builds (`--preload`) starts no thread of its own (pos_engine.wsgi).
-os.environ["POS_ENGINE_GUNICORN_MASTER_PID"] = str(os.getpid())
+if __name__ == "__config__":  # read by gunicorn (not, say, by loadtests.bench for its defaults)
+    # This process is gunicorn's master: an app it builds (`--preload`) starts no thread of its own (pos_engine.wsgi).
+    os.environ["POS_ENGINE_GUNICORN_MASTER_PID"] = str(os.getpid())
 
 workers = max(2, multiprocessing.cpu_count() + 1)
 worker_class = "gthread"
