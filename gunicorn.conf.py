@@ -58,12 +58,14 @@ def post_worker_init(worker: object) -> None:
     """A worker has loaded the engine: the server is serving (one line per worker that did).
 
     With `--preload` the master built the app, starting nothing: the worker starts its card directory, registry
-    snapshot and rulebook watcher now (without it, it built the app itself, and they run already).
+    snapshot and rulebook watcher now, and loads a rulebook changed since (without it, the worker built the app
+    itself, and they run already).
     """
     app = getattr(worker, "wsgi", None)
-    context = getattr(app, "extensions", {}).get("pos_engine")
-    if context is not None:
-        context.start()
+    if "pos_engine" in getattr(app, "extensions", {}):  # not the bench's ceiling and baseline apps
+        from pos_engine.serving import start_forked_worker
+
+        start_forked_worker(app)
     mark = os.environ.get("POS_ENGINE_SERVING_MARK")
     if mark:
         with open(mark, "a") as serving:

@@ -105,7 +105,10 @@ class RulebookWatcher:
         self._stop = threading.Event()
         # A thread in each process that serves: `gunicorn --preload` builds the app in the master and forks the
         # workers, which do not inherit the master's threads.
-        self.thread = ProcessThread("rulebook-watcher", self._run, before_start=self._new_stop_event)
+        self.thread = ProcessThread("rulebook-watcher", self._run, before_start=self._catch_up)
+        # Whether this process, as its thread started, found the files changed and their rulebook broken: it then
+        # holds the rulebook of the moment the app was built, which the other workers may have replaced since.
+        self.refused_at_start = False
 
     def check_now(self) -> bool:
         """Reload if the files changed; return True if a new rulebook was installed."""
@@ -137,10 +140,19 @@ class RulebookWatcher:
     def stop(self) -> None:
         self._stop.set()
 
-    def _new_stop_event(self) -> None:
+    def _catch_up(self) -> None:
+        """Before this process's thread starts: load the files if they changed since the app was built.
+
+        A process forked from the one that built the app (`gunicorn --preload`; a worker started again
+        after a timeout or a crash, days later) holds the rulebook of that moment: it must not serve it
+        for a poll interval, or at all if the files are broken now (`refused_at_start`).
+        """
         # The parent's thread may have been waiting on the event as the process forked: the child waits on its own.
         if not self._stop.is_set():
             self._stop = threading.Event()
+        error_before = self.last_error
+        if not self.check_now() and self.last_error is not None and self.last_error != error_before:
+            self.refused_at_start = True
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -22,6 +22,9 @@ from pos_engine.api.signing import sign
 STARTUP_TIMEOUT_S = 30.0
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -73,7 +76,7 @@ def live_engine(
     """Load the demo world into a database and serve it with gunicorn; stop it afterwards."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("POS_ENGINE_")}
     env["POS_ENGINE_DATABASE_URL"] = database_url or f"sqlite:///{tmp_path}/engine.sqlite3"
-    env["POS_ENGINE_RULES_DIR"] = str(rules_dir or Path(__file__).resolve().parents[1] / "rules")
+    env["POS_ENGINE_RULES_DIR"] = str(rules_dir or ROOT / "rules")
     if redis_url:
         env["POS_ENGINE_REDIS_URL"] = redis_url
         env["POS_ENGINE_REDIS_NAMESPACE"] = f"live-{uuid.uuid4().hex}"
@@ -82,7 +85,8 @@ def live_engine(
     port = free_port()
     log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed below, after the server stops
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}", "--graceful-timeout", "2"]
+        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", str(workers), "-b", f"127.0.0.1:{port}"]
+        + ["--graceful-timeout", "2"]
         + ([] if threads is None else ["--threads", str(threads)])  # else gunicorn.conf.py's
         + (["--preload"] if preload else [])  # the app built in the master, the workers forked from it
         + ["pos_engine.wsgi:app"],

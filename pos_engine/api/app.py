@@ -161,6 +161,7 @@ def create_app(
     app.extensions["pos_engine_rules_watcher"] = watcher
     if start:
         ctx.start()  # each gunicorn worker builds its app after the fork: its card directory loads now
+    app.extensions["pos_engine_started"] = start  # else pos_engine.serving.start_forked_worker
     api = _Api(app)
     from pos_engine.api import terminal
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -104,3 +106,47 @@ def test_preloaded_workers_load_their_cards_share_the_caps_exactly_and_each_relo
         funders.write_text(funders.read_text() + "# changed\n")
         # Every worker polls every 5 s, and they reload one at a time.
         assert answers_in_a_row(lambda body: body["rules_version"] != before), "a worker still serves the rulebook it was forked with"
+
+
+@pytest.mark.slow
+def test_a_preloaded_worker_started_again_serves_the_rulebook_on_disk_or_does_not_serve(tmp_path: Path, pg_url: str) -> None:
+    """gunicorn forks a worker started again (killed, timed out) from the master, which holds the rulebook of its start."""
+    rules_dir = write_rulebook(tmp_path / "rules")
+    with live_engine(tmp_path, workers=2, rules_dir=rules_dir, database_url=pg_url, preload=True) as engine:
+
+        def workers() -> list[int]:
+            return [int(pid) for pid in Path(f"/proc/{engine.server_pid}/task/{engine.server_pid}/children").read_text().split()]
+
+        def versions(count: int = 40) -> set[str]:
+            """The rulebook versions of `count` answers on new connections (either worker may answer)."""
+            seen = set()
+            for _ in range(count):
+                answer = httpx.get(engine.base_url + "/healthz", headers={"Connection": "close"}, timeout=10)
+                seen.add(answer.json()["rules_version"])
+                time.sleep(0.05)
+            return seen
+
+        def start_a_worker_again() -> None:
+            before = workers()
+            os.kill(before[0], signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while not (len(workers()) == 2 and before[0] not in workers()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(workers()) == 2
+
+        (boot,) = versions(4)
+        funders = rules_dir / "funders.yaml"
+        funders.write_text(funders.read_text() + "# changed\n")
+        deadline = time.monotonic() + 30  # each worker polls every 5 s, and they reload one at a time
+        while boot in versions(20) and time.monotonic() < deadline:
+            pass
+        (changed,) = versions()
+        assert changed != boot
+
+        start_a_worker_again()  # it serves the files' rulebook from its first answer, not the master's
+        assert versions() == {changed}
+
+        funders.write_text("funders: [\n")  # broken: every worker keeps the rulebook it has
+        time.sleep(6)  # a poll
+        start_a_worker_again()  # it cannot load the files, and must not serve the master's rulebook instead
+        assert versions() == {changed}

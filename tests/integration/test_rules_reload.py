@@ -211,3 +211,24 @@ def test_a_process_forked_while_its_parent_loads_a_changed_rulebook_loads_it_its
     assert answer == repr((True, 1)), "the child took the files for loaded, and kept the rulebook it was forked with"
     assert len(installed) == 1
     assert watcher.check_now() is False  # the parent loaded them: nothing more to do
+
+
+def test_a_process_forked_after_the_files_changed_loads_them_before_its_watcher_starts_or_says_they_are_broken(tmp_path: Path) -> None:
+    """`gunicorn --preload`: a worker forked from the master, which built the app days ago and never reloads."""
+    from tests.helpers import in_a_forked_child
+
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    installed: list[Rulebook] = []
+    watcher = RulebookWatcher(rules, load_rulebook, installed.append)
+    city = rules / "campaigns" / "city-dining.yaml"
+
+    def start_in_the_child() -> tuple[int, bool]:
+        watcher.thread.ensure_started()  # as post_worker_init does, before the worker serves
+        return len(installed), watcher.refused_at_start
+
+    touch_later(city, city.read_text().replace("name:", "name: Renamed", 1))
+    assert in_a_forked_child(start_in_the_child) == repr((1, False))
+    touch_later(city, city.read_text() + "\n  surprise: field\n")
+    assert in_a_forked_child(start_in_the_child) == repr((0, True))
+    assert installed == []  # the parent loaded nothing
