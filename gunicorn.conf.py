@@ -31,7 +31,7 @@ def when_ready(server: object) -> None:
     """Name, for every worker, the file that says the server has served (post_worker_init writes it).
 
     A worker started again later (killed, timed out, HUP) that finds the rulebook on disk broken since
-    then exits plainly after a pause (pos_engine.wsgi), so gunicorn starts it again later while the
+    then exits plainly after a pause (pos_engine.serving), so gunicorn starts it again later while the
     other workers keep serving the rulebook they had, instead of halting the whole server as it does
     for a worker that cannot boot at start-up. POS_ENGINE_SERVING_MARK may name the file beforehand.
     """
@@ -45,7 +45,7 @@ def when_ready(server: object) -> None:
 
 
 def _remove_marks(mark: str) -> None:
-    """Remove the serving mark and, beside it, the mark of a worker that failed to boot (pos_engine.wsgi)."""
+    """Remove the serving mark and, beside it, the mark of a worker that failed to boot (pos_engine.serving)."""
     import contextlib
     import os
 

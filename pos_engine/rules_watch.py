@@ -95,13 +95,16 @@ class RulebookWatcher:
         load: Callable[[Path], Rulebook],
         install: Callable[[Rulebook], None],
         interval_s: float = RULES_RELOAD_INTERVAL_S,
+        *,
+        seen: tuple[tuple[str, int, int], ...] | None = None,
     ) -> None:
+        """`seen`: the files' fingerprint from before the running rulebook was read (else taken now)."""
         self.directory = directory
         self.load = load
         self.install = install
         self.interval_s = interval_s
         self.last_error: str | None = None
-        self._seen: tuple[tuple[str, int, int], ...] | None = fingerprint(directory)
+        self._seen: tuple[tuple[str, int, int], ...] | None = seen if seen is not None else fingerprint(directory)
         self._stop = threading.Event()
         # A thread in each process that serves: `gunicorn --preload` builds the app in the master and forks the
         # workers, which do not inherit the master's threads.

@@ -60,7 +60,9 @@ def start_forked_worker(app: Any) -> None:
     """
     if app.extensions.get("pos_engine_started", True):
         return  # the worker built the app itself, and started them then
-    app.extensions["pos_engine"].start()
     watcher = app.extensions.get("pos_engine_rules_watcher")
-    if watcher is not None and watcher.refused_at_start:
-        rulebook_refused(watcher.last_error)
+    if watcher is not None:
+        watcher.thread.ensure_started()  # the rulebook first: a worker that cannot serve loads no cards
+        if watcher.refused_at_start:
+            rulebook_refused(watcher.last_error)
+    app.extensions["pos_engine"].start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http
 import logging
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from pos_engine.api.errors import PROBLEM_MIMETYPE, register_error_handlers
 from pos_engine.api.lane import SwipeLane
 from pos_engine.config import Settings
 from pos_engine.limits import REQUEST_BODY_BYTES_MAX
-from pos_engine.rules_watch import RulebookWatcher
+from pos_engine.rules_watch import RulebookWatcher, fingerprint
 from pos_engine.service.context import EngineContext
 from pos_engine.service.ports import CounterStore
 from pos_engine.service.responses import encode
@@ -150,13 +151,19 @@ def create_app(
         },
         JSON_SORT_KEYS=False,
     )
+    watching = watch_rules if watch_rules is not None else context is None
+    seen = None
+    if watching and context is None:
+        # Before the rulebook is read: a file edited while it is read is loaded again at the first poll.
+        with contextlib.suppress(OSError):  # the watcher tries again, and the load says what is wrong
+            seen = fingerprint(Path(settings.rules_dir))
     ctx = context or build_context(settings)
     app.extensions["pos_engine"] = ctx
     watcher: RulebookWatcher | None = None
-    if watch_rules if watch_rules is not None else context is None:
+    if watching:
         from pos_engine.rules_loader import load_rulebook
 
-        watcher = RulebookWatcher(Path(settings.rules_dir), load_rulebook, ctx.replace_rulebook)
+        watcher = RulebookWatcher(Path(settings.rules_dir), load_rulebook, ctx.replace_rulebook, seen=seen)
         ctx.run_in_each_process(watcher.thread)
     app.extensions["pos_engine_rules_watcher"] = watcher
     if start:

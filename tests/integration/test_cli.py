@@ -277,6 +277,38 @@ def test_serve_reloads_a_changed_rulebook_and_keeps_the_one_it_had_when_a_new_on
     assert watcher.last_error is not None
 
 
+def test_a_rule_file_edited_while_the_app_reads_the_rulebook_is_loaded_at_the_first_poll(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from pos_engine import rules_loader
+    from pos_engine.api import create_app
+    from pos_engine.config import Settings
+
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    assert run(env, "init-db").exit_code == 0
+    funders = rules / "funders.yaml"
+    read, edits = rules_loader.load_rulebook, []
+
+    def read_then_edited(directory: Any) -> Any:
+        rulebook = read(directory)
+        if not edits:  # the first read only, the app's own
+            funders.write_text(funders.read_text() + "# edited just after it was read\n")
+            edits.append(directory)
+        return rulebook
+
+    monkeypatch.setattr(rules_loader, "load_rulebook", read_then_edited)
+    app = create_app(Settings(database_url=env["POS_ENGINE_DATABASE_URL"], rules_dir=str(rules)), start=False)
+    assert edits
+    watcher, ctx = app.extensions["pos_engine_rules_watcher"], app.extensions["pos_engine"]
+    version = ctx.rulebook.version
+
+    assert watcher.check_now(), "the edit was taken for read"
+    assert ctx.rulebook.version != version
+
+
 def test_a_worker_started_again_on_a_rulebook_broken_since_leaves_the_server_serving(env: dict[str, str], tmp_path: Path) -> None:
     """A worker killed (OOM, timeout) after a broken rulebook reached the disk: the others keep the rulebook they had."""
     import os

@@ -146,7 +146,18 @@ def test_a_preloaded_worker_started_again_serves_the_rulebook_on_disk_or_does_no
         start_a_worker_again()  # it serves the files' rulebook from its first answer, not the master's
         assert versions() == {changed}
 
+        good = funders.read_text()
         funders.write_text("funders: [\n")  # broken: every worker keeps the rulebook it has
         time.sleep(6)  # a poll
         start_a_worker_again()  # it cannot load the files, and must not serve the master's rulebook instead
-        assert versions() == {changed}
+        assert versions(160) == {changed}  # 8 s and more: past the 5 s pause of the worker started again, and its next
+        log = (tmp_path / "gunicorn.log").read_text()
+        assert "the other workers keep the rulebook they had; this one is started again in 5 s" in log
+
+        funders.write_text(good + "# mended\n")
+        deadline = time.monotonic() + 30  # the next worker started again loads it, and the other at its poll
+        while changed in versions(20) and time.monotonic() < deadline:
+            pass
+        (mended,) = versions()
+        assert mended not in (boot, changed)
+        assert len(workers()) == 2
