@@ -37,6 +37,16 @@ def env(tmp_path: Path) -> dict[str, str]:
     }
 
 
+@pytest.fixture
+def rules(env: dict[str, str], tmp_path: Path) -> Path:
+    """A copy of the shipped rulebook to edit, beside a database made ready."""
+    import shutil
+
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    assert run(env, "init-db").exit_code == 0
+    return tmp_path / "rules"
+
+
 def run(env: dict[str, str], *args: str) -> Any:
     return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
 
@@ -248,15 +258,11 @@ def test_serve_without_a_database_says_to_create_it_and_creates_nothing(env: dic
 
 
 def test_serve_reloads_a_changed_rulebook_and_keeps_the_one_it_had_when_a_new_one_is_broken(
-    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rules: Path
 ) -> None:
-    import shutil
 
     from flask import Flask
 
-    rules = tmp_path / "rules"
-    shutil.copytree(ROOT / "rules", rules)
-    assert run(env, "init-db").exit_code == 0
     served: list[Flask] = []
     monkeypatch.setattr(Flask, "run", lambda app, **_options: served.append(app))  # build the app as `serve` does, serve nothing
 
@@ -278,17 +284,13 @@ def test_serve_reloads_a_changed_rulebook_and_keeps_the_one_it_had_when_a_new_on
 
 
 def test_a_rule_file_edited_while_the_app_reads_the_rulebook_is_loaded_at_the_first_poll(
-    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rules: Path
 ) -> None:
-    import shutil
 
     from pos_engine import rules_loader
     from pos_engine.api import create_app
     from pos_engine.config import Settings
 
-    rules = tmp_path / "rules"
-    shutil.copytree(ROOT / "rules", rules)
-    assert run(env, "init-db").exit_code == 0
     funders = rules / "funders.yaml"
     read, edits = rules_loader.load_rulebook, []
 
@@ -309,10 +311,11 @@ def test_a_rule_file_edited_while_the_app_reads_the_rulebook_is_loaded_at_the_fi
     assert ctx.rulebook.version != version
 
 
-def test_a_worker_started_again_on_a_rulebook_broken_since_leaves_the_server_serving(env: dict[str, str], tmp_path: Path) -> None:
+def test_a_worker_started_again_on_a_rulebook_broken_since_leaves_the_server_serving(
+    env: dict[str, str], tmp_path: Path, rules: Path
+) -> None:
     """A worker killed (OOM, timeout) after a broken rulebook reached the disk: the others keep the rulebook they had."""
     import os
-    import shutil
     import signal
     import subprocess
     import sys
@@ -322,9 +325,6 @@ def test_a_worker_started_again_on_a_rulebook_broken_since_leaves_the_server_ser
 
     from tests.live import free_port
 
-    rules = tmp_path / "rules"
-    shutil.copytree(ROOT / "rules", rules)
-    assert run(env, "init-db").exit_code == 0
     port = free_port()
     log_path = tmp_path / "gunicorn.log"
     mark = tmp_path / "serving"  # gunicorn.conf.py's hooks write one line per worker that loaded the engine
