@@ -16,7 +16,21 @@ from sqlalchemy import Engine
 from pos_engine.store.db import Database
 from tests.helpers import in_a_forked_child
 from tests.integration.test_multiprocess import fifty_swipes_on_one_card, write_rulebook
-from tests.live import live_engine
+from tests.live import LiveEngine, live_engine
+
+
+def healthz(engine: LiveEngine) -> httpx.Response:
+    """/healthz on a new connection each time, so that either worker may answer (the kernel picks)."""
+    return httpx.get(engine.base_url + "/healthz", headers={"Connection": "close"}, timeout=10)
+
+
+def workers(engine: LiveEngine) -> list[int]:
+    """The pids of the gunicorn master's workers."""
+    return [int(pid) for pid in Path(f"/proc/{engine.server_pid}/task/{engine.server_pid}/children").read_text().split()]
+
+
+def threads(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/task").iterdir()))
 
 
 def backend_pid(engine: Engine) -> int:
@@ -68,8 +82,7 @@ def test_preloaded_workers_load_their_cards_share_the_caps_exactly_and_each_relo
     with live_engine(tmp_path, workers=2, rules_dir=rules_dir, preload=True, **options) as engine:
 
         def health() -> dict[str, Any]:
-            # A new connection each time, so that either worker may answer (the kernel picks).
-            answer = httpx.get(engine.base_url + "/healthz", headers={"Connection": "close"}, timeout=10)
+            answer = healthz(engine)
             assert answer.status_code == 200, answer.text
             return answer.json()  # type: ignore[no-any-return]
 
@@ -80,19 +93,13 @@ def test_preloaded_workers_load_their_cards_share_the_caps_exactly_and_each_relo
                 time.sleep(0.05)
             return in_a_row >= count
 
-        def threads(pid: int) -> int:
-            return len(list(Path(f"/proc/{pid}/task").iterdir()))
-
         # Each worker starts its card directory, registry snapshot and rulebook watcher as it boots (gunicorn.conf.py's
         # post_worker_init), requests or not: the start-up above asked one of them for /healthz.
-        def workers() -> list[int]:
-            return [int(pid) for pid in Path(f"/proc/{engine.server_pid}/task/{engine.server_pid}/children").read_text().split()]
-
         deadline = time.monotonic() + 10  # gunicorn forks the second worker after the first
-        while not (len(workers()) == 2 and min(threads(pid) for pid in workers()) >= 4) and time.monotonic() < deadline:
+        while not (len(workers(engine)) == 2 and min(threads(pid) for pid in workers(engine)) >= 4) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert len(workers()) == 2
-        assert {pid: threads(pid) >= 4 for pid in workers()} == {pid: True for pid in workers()}
+        assert len(workers(engine)) == 2
+        assert {pid: threads(pid) >= 4 for pid in workers(engine)} == {pid: True for pid in workers(engine)}
         # The master built the app and started nothing: one thread, gunicorn's own.
         assert threads(engine.server_pid) == 1
 
@@ -114,25 +121,21 @@ def test_a_preloaded_worker_started_again_serves_the_rulebook_on_disk_or_does_no
     rules_dir = write_rulebook(tmp_path / "rules")
     with live_engine(tmp_path, workers=2, rules_dir=rules_dir, database_url=pg_url, preload=True) as engine:
 
-        def workers() -> list[int]:
-            return [int(pid) for pid in Path(f"/proc/{engine.server_pid}/task/{engine.server_pid}/children").read_text().split()]
-
         def versions(count: int = 40) -> set[str]:
             """The rulebook versions of `count` answers on new connections (either worker may answer)."""
             seen = set()
             for _ in range(count):
-                answer = httpx.get(engine.base_url + "/healthz", headers={"Connection": "close"}, timeout=10)
-                seen.add(answer.json()["rules_version"])
+                seen.add(healthz(engine).json()["rules_version"])
                 time.sleep(0.05)
             return seen
 
         def start_a_worker_again() -> None:
-            before = workers()
+            before = workers(engine)
             os.kill(before[0], signal.SIGKILL)
             deadline = time.monotonic() + 10
-            while not (len(workers()) == 2 and before[0] not in workers()) and time.monotonic() < deadline:
+            while not (len(workers(engine)) == 2 and before[0] not in workers(engine)) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert len(workers()) == 2
+            assert len(workers(engine)) == 2
 
         (boot,) = versions(4)
         funders = rules_dir / "funders.yaml"
@@ -160,4 +163,4 @@ def test_a_preloaded_worker_started_again_serves_the_rulebook_on_disk_or_does_no
             pass
         (mended,) = versions()
         assert mended not in (boot, changed)
-        assert len(workers()) == 2
+        assert len(workers(engine)) == 2

@@ -23,15 +23,20 @@ from pos_engine.service.background import YIELDING_SWITCH_INTERVAL_S
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture
+def rules(tmp_path: Path) -> Path:
+    """A copy of the shipped rulebook to edit."""
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    return tmp_path / "rules"
+
+
 def touch_later(path: Path, text: str) -> None:
     path.write_text(text)
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
 
 
-def test_a_valid_change_is_installed_and_a_broken_one_refused(tmp_path: Path) -> None:
-    rules = tmp_path / "rules"
-    shutil.copytree(ROOT / "rules", rules)
+def test_a_valid_change_is_installed_and_a_broken_one_refused(rules: Path) -> None:
     installed: list[Rulebook] = [load_rulebook(rules)]
     loads: list[Path] = []
 
@@ -57,12 +62,10 @@ def test_a_valid_change_is_installed_and_a_broken_one_refused(tmp_path: Path) ->
     assert len(loads) == 2, "a refused rulebook is read again at every poll, though its files did not change"
 
 
-def test_a_directory_that_could_not_be_read_for_a_moment_clears_its_error_once_readable(tmp_path: Path, monkeypatch: Any) -> None:
+def test_a_directory_that_could_not_be_read_for_a_moment_clears_its_error_once_readable(monkeypatch: Any, rules: Path) -> None:
     """The files did not change; reading them failed once (a mount blinked). /healthz must not show that error for ever."""
     from pos_engine import rules_watch
 
-    rules = tmp_path / "rules"
-    shutil.copytree(ROOT / "rules", rules)
     installed: list[Rulebook] = []
     watcher = RulebookWatcher(rules, load_rulebook, installed.append)
     fingerprint = rules_watch.fingerprint
@@ -78,10 +81,8 @@ def test_a_directory_that_could_not_be_read_for_a_moment_clears_its_error_once_r
     assert watcher.last_error is None
 
 
-def test_a_reload_lets_request_threads_take_the_gil_sooner_and_then_puts_the_interval_back(tmp_path: Path) -> None:
+def test_a_reload_lets_request_threads_take_the_gil_sooner_and_then_puts_the_interval_back(rules: Path) -> None:
     """The rulebook is built with the short switch interval (a swipe waits 0.2 ms for the GIL, not 5), refused or not."""
-    rules = tmp_path / "rules"
-    shutil.copytree(ROOT / "rules", rules)
     before = sys.getswitchinterval()
     intervals: list[float] = []
 
@@ -152,12 +153,10 @@ def test_the_workers_of_a_host_reload_one_at_a_time_and_other_rulebooks_do_not_w
 
 
 def test_a_turn_not_given_in_time_or_a_turn_file_that_cannot_be_opened_still_reloads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, rules: Path
 ) -> None:
     from pos_engine import rules_watch
 
-    rules = tmp_path / "rules"
-    shutil.copytree(ROOT / "rules", rules)
     installed: list[Rulebook] = []
     watcher = RulebookWatcher(rules, load_rulebook, installed.append)
     city = rules / "campaigns" / "city-dining.yaml"
@@ -176,15 +175,11 @@ def test_a_turn_not_given_in_time_or_a_turn_file_that_cannot_be_opened_still_rel
     assert len(installed) == 2
 
 
-def test_a_process_forked_while_its_parent_loads_a_changed_rulebook_loads_it_itself(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_process_forked_while_its_parent_loads_a_changed_rulebook_loads_it_itself(monkeypatch: pytest.MonkeyPatch, rules: Path) -> None:
     """gunicorn starts a worker again (killed, timed out, HUP) by forking its master, whatever the master is doing."""
     from pos_engine import rules_watch
     from tests.helpers import in_a_forked_child
 
-    rules = tmp_path / "rules"
-    shutil.copytree(ROOT / "rules", rules)
     monkeypatch.setattr(rules_watch, "RELOAD_TURN_WAIT_S", 0.2)  # the parent's load holds the turn throughout
     parent = os.getpid()
     loading, finish = threading.Event(), threading.Event()
@@ -213,12 +208,10 @@ def test_a_process_forked_while_its_parent_loads_a_changed_rulebook_loads_it_its
     assert watcher.check_now() is False  # the parent loaded them: nothing more to do
 
 
-def test_a_process_forked_after_the_files_changed_loads_them_before_its_watcher_starts_or_says_they_are_broken(tmp_path: Path) -> None:
+def test_a_process_forked_after_the_files_changed_loads_them_before_its_watcher_starts_or_says_they_are_broken(rules: Path) -> None:
     """`gunicorn --preload`: a worker forked from the master, which built the app days ago and never reloads."""
     from tests.helpers import in_a_forked_child
 
-    rules = tmp_path / "rules"
-    shutil.copytree(ROOT / "rules", rules)
     installed: list[Rulebook] = []
     watcher = RulebookWatcher(rules, load_rulebook, installed.append)
     city = rules / "campaigns" / "city-dining.yaml"
