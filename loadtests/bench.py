@@ -385,7 +385,7 @@ def run_on_every_worker(result: Result, phase: str, run: Callable[[], dict[str, 
         outcome = "ran it again" if attempt < RUN_ATTEMPTS_MAX else f"kept it, after {attempt} runs"
         result.notes.append(
             f"{phase}: {idle} of {len(workers_after)} workers took no connections in a run, so that run "
-            f"measured fewer workers than configured (docs/performance.md, seventh round); {outcome}"
+            f"measured fewer workers than configured (docs/performance-rounds.md, seventh round); {outcome}"
         )
     if data["wrapped"]:
         result.notes.append(f"{phase}: ran out of pre-signed requests and replayed some")

@@ -288,7 +288,7 @@ def _scalar(value: str, tag: str) -> Any:
 
 
 # libyaml's parser (bundled with PyYAML's wheels) reads a rule file about 15 times faster than PyYAML's own
-# (docs/performance.md, twentieth round). A file whose YAML it refuses is read again, from the start, by PyYAML's,
+# (docs/performance-rounds.md, twentieth round). A file whose YAML it refuses is read again, from the start, by PyYAML's,
 # so that the refusal is worded and placed as it always was. libyaml takes a few things PyYAML's parser refused
 # (a tab after a colon, a '?' inside a flow collection: docs/rules.md); tests hold the two to each other on the
 # rule files we ship and generate.

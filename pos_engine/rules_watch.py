@@ -29,7 +29,7 @@ def reload_turn(directory: Path) -> Iterator[None]:
     """One process of this host at a time loads the rulebook of `directory` again.
 
     gunicorn's workers all see a change within the same poll interval, and each load is about 0.7 s of CPU on
-    a 5,000-rule book: loaded together, they took the cores from the swipes (docs/performance.md, twentieth
+    a 5,000-rule book: loaded together, they took the cores from the swipes (docs/performance-rounds.md, twentieth
     round). The turn is an flock on a file in the temporary directory, named after the rules directory; the
     kernel lets it go when its holder exits, however. A worker that waits longer than RELOAD_TURN_WAIT_S (a
     holder stopped, say), or cannot open the file, loads without its turn, and says so.

@@ -68,7 +68,7 @@ class ProcessThread:
 
 
 # While a background thread does a long stretch of CPU work, a thread waiting for the GIL gets it after this
-# long (CPython's default is 5 ms): docs/performance.md, twentieth round.
+# long (CPython's default is 5 ms): docs/performance-rounds.md, twentieth round.
 YIELDING_SWITCH_INTERVAL_S = 0.0002
 _YIELDING_US = round(YIELDING_SWITCH_INTERVAL_S * 1e6)
 

@@ -746,7 +746,7 @@ def loader_events(text: str, loader: type) -> list[tuple[object, ...]]:
 
 
 def test_libyaml_is_what_reads_a_rule_file() -> None:
-    """The fast parser is libyaml's: the 15-fold speed-up of docs/performance.md's twentieth round is there."""
+    """The fast parser is libyaml's: the 15-fold speed-up of docs/performance-rounds.md's twentieth round is there."""
     assert yaml.__with_libyaml__
     assert rules_loader._FAST_LOADER is yaml.CSafeLoader
 

@@ -125,7 +125,7 @@ end
 
 -- Write at the end: nothing above can fail half-way through a plan. A counter
 -- created here has no time to live: an EXPIRE here cost the swipe's tail at a
--- moderate rate (p99 15-25 ms against 6-9; docs/performance.md, eighteenth
+-- moderate rate (p99 15-25 ms against 6-9; docs/performance-rounds.md, eighteenth
 -- round), so `counters expire` gives it one later, and INCRBY keeps it.
 local changed = false
 for index, delta in pairs(deltas) do
