@@ -21,6 +21,13 @@ transaction takes three (BEGIN, INSERT, COMMIT). The bench serves that one as
 the **two round trips** reference: a swipe that reserves in Redis and records
 durably in PostgreSQL and does nothing else, with plain client code, so the
 engine's distance from it is what the engine's own work costs.
+
+`BASELINE_INSERT=one-trip` measures a design the engine does not have: no
+Redis, the card's counter kept in PostgreSQL and added to by the same prepared
+statement that records the swipe, so a swipe makes **one round trip**.
+`one-trip-budget` adds to one shared budget row in that statement too, as a
+campaign's budget would be under that design: every swipe then holds that row
+locked until its commit is flushed (`bench.py --one-round-trip`).
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ from loadtests.ceiling_app import ANSWER_TEMPLATE
 from pos_engine.store.db import normalise_url
 
 KEY_PREFIX = "pos-bench-baseline:"
-INSERTS = ("sqlalchemy", "prepared")
+INSERTS = ("sqlalchemy", "prepared", "one-trip", "one-trip-budget")
+ONE_TRIP = ("one-trip", "one-trip-budget")  # no Redis: the counters live in PostgreSQL
 CAP_FEN = 10**12  # never reached: every swipe takes the same path
 RESERVE = """
 local value = redis.call('INCRBY', KEYS[1], ARGV[1])
@@ -64,9 +72,35 @@ swipes = Table(
     Column("recorded_at", DateTime(timezone=True), nullable=False),
 )
 
+# The one-round-trip designs' counters: a row per card, and one shared budget row.
+card_counters = Table(
+    "bench_baseline_counters",
+    metadata,
+    Column("card_number", String(32), primary_key=True),
+    Column("fen", BigInteger, nullable=False),
+)
+budget = Table("bench_baseline_budget", metadata, Column("id", Integer, primary_key=True), Column("fen", BigInteger, nullable=False))
+
 # The same insert as one psycopg statement (named placeholders).
 _COLUMNS = [column.name for column in swipes.columns]
 PREPARED_INSERT = f"INSERT INTO {swipes.name} ({', '.join(_COLUMNS)}) VALUES ({', '.join(f'%({name})s' for name in _COLUMNS)})"
+
+# One statement: add to the card's counter unless that passes the cap (as RESERVE does), and record the swipe
+# with the counter's new value (-1 where the cap refused it). "{budget}" adds to the shared budget row as well.
+_ONE_TRIP = f"""
+WITH card AS (
+  INSERT INTO {card_counters.name} AS c (card_number, fen) VALUES (%(card_number)s, %(amount_fen)s)
+  ON CONFLICT (card_number) DO UPDATE SET fen = c.fen + excluded.fen WHERE c.fen + excluded.fen <= %(cap)s
+  RETURNING fen
+){{budget}}
+INSERT INTO {swipes.name} ({", ".join(_COLUMNS)})
+VALUES (%(request_id)s, %(card_number)s, %(merchant_id)s, %(amount_fen)s, COALESCE((SELECT fen FROM card), -1), %(status)s,
+        %(recorded_at)s)
+"""
+_BUDGET = f""", shared AS (
+  UPDATE {budget.name} SET fen = fen + %(amount_fen)s WHERE id = 1 AND fen + %(amount_fen)s <= %(cap)s RETURNING fen
+)"""
+ONE_TRIP_STATEMENTS = {"one-trip": _ONE_TRIP.format(budget=""), "one-trip-budget": _ONE_TRIP.format(budget=_BUDGET)}
 
 
 def prepare(database_url: str) -> None:
@@ -74,11 +108,13 @@ def prepare(database_url: str) -> None:
     engine = create_engine(normalise_url(database_url))
     metadata.drop_all(engine)
     metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(budget.insert().values(id=1, fen=0))
     engine.dispose()
 
 
 def drop(database_url: str, redis_url: str) -> None:
-    """Remove the baseline's table and counters."""
+    """Remove the baseline's tables and counters."""
     engine = create_engine(normalise_url(database_url))
     metadata.drop_all(engine)
     engine.dispose()
@@ -103,7 +139,9 @@ def create_app(database_url: str, redis_url: str, insert: str = "sqlalchemy") ->
     """The baseline app on this database (its table made by `prepare`) and this Redis.
 
     `insert`: "sqlalchemy" (a Core insert in a transaction) or "prepared" (a prepared
-    statement on an autocommit psycopg connection of the thread's own: one round trip).
+    statement on an autocommit psycopg connection of the thread's own: one round trip);
+    "one-trip" or "one-trip-budget": no Redis, one prepared statement that adds to the
+    card's counter row (and the shared budget row) and records the swipe.
     """
     assert insert in INSERTS, insert
     app = Flask(__name__)
@@ -113,32 +151,36 @@ def create_app(database_url: str, redis_url: str, insert: str = "sqlalchemy") ->
     app.extensions["baseline"] = (engine, client)  # for whoever must close them (the tests)
     local = threading.local()
 
+    def own_connection() -> psycopg.Connection[Any]:
+        own: psycopg.Connection[Any] | None = getattr(local, "connection", None)
+        if own is None:
+            own = local.connection = psycopg.connect(database_url, autocommit=True)
+            app.extensions.setdefault("baseline_connections", []).append(own)
+        return own
+
     def record(values: dict[str, Any]) -> None:
         if insert == "sqlalchemy":
             with engine.begin() as connection:
                 connection.execute(swipes.insert().values(**values))
             return
-        own: psycopg.Connection[Any] | None = getattr(local, "connection", None)
-        if own is None:
-            own = local.connection = psycopg.connect(database_url, autocommit=True)
-            app.extensions.setdefault("baseline_connections", []).append(own)
-        own.execute(PREPARED_INSERT, values, prepare=True)
+        own_connection().execute(PREPARED_INSERT, values, prepare=True)
 
     @app.post("/v1/authorisations")
     def authorise() -> Response:
         body = json.loads(request.get_data())
-        counter = reserve(keys=[KEY_PREFIX + body["card_number"]], args=[body["amount_fen"], CAP_FEN])
-        record(
-            {
-                "request_id": body["request_id"],
-                "card_number": body["card_number"],
-                "merchant_id": body["merchant_id"],
-                "amount_fen": body["amount_fen"],
-                "counter_fen": counter,
-                "status": 200,
-                "recorded_at": datetime.now(UTC),
-            }
-        )
+        values = {
+            "request_id": body["request_id"],
+            "card_number": body["card_number"],
+            "merchant_id": body["merchant_id"],
+            "amount_fen": body["amount_fen"],
+            "status": 200,
+            "recorded_at": datetime.now(UTC),
+        }
+        if insert in ONE_TRIP:
+            own_connection().execute(ONE_TRIP_STATEMENTS[insert], values | {"cap": CAP_FEN}, prepare=True)
+        else:
+            counter = reserve(keys=[KEY_PREFIX + body["card_number"]], args=[body["amount_fen"], CAP_FEN])
+            record(values | {"counter_fen": counter})
         answer = dict(ANSWER_TEMPLATE, request_id=body["request_id"], amount_fen=body["amount_fen"])
         return Response(json.dumps(answer, separators=(",", ":")), mimetype="application/json")
 

@@ -443,6 +443,12 @@ def main() -> None:
     parser.add_argument("--world", type=Path, help="world.json of a large world already loaded into --pg-url (loadtests/world.py)")
     parser.add_argument("--rounds", type=int, default=1, help="saturation runs per target, alternating targets; medians are printed")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, request files)")
+    parser.add_argument(
+        "--one-round-trip",
+        action="store_true",
+        help="also measure a design without Redis: one prepared statement a swipe that adds to the card's counter row "
+        "and records the swipe, alone and with a shared budget row (loadtests/baseline_app.py)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench: wrk is not installed; `apt-get install -y wrk` (Debian) and run again")
@@ -491,10 +497,21 @@ def main() -> None:
     round_trips = Result("two round trips: Flask + one Redis script + one prepared autocommit insert", "round-trips", embedded_credentials)
     round_trips_env = {**baseline_env, "BASELINE_INSERT": "prepared"}
 
+    # 6. Optional: a design with one round trip a swipe, the counters in PostgreSQL (no Redis), alone and with
+    # every swipe adding to one shared budget row. The large world's cards when there is one: a card's counter is
+    # a row each swipe on the card locks until its commit, as the budget row is for every swipe.
+    one_trip = Result("one round trip: Flask + one prepared statement (card counter row, the swipe)", "one-trip", pg_credentials)
+    one_trip_budget = Result("one round trip and a shared budget row", "one-trip-budget", pg_credentials)
+    designs = (
+        [(result, {**baseline_env, "BASELINE_INSERT": result.label}) for result in (one_trip, one_trip_budget)]
+        if args.one_round_trip
+        else []
+    )
+
     # 1. The ceiling, with the same requests as the embedded engine.
     ceiling = Result("ceiling: bare Flask JSON endpoint", "ceiling", embedded_credentials)
 
-    targets = [pg, embedded, baseline, round_trips, ceiling]
+    targets = [pg, embedded, baseline, round_trips, *(result for result, _ in designs), ceiling]
     baseline_app.prepare(args.pg_url)
     try:
         with ExitStack() as servers:
@@ -504,6 +521,7 @@ def main() -> None:
                 (embedded, "pos_engine.wsgi:app", embedded_env),
                 (baseline, "loadtests.baseline_app:app", baseline_env),
                 (round_trips, "loadtests.baseline_app:app", round_trips_env),
+                *((result, "loadtests.baseline_app:app", env) for result, env in designs),
                 (ceiling, "loadtests.ceiling_app:app", base_env),
             ):
                 result.url, result.server_pid = servers.enter_context(gunicorn(app, env, *serve, scratch / f"{result.label}.log"))
@@ -540,13 +558,24 @@ def main() -> None:
         f"ratios to the two round trips: round trips / ceiling = {ratio_round_trips:.2f}; "
         f"PostgreSQL + Redis / round trips = {ratio_pg_round_trips:.2f}"
     )
+    if designs:
+        ratio_one_trip = statistics.median(o / c for o, c in zip(one_trip.saturation_rps_runs, ceiling.saturation_rps_runs, strict=True))
+        ratio_one_trip_budget = statistics.median(
+            o / c for o, c in zip(one_trip_budget.saturation_rps_runs, ceiling.saturation_rps_runs, strict=True)
+        )
+        print(
+            f"ratios of the one-round-trip design (no Redis): one trip / ceiling = {ratio_one_trip:.2f}; "
+            f"with a shared budget row / ceiling = {ratio_one_trip_budget:.2f}"
+        )
     # The same question by cost: how many engine swipes the CPU of one ceiling request would pay for, whether or
     # not the cores were busy all the time (the engine leaves some idle while its workers all wait at once).
     ceiling_cpu_us = ceiling.cpu_us_all
     print(
         "ratios of CPU per request at saturation, all processes (ceiling / target): "
         + "; ".join(
-            f"{result.label} {ceiling_cpu_us / result.cpu_us_all:.2f}" for result in (pg, embedded, round_trips) if result.cpu_us_all
+            f"{result.label} {ceiling_cpu_us / result.cpu_us_all:.2f}"
+            for result in (pg, embedded, round_trips, *(result for result, _ in designs))
+            if result.cpu_us_all
         )
     )
     for result in targets:

@@ -1,7 +1,8 @@
 """The bench's reference apps do what the bench says they do: the baseline really makes its Redis call and its insert.
 
-Both of its inserts: SQLAlchemy's transaction, and the one-round-trip prepared
-statement of the bench's "two round trips" reference.
+Every one of its inserts: SQLAlchemy's transaction, the one-round-trip prepared
+statement of the bench's "two round trips" reference, and the one-round-trip
+designs that keep the counters in PostgreSQL (with and without a shared budget row).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def test_the_baseline_records_each_swipe_and_adds_to_its_card_counter(pg_url: st
             rows = connection.execute(
                 "select request_id, amount_fen, counter_fen from bench_baseline_swipes order by request_id"
             ).fetchall()
+            pg_counters = connection.execute("select card_number, fen from bench_baseline_counters").fetchall()
+            (budget_fen,) = connection.execute("select fen from bench_baseline_budget where id = 1").fetchone() or (None,)
         counter = redis_client.get(baseline_app.KEY_PREFIX + "6200000000000001")
         engine, app_redis = app.extensions["baseline"]
         engine.dispose()
@@ -55,9 +58,18 @@ def test_the_baseline_records_each_swipe_and_adds_to_its_card_counter(pg_url: st
     for index, answer in enumerate(answers):
         assert answer.data == ceiling.post("/v1/authorisations", json=swipe(f"r-{index}", "6200000000000001", 1_000 + index)).data
     assert rows == [("r-0", 1_000, 1_000), ("r-1", 1_001, 2_001), ("r-2", 1_002, 3_003)]
-    assert int(counter) == 3_003
-    assert len(own_connections) == (1 if insert == "prepared" else 0)
+    if insert in baseline_app.ONE_TRIP:
+        # the counter lives in PostgreSQL, added to by the statement that records the swipe: Redis is not asked
+        assert counter is None
+        assert pg_counters == [("6200000000000001", 3_003)]
+        assert budget_fen == (3_003 if insert == "one-trip-budget" else 0)
+    else:
+        assert int(counter) == 3_003
+        assert pg_counters == []
+        assert budget_fen == 0
+    assert len(own_connections) == (0 if insert == "sqlalchemy" else 1)
     # dropped: the table and the counters are gone
     assert redis_client.get(baseline_app.KEY_PREFIX + "6200000000000001") is None
     with psycopg.connect(pg_url) as connection:
-        assert connection.execute("select to_regclass('bench_baseline_swipes')").fetchone() == (None,)
+        for table in ("bench_baseline_swipes", "bench_baseline_counters", "bench_baseline_budget"):
+            assert connection.execute("select to_regclass(%s)", (table,)).fetchone() == (None,)
