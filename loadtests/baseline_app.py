@@ -25,9 +25,11 @@ engine's distance from it is what the engine's own work costs.
 `BASELINE_INSERT=one-trip` measures a design the engine does not have: no
 Redis, the card's counter kept in PostgreSQL and added to by the same prepared
 statement that records the swipe, so a swipe makes **one round trip**.
-`one-trip-budget` adds to one shared budget row in that statement too, as a
-campaign's budget would be under that design: every swipe then holds that row
-locked until its commit is flushed (`bench.py --one-round-trip`).
+`one-trip-budget` adds what the card's cap let through to one shared budget
+row in that statement too, as a campaign's budget would be under that design
+(uncapped: the bench never reaches a cap, and what it measures is that every
+swipe holds that row locked until its commit is flushed). Each keeps its card
+counters in a table of its own (`bench.py --one-round-trip`).
 """
 
 from __future__ import annotations
@@ -72,39 +74,47 @@ swipes = Table(
     Column("recorded_at", DateTime(timezone=True), nullable=False),
 )
 
-# The one-round-trip designs' counters: a row per card, and one shared budget row.
-card_counters = Table(
-    "bench_baseline_counters",
-    metadata,
-    Column("card_number", String(32), primary_key=True),
-    Column("fen", BigInteger, nullable=False),
-)
+# The one-round-trip designs' counters: a row per card (a table for each design, so that neither finds the other's
+# rows), and one shared budget row.
+card_counters = {
+    insert: Table(name, metadata, Column("card_number", String(32), primary_key=True), Column("fen", BigInteger, nullable=False))
+    for insert, name in (("one-trip", "bench_baseline_counters"), ("one-trip-budget", "bench_baseline_budget_counters"))
+}
 budget = Table("bench_baseline_budget", metadata, Column("id", Integer, primary_key=True), Column("fen", BigInteger, nullable=False))
 
 # The same insert as one psycopg statement (named placeholders).
 _COLUMNS = [column.name for column in swipes.columns]
 PREPARED_INSERT = f"INSERT INTO {swipes.name} ({', '.join(_COLUMNS)}) VALUES ({', '.join(f'%({name})s' for name in _COLUMNS)})"
 
-# One statement: add to the card's counter unless that passes the cap (as RESERVE does), and record the swipe
-# with the counter's new value (-1 where the cap refused it). "{budget}" adds to the shared budget row as well.
-_ONE_TRIP = f"""
+# One statement: add to the card's counter unless that passes the cap (as RESERVE does, a new card's first swipe
+# too), and record the swipe with the counter's new value (-1 where the cap refused it). "{budget}" adds what the
+# card's cap let through to the shared budget row as well.
+_ONE_TRIP = """
 WITH card AS (
-  INSERT INTO {card_counters.name} AS c (card_number, fen) VALUES (%(card_number)s, %(amount_fen)s)
+  INSERT INTO {counters} AS c (card_number, fen) SELECT %(card_number)s, %(amount_fen)s WHERE %(amount_fen)s <= %(cap)s
   ON CONFLICT (card_number) DO UPDATE SET fen = c.fen + excluded.fen WHERE c.fen + excluded.fen <= %(cap)s
   RETURNING fen
-){{budget}}
-INSERT INTO {swipes.name} ({", ".join(_COLUMNS)})
+){budget}
+INSERT INTO {swipes} ({columns})
 VALUES (%(request_id)s, %(card_number)s, %(merchant_id)s, %(amount_fen)s, COALESCE((SELECT fen FROM card), -1), %(status)s,
         %(recorded_at)s)
 """
 _BUDGET = f""", shared AS (
-  UPDATE {budget.name} SET fen = fen + %(amount_fen)s WHERE id = 1 AND fen + %(amount_fen)s <= %(cap)s RETURNING fen
+  UPDATE {budget.name} SET fen = fen + %(amount_fen)s WHERE id = 1 AND EXISTS (SELECT 1 FROM card)
 )"""
-ONE_TRIP_STATEMENTS = {"one-trip": _ONE_TRIP.format(budget=""), "one-trip-budget": _ONE_TRIP.format(budget=_BUDGET)}
+ONE_TRIP_STATEMENTS = {
+    insert: _ONE_TRIP.format(
+        counters=card_counters[insert].name,
+        budget=_BUDGET if insert == "one-trip-budget" else "",
+        swipes=swipes.name,
+        columns=", ".join(_COLUMNS),
+    )
+    for insert in ONE_TRIP
+}
 
 
 def prepare(database_url: str) -> None:
-    """Create the baseline's table, empty."""
+    """Create the baseline's tables, empty (the budget row at 0)."""
     engine = create_engine(normalise_url(database_url))
     metadata.drop_all(engine)
     metadata.create_all(engine)

@@ -3,8 +3,9 @@
     python -m loadtests.bench [--seconds 20] [--rounds 1] [--workers 3] [--worker-class gthread]
                               [--pg-url postgresql://postgres@127.0.0.1:5432/pos_engine_bench]
                               [--redis-url redis://127.0.0.1:6379/0] [--world var/load/rules/world.json]
+                              [--one-round-trip]
 
-Five targets, each served by gunicorn with the same configuration:
+Five targets (seven with `--one-round-trip`), each served by gunicorn with the same configuration:
 1. the ceiling: `loadtests/ceiling_app.py`, a bare Flask app whose one endpoint
    parses and answers JSON of a swipe's size;
 2. the engine on PostgreSQL + Redis (the large world if `--world` names one,
@@ -19,9 +20,14 @@ Five targets, each served by gunicorn with the same configuration:
    saturation only: a swipe that reserves in Redis and records durably in
    PostgreSQL and does nothing else, so the engine's distance from it is what
    its own work costs, and its distance from the ceiling is what the two
-   round trips alone cost on this machine.
+   round trips alone cost on this machine;
+6. with `--one-round-trip`, a design the engine does not have: no Redis, one
+   prepared statement a swipe that adds to the card's counter row and records
+   the swipe (the baseline's "one-trip"), alone and adding to one shared
+   budget row too ("one-trip-budget"), saturation only: what one round trip
+   instead of two would reach, and what a campaign budget's row costs it.
 
-All five serve at once. `--rounds N` measures every target at saturation N
+All of them serve at once. `--rounds N` measures every target at saturation N
 times, in an order that turns round by round, so that a drift of a shared
 machine's speed falls on all of them alike; the medians are printed (the
 ratios are medians of each round's ratios). Then, once each, the moderate rate.
@@ -515,7 +521,7 @@ def main() -> None:
     baseline_app.prepare(args.pg_url)
     try:
         with ExitStack() as servers:
-            # All five serve at once (each idle while another is measured), so that rounds can alternate.
+            # All serve at once (each idle while another is measured), so that rounds can alternate.
             for result, app, env in (
                 (pg, "pos_engine.wsgi:app", pg_env),
                 (embedded, "pos_engine.wsgi:app", embedded_env),
@@ -563,9 +569,13 @@ def main() -> None:
         ratio_one_trip_budget = statistics.median(
             o / c for o, c in zip(one_trip_budget.saturation_rps_runs, ceiling.saturation_rps_runs, strict=True)
         )
+        ratio_one_trip_round_trips = statistics.median(
+            o / r for o, r in zip(one_trip.saturation_rps_runs, round_trips.saturation_rps_runs, strict=True)
+        )
         print(
             f"ratios of the one-round-trip design (no Redis): one trip / ceiling = {ratio_one_trip:.2f}; "
-            f"with a shared budget row / ceiling = {ratio_one_trip_budget:.2f}"
+            f"with a shared budget row / ceiling = {ratio_one_trip_budget:.2f}; "
+            f"one trip / two round trips = {ratio_one_trip_round_trips:.2f}"
         )
     # The same question by cost: how many engine swipes the CPU of one ceiling request would pay for, whether or
     # not the cores were busy all the time (the engine leaves some idle while its workers all wait at once).
