@@ -37,7 +37,9 @@ moderate rate (half the PostgreSQL + Redis engine's saturation), and errors;
 the CPU per request at saturation of the gunicorn workers, PostgreSQL, Redis
 and wrk, and the share of the cores left idle (from /proc: run it on an
 otherwise quiet machine); then the ratios
-engine/ceiling, to the baseline and to the two round trips. The last line is
+engine/ceiling, to the baseline and to the two round trips (with
+`--one-round-trip`, the one-round-trip design's to the ceiling and to the two
+round trips too), and by CPU per request. The last line is
 machine-readable. A run in which a gunicorn worker took none of wrk's
 connections measured fewer workers than configured: it is run again (up to
 three runs in all), with a note.

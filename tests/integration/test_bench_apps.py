@@ -90,7 +90,7 @@ def test_the_baseline_records_each_swipe_and_adds_to_its_card_counter(
         assert budget_fen == 0
     assert len(own_connections) == (0 if insert == "sqlalchemy" else 1)
     # dropped: the tables and the counters are gone
-    assert redis_client.get(baseline_app.KEY_PREFIX + CARD_A) is None
+    assert [redis_client.get(baseline_app.KEY_PREFIX + card) for card in (CARD_A, CARD_B)] == [None, None]
     with psycopg.connect(pg_url) as connection:
         for table in baseline_app.metadata.sorted_tables:
             assert connection.execute("select to_regclass(%s)", (table.name,)).fetchone() == (None,)
