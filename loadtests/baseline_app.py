@@ -146,7 +146,7 @@ def _batches(items: Any, size: int) -> Any:
 
 
 def create_app(database_url: str, redis_url: str, insert: str = "sqlalchemy") -> Flask:
-    """The baseline app on this database (its table made by `prepare`) and this Redis.
+    """The baseline app on this database (its tables made by `prepare`) and this Redis.
 
     `insert`: "sqlalchemy" (a Core insert in a transaction) or "prepared" (a prepared
     statement on an autocommit psycopg connection of the thread's own: one round trip);
