@@ -105,6 +105,9 @@ class RulebookWatcher:
         self.install = install
         self.interval_s = interval_s
         self.last_error: str | None = None
+        # Whether the last refusal was the files not being readable (an OSError: permissions, a lost mount, the
+        # reload turn's lock), rather than a rulebook refused: an operator mends the one and the other differently.
+        self.last_error_unreadable = False
         self._seen: tuple[tuple[str, int, int], ...] | None = seen if seen is not None else fingerprint(directory)
         self._stop = threading.Event()
         # A thread in each process that serves: `gunicorn --preload` builds the app in the master and forks the
@@ -124,6 +127,7 @@ class RulebookWatcher:
             current = fingerprint(self.directory)
         except OSError as error:
             self.last_error = f"{self.directory}: {error}"
+            self.last_error_unreadable = True
             self._seen = None  # whatever the files are once readable again, they are checked (and the error cleared)
             return "refused"
         if current == self._seen:
@@ -134,6 +138,7 @@ class RulebookWatcher:
                 rulebook = self.load(self.directory)
         except Exception as error:  # a RulebookError, or anything else the loader raised: keep the old rulebook
             self.last_error = str(error)
+            self.last_error_unreadable = isinstance(error, OSError)
             self._seen = current  # refused once: not loaded again until the files change again
             log.error("new rulebook in %s refused; keeping the running one:\n%s", self.directory, error)
             return "refused"

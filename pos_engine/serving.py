@@ -39,9 +39,13 @@ def halt_gunicorn() -> NoReturn:
     sys.exit(WORKER_BOOT_ERROR)
 
 
-def rulebook_refused(error: object) -> NoReturn:
-    """A worker that cannot load the rulebook: gunicorn halts at start-up; once serving, the worker is started again later."""
-    print(f"pos-engine cannot start: the rulebook is invalid:\n{error}", file=sys.stderr)
+def rulebook_refused(error: object, unreadable: bool = False) -> NoReturn:
+    """A worker that cannot load the rulebook: gunicorn halts at start-up; once serving, the worker is started again later.
+
+    `unreadable`: the files could not be read (permissions, a lost mount), rather than the rulebook refused.
+    """
+    why = "cannot be read" if unreadable else "is invalid"
+    print(f"pos-engine cannot start: the rulebook {why}:\n{error}", file=sys.stderr)
     mark = os.environ.get("POS_ENGINE_SERVING_MARK")
     if mark and os.path.exists(mark):
         print(f"the other workers keep the rulebook they had; this one is started again in {RESPAWN_PAUSE_S:g} s", file=sys.stderr)
@@ -64,5 +68,5 @@ def start_forked_worker(app: Any) -> None:
     if watcher is not None:
         watcher.thread.ensure_started()  # the rulebook first: a worker that cannot serve loads no cards
         if watcher.refused_at_start:
-            rulebook_refused(watcher.last_error)
+            rulebook_refused(watcher.last_error, unreadable=watcher.last_error_unreadable)
     app.extensions["pos_engine"].start()
