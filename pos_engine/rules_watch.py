@@ -140,7 +140,10 @@ class RulebookWatcher:
             self.last_error = str(error)
             self.last_error_unreadable = isinstance(error, OSError)
             self._seen = current  # refused once: not loaded again until the files change again
-            log.error("new rulebook in %s refused; keeping the running one:\n%s", self.directory, error)
+            if self.last_error_unreadable:
+                log.error("rule files in %s could not be read; keeping the running rulebook: %s", self.directory, error)
+            else:
+                log.error("new rulebook in %s refused; keeping the running one:\n%s", self.directory, error)
             return "refused"
         self.last_error = None
         self.install(rulebook)
