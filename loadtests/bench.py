@@ -553,12 +553,12 @@ def main() -> None:
         print(_line(result), flush=True)
 
     # With several rounds, the median of the rounds' ratios (each from runs minutes apart at most).
-    ratio_pg = statistics.median(p / c for p, c in zip(pg.saturation_rps_runs, ceiling.saturation_rps_runs, strict=True))
-    ratio_embedded = statistics.median(e / c for e, c in zip(embedded.saturation_rps_runs, ceiling.saturation_rps_runs, strict=True))
-    ratio_baseline = statistics.median(b / c for b, c in zip(baseline.saturation_rps_runs, ceiling.saturation_rps_runs, strict=True))
-    ratio_pg_baseline = statistics.median(p / b for p, b in zip(pg.saturation_rps_runs, baseline.saturation_rps_runs, strict=True))
-    ratio_round_trips = statistics.median(r / c for r, c in zip(round_trips.saturation_rps_runs, ceiling.saturation_rps_runs, strict=True))
-    ratio_pg_round_trips = statistics.median(p / r for p, r in zip(pg.saturation_rps_runs, round_trips.saturation_rps_runs, strict=True))
+    ratio_pg = median_ratio(pg, ceiling)
+    ratio_embedded = median_ratio(embedded, ceiling)
+    ratio_baseline = median_ratio(baseline, ceiling)
+    ratio_pg_baseline = median_ratio(pg, baseline)
+    ratio_round_trips = median_ratio(round_trips, ceiling)
+    ratio_pg_round_trips = median_ratio(pg, round_trips)
     errors = sum(result.errors for result in targets)
     print(f"ratios at saturation: PostgreSQL + Redis / ceiling = {ratio_pg:.2f}; embedded / ceiling = {ratio_embedded:.2f}")
     print(f"ratios to the baseline: baseline / ceiling = {ratio_baseline:.2f}; PostgreSQL + Redis / baseline = {ratio_pg_baseline:.2f}")
@@ -567,13 +567,9 @@ def main() -> None:
         f"PostgreSQL + Redis / round trips = {ratio_pg_round_trips:.2f}"
     )
     if designs:
-        ratio_one_trip = statistics.median(o / c for o, c in zip(one_trip.saturation_rps_runs, ceiling.saturation_rps_runs, strict=True))
-        ratio_one_trip_budget = statistics.median(
-            o / c for o, c in zip(one_trip_budget.saturation_rps_runs, ceiling.saturation_rps_runs, strict=True)
-        )
-        ratio_one_trip_round_trips = statistics.median(
-            o / r for o, r in zip(one_trip.saturation_rps_runs, round_trips.saturation_rps_runs, strict=True)
-        )
+        ratio_one_trip = median_ratio(one_trip, ceiling)
+        ratio_one_trip_budget = median_ratio(one_trip_budget, ceiling)
+        ratio_one_trip_round_trips = median_ratio(one_trip, round_trips)
         print(
             f"ratios of the one-round-trip design (no Redis): one trip / ceiling = {ratio_one_trip:.2f}; "
             f"with a shared budget row / ceiling = {ratio_one_trip_budget:.2f}; "
@@ -598,6 +594,11 @@ def main() -> None:
     else:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"bench: ratio_pg_redis={ratio_pg:.2f} ratio_embedded={ratio_embedded:.2f} p99_ms_pg_redis={pg.p99_ms:.1f} errors={errors}")
+
+
+def median_ratio(top: Result, bottom: Result) -> float:
+    """The median over the rounds of `top`'s saturation throughput over `bottom`'s (each round's runs minutes apart at most)."""
+    return statistics.median(a / b for a, b in zip(top.saturation_rps_runs, bottom.saturation_rps_runs, strict=True))
 
 
 def _cores() -> str:

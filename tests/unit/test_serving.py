@@ -17,10 +17,6 @@ from pos_engine import rules_watch, serving
 from pos_engine.rules_watch import RulebookWatcher
 
 
-def _no_rulebook(directory: Path) -> Any:
-    raise AssertionError("not loaded in this case")
-
-
 @pytest.mark.parametrize(
     ("failure", "says"),
     [
@@ -42,7 +38,7 @@ def test_a_forked_worker_that_cannot_load_the_rulebook_exits_saying_why(
     def unlistable(directory: Path) -> Any:
         raise PermissionError(errno.EACCES, "Permission denied", str(directory))
 
-    watcher = RulebookWatcher(tmp_path, load if failure != "listing" else _no_rulebook, lambda rulebook: None, 3600, seen=())
+    watcher = RulebookWatcher(tmp_path, load, lambda rulebook: None, 3600, seen=())  # "listing" fails before any load
     if failure == "listing":
         monkeypatch.setattr(rules_watch, "fingerprint", unlistable)
     monkeypatch.delenv("POS_ENGINE_SERVING_MARK", raising=False)  # not serving yet: gunicorn halts
