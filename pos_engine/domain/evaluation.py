@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -57,8 +57,13 @@ class Swipe:
     member_groups: frozenset[str] = frozenset()
 
 
-# CounterRef, PlanStep, Skipped and StepOutcome are made for every swipe, several times over:
-# NamedTuples, immutable like the rulebook's frozen dataclasses and cheaper to build.
+# CounterRef, PlanStep, Skipped, Plan and StepOutcome are made for every swipe, several times over:
+# NamedTuples, immutable like the rulebook's frozen dataclasses and cheaper to build (a frozen
+# dataclass's __init__ costs four times a NamedTuple's). On the hot paths below they are made by
+# tuple.__new__ itself, which skips the NamedTuple's own __new__, a Python function: half the cost.
+_tuple_new = tuple.__new__
+
+
 class CounterRef(NamedTuple):
     """One counter a step is subject to: key, unit, the limit, and its label for explanations."""
 
@@ -86,8 +91,7 @@ class Skipped(NamedTuple):
     condition: str
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """The steps to run, in order, and the rules that did not match."""
 
     amount_fen: int
@@ -153,6 +157,7 @@ class _CapTemplate:
     """One cap of a rule, as far as it is known before the swipe: its key is head + subject + mid + period key + suffix."""
 
     per: str  # "card" or "merchant": whose id goes into the key
+    per_card: bool  # per == "card"
     head: str
     mid: str
     period: str
@@ -175,7 +180,15 @@ def _cap_templates(owner: str, prefix: str, limits: tuple[Limit, ...]) -> list[_
             if bound is None:
                 continue
             template = _CapTemplate(
-                limit.per, f"{prefix}:{limit.per}:", f":{limit.period}:", limit.period, f":{unit}", unit, bound, limit.label(owner, unit)
+                per=limit.per,
+                per_card=limit.per == "card",
+                head=f"{prefix}:{limit.per}:",
+                mid=f":{limit.period}:",
+                period=limit.period,
+                suffix=f":{unit}",
+                unit=unit,
+                limit=bound,
+                label=limit.label(owner, unit),
             )
             known = merged.get((limit.per, limit.period, unit))
             if known is None or template.limit < known.limit:
@@ -197,39 +210,40 @@ _period_end = lru_cache(maxsize=4096)(period_end)
 
 
 @dataclass(frozen=True, slots=True)
-class _RuleCaps:
-    """Every counter a rule's step is subject to: a template per cap, the campaign budget as it is.
+class _RuleFacts:
+    """What evaluation needs of a rule beyond its conditions, worked out once per rule (`Rulebook.derived`).
 
-    `fixed` holds them all when none depends on the swipe (a budget alone).
+    `caps` are the rule's caps, then its campaign's, as key templates; `budget` the campaign's budget
+    counter, if it has one. `fixed` holds every counter when none depends on the swipe (a budget alone).
     """
 
-    caps: tuple[_CapTemplate | CounterRef, ...]
+    valid_from: date  # the campaign's
+    valid_until: date
+    caps: tuple[_CapTemplate, ...]
+    budget: tuple[CounterRef, ...]
     fixed: tuple[CounterRef, ...] | None
 
 
-def _rule_caps(rule: Rule, campaign: Campaign) -> _RuleCaps:
-    """The rule's caps, its campaign's caps, the campaign's budget."""
-    caps: list[_CapTemplate | CounterRef] = []
-    caps += _cap_templates("rule", f"rule:{rule.ref}", rule.limits)
+def _rule_facts(rule: Rule, campaign: Campaign) -> _RuleFacts:
+    """The campaign's validity; the rule's caps, its campaign's caps, the campaign's budget."""
+    caps = _cap_templates("rule", f"rule:{rule.ref}", rule.limits)
     caps += _cap_templates("campaign", f"campaign:{campaign.campaign_id}", campaign.limits)
+    budget: tuple[CounterRef, ...] = ()
     if campaign.budget_fen is not None:
-        caps.append(CounterRef(f"campaign:{campaign.campaign_id}:budget:{UNIT_FEN}", UNIT_FEN, campaign.budget_fen, "campaign/budget/fen"))
-    fixed = tuple(cap for cap in caps if isinstance(cap, CounterRef))
-    return _RuleCaps(tuple(caps), fixed if len(fixed) == len(caps) else None)
+        budget = (CounterRef(f"campaign:{campaign.campaign_id}:budget:{UNIT_FEN}", UNIT_FEN, campaign.budget_fen, "campaign/budget/fen"),)
+    return _RuleFacts(campaign.valid_from, campaign.valid_until, tuple(caps), budget, None if caps else budget)
 
 
-def _counters(rule_caps: _RuleCaps, swipe: Swipe, moment: _Moment) -> tuple[CounterRef, ...]:
-    if rule_caps.fixed is not None:
-        return rule_caps.fixed
+def _counters(facts: _RuleFacts, swipe: Swipe, moment: _Moment) -> tuple[CounterRef, ...]:
     counters = []
-    for cap in rule_caps.caps:
-        if isinstance(cap, CounterRef):
-            counters.append(cap)
-            continue
-        subject = swipe.card_ref if cap.per == "card" else swipe.merchant_id
-        key = cap.head + subject + cap.mid + moment.period_key(cap.period) + cap.suffix
-        counters.append(CounterRef(key, cap.unit, cap.limit, cap.label))
-    return tuple(counters)
+    period_keys = moment.period_keys
+    for cap in facts.caps:
+        period_key = period_keys.get(cap.period)
+        if period_key is None:
+            period_key = moment.period_key(cap.period)
+        key = cap.head + (swipe.card_ref if cap.per_card else swipe.merchant_id) + cap.mid + period_key + cap.suffix
+        counters.append(_tuple_new(CounterRef, (key, cap.unit, cap.limit, cap.label)))
+    return (*counters, *facts.budget)
 
 
 def plan_swipe(rulebook: Rulebook, swipe: Swipe) -> Plan:
@@ -240,19 +254,21 @@ def plan_swipe(rulebook: Rulebook, swipe: Swipe) -> Plan:
     skipped: list[Skipped] = []
     derived = rulebook.derived
     for rule in rulebook.candidates(swipe.merchant_id, swipe.category, swipe.district):
-        campaign = rulebook.campaigns[rule.campaign_id]
-        if not campaign.valid_from <= today <= campaign.valid_until:
-            skipped.append(Skipped(rule, "campaign_validity"))
+        facts = derived.get(id(rule))
+        if facts is None:
+            facts = derived[id(rule)] = _rule_facts(rule, rulebook.campaigns[rule.campaign_id])
+        if not facts.valid_from <= today <= facts.valid_until:
+            skipped.append(_tuple_new(Skipped, (rule, "campaign_validity")))
             continue
         failure = _condition_failure(rule, swipe, moment)
         if failure is not None:
-            skipped.append(Skipped(rule, failure))
+            skipped.append(_tuple_new(Skipped, (rule, failure)))
             continue
-        caps = derived.get(id(rule))
-        if caps is None:
-            caps = derived[id(rule)] = _rule_caps(rule, campaign)
-        steps.append(PlanStep(rule, _counters(caps, swipe, moment)))
-    return Plan(swipe.amount_fen, tuple(steps), tuple(skipped))
+        counters = facts.fixed
+        if counters is None:
+            counters = _counters(facts, swipe, moment)
+        steps.append(_tuple_new(PlanStep, (rule, counters)))
+    return _tuple_new(Plan, (swipe.amount_fen, tuple(steps), tuple(skipped)))
 
 
 def execute_plan(plan: Plan, counters: MutableMapping[str, int]) -> list[StepOutcome]:
@@ -264,29 +280,30 @@ def execute_plan(plan: Plan, counters: MutableMapping[str, int]) -> list[StepOut
     payable_fen = plan.amount_fen
     stopped_kinds: dict[str, str] = {}
     outcomes: list[StepOutcome] = []
-    for step in plan.steps:
-        kind = step.benefit.kind
-        wanted = step.benefit.wanted_fen(payable_fen)
+    for rule, step_counters in plan.steps:
+        benefit = rule.benefit
+        kind = benefit.kind
+        wanted = benefit.wanted_fen(payable_fen)
         if kind in stopped_kinds:
-            outcomes.append(StepOutcome(0, wanted, f"exclusive:{stopped_kinds[kind]}"))
+            outcomes.append(_tuple_new(StepOutcome, (0, wanted, f"exclusive:{stopped_kinds[kind]}")))
             continue
         given = wanted
         stopped_by: str | None = None
-        for counter in step.counters:
-            room = max(counter.limit - counters.get(counter.key, 0), 0)
-            if counter.unit == UNIT_USES:
+        for key, unit, limit, label in step_counters:
+            room = max(limit - counters.get(key, 0), 0)
+            if unit == UNIT_USES:
                 if room < 1:
-                    given, stopped_by = 0, counter.label
+                    given, stopped_by = 0, label
                     break
             elif room < given:
-                given, stopped_by = room, counter.label
+                given, stopped_by = room, label
         if given > 0:
-            for counter in step.counters:
-                counters[counter.key] = counters.get(counter.key, 0) + (given if counter.unit == UNIT_FEN else 1)
+            for key, unit, _limit, _label in step_counters:
+                counters[key] = counters.get(key, 0) + (given if unit == UNIT_FEN else 1)
             payable_fen -= given
-            if step.rule.exclusive:
-                stopped_kinds[kind] = step.rule.ref
-        outcomes.append(StepOutcome(given, wanted, stopped_by))
+            if rule.exclusive:
+                stopped_kinds[kind] = rule.ref
+        outcomes.append(_tuple_new(StepOutcome, (given, wanted, stopped_by)))
     require(payable_fen >= 0, "benefits never exceed the amount")
     return outcomes
 
