@@ -60,7 +60,9 @@ class Swipe:
 # CounterRef, PlanStep, Skipped, Plan and StepOutcome are made for every swipe, several times over:
 # NamedTuples, immutable like the rulebook's frozen dataclasses and cheaper to build (a frozen
 # dataclass's __init__ costs four times a NamedTuple's). On the hot paths below they are made by
-# tuple.__new__ itself, which skips the NamedTuple's own __new__, a Python function: half the cost.
+# tuple.__new__ itself, which skips the NamedTuple's own __new__, a Python function: half the cost. It
+# checks neither the number of fields nor their types: a field added to one of them must be added at
+# every such call (tests/unit/test_plan_edges.py checks that each one built there is whole).
 _tuple_new = tuple.__new__
 
 
@@ -156,8 +158,7 @@ def _condition_failure(rule: Rule, swipe: Swipe, moment: _Moment) -> str | None:
 class _CapTemplate:
     """One cap of a rule, as far as it is known before the swipe: its key is head + subject + mid + period key + suffix."""
 
-    per: str  # "card" or "merchant": whose id goes into the key
-    per_card: bool  # per == "card"
+    per_card: bool  # whose id goes into the key: the card's, else the merchant's
     head: str
     mid: str
     period: str
@@ -180,7 +181,6 @@ def _cap_templates(owner: str, prefix: str, limits: tuple[Limit, ...]) -> list[_
             if bound is None:
                 continue
             template = _CapTemplate(
-                per=limit.per,
                 per_card=limit.per == "card",
                 head=f"{prefix}:{limit.per}:",
                 mid=f":{limit.period}:",
@@ -214,7 +214,7 @@ class _RuleFacts:
     """What evaluation needs of a rule beyond its conditions, worked out once per rule (`Rulebook.derived`).
 
     `caps` are the rule's caps, then its campaign's, as key templates; `budget` the campaign's budget
-    counter, if it has one. `fixed` holds every counter when none depends on the swipe (a budget alone).
+    counter, if it has one. `fixed` holds every counter when none depends on the swipe (a budget alone, or none).
     """
 
     valid_from: date  # the campaign's
@@ -254,7 +254,7 @@ def plan_swipe(rulebook: Rulebook, swipe: Swipe) -> Plan:
     skipped: list[Skipped] = []
     derived = rulebook.derived
     for rule in rulebook.candidates(swipe.merchant_id, swipe.category, swipe.district):
-        facts = derived.get(id(rule))
+        facts: _RuleFacts | None = derived.get(id(rule))
         if facts is None:
             facts = derived[id(rule)] = _rule_facts(rule, rulebook.campaigns[rule.campaign_id])
         if not facts.valid_from <= today <= facts.valid_until:

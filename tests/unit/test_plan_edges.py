@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pos_engine.domain.clock import local, period_key
 from pos_engine.domain.evaluation import UNIT_FEN, UNIT_USES, CounterRef, Swipe, execute_plan, plan_swipe
 from pos_engine.domain.rulebook import Conditions, Limit
-from tests.helpers import make_campaign, make_rule, make_rulebook, subsidy
+from tests.helpers import discount, make_campaign, make_rule, make_rulebook, subsidy
 
 NOON = datetime(2026, 11, 25, 4, 0, tzinfo=timezone.utc)
 
@@ -91,3 +91,35 @@ def test_every_swipe_gets_its_own_counters_from_the_rules_caps(
         plan = plan_swipe(rulebook, one)
         expected = counters_by_the_book([("rule:camp/r1", rule_limits), ("campaign:camp", campaign_limits)], budget, one)
         assert list(plan.steps[0].counters) == expected
+
+
+def test_every_value_a_plan_and_its_run_are_made_of_is_whole() -> None:
+    """plan_swipe and execute_plan build their NamedTuples with tuple.__new__, which checks no field count.
+
+    A field added to one of them but not at its hot call sites would leave short tuples that fail only
+    when the new field is read; here each value must have every field, and equal the one its own
+    constructor makes of the same values.
+    """
+    capped = make_rule(
+        rule_id="capped",
+        benefit=discount(percent_bp=1000),
+        exclusive=True,
+        limits=(Limit("card", "day", uses_max=2), Limit("merchant", "month", fen_max=50_000)),
+    )
+    shut_out = make_rule(rule_id="shut-out", benefit=discount(fixed_fen=100))  # by `capped`, exclusive
+    elsewhere = make_rule(rule_id="elsewhere", conditions=Conditions(districts=frozenset({"wujin", "jintan"}), amount_fen_min=10**6))
+    over = make_rule("over", "old")
+    rulebook = make_rulebook(
+        make_campaign(rules=(capped, shut_out, elsewhere), budget_fen=10**6),
+        make_campaign("over", (over,), valid_from=date(2025, 1, 1), valid_until=date(2025, 12, 31)),
+    )
+    plan = plan_swipe(rulebook, swipe())
+    outcomes = execute_plan(plan, {})
+    assert [step.rule.rule_id for step in plan.steps] == ["capped", "shut-out"]
+    assert [(skip.rule.rule_id, skip.condition) for skip in plan.skipped] == [("elsewhere", "amount_fen_min"), ("old", "campaign_validity")]
+    assert [outcome.stopped_by for outcome in outcomes] == [None, "exclusive:camp/capped"]
+    values = [plan, *plan.steps, *plan.skipped, *outcomes, *(counter for step in plan.steps for counter in step.counters)]
+    assert len([value for value in values if isinstance(value, CounterRef)]) == 4  # two caps and the budget, the budget
+    for value in values:
+        assert len(value) == len(type(value)._fields), value
+        assert type(value)(*value) == value
