@@ -59,7 +59,7 @@ class Swipe:
 
 # CounterRef, PlanStep, Skipped, Plan and StepOutcome are made for every swipe, several times over:
 # NamedTuples, immutable like the rulebook's frozen dataclasses and cheaper to build (a frozen
-# dataclass's __init__ costs four times a NamedTuple's). On the hot paths below they are made by
+# dataclass's __init__ costs twice a NamedTuple's). On the hot paths below they are made by
 # tuple.__new__ itself, which skips the NamedTuple's own __new__, a Python function: half the cost. It
 # checks neither the number of fields nor their types: a field added to one of them must be added at
 # every such call (tests/unit/test_plan_edges.py checks that each one built there is whole).
