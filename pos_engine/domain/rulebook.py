@@ -191,8 +191,8 @@ class Rulebook:
         self._by_place = {key: tuple(sorted(rules, key=order_key)) for key, rules in by_place.items()}
         self._merged: dict[tuple[str, str, str], tuple[Rule, ...]] = {}
         # What evaluation works out once per rule rather than once per swipe (its campaign's
-        # validity, its counters' key templates), keyed by id(rule): every rule lives as long as this rulebook, so
-        # an id cannot be reused while it is here.
+        # validity, its counters' key templates), keyed by id(rule): every rule lives as long as
+        # this rulebook, so an id cannot be reused while it is here.
         self.derived: dict[int, Any] = {}
 
     @property
