@@ -214,14 +214,13 @@ class _RuleFacts:
     """What evaluation needs of a rule beyond its conditions, worked out once per rule (`Rulebook.derived`).
 
     `caps` are the rule's caps, then its campaign's, as key templates; `budget` the campaign's budget
-    counter, if it has one. `fixed` holds every counter when none depends on the swipe (a budget alone, or none).
+    counter, if it has one. Without caps, `budget` is every counter a step is subject to, the same for every swipe.
     """
 
     valid_from: date  # the campaign's
     valid_until: date
     caps: tuple[_CapTemplate, ...]
     budget: tuple[CounterRef, ...]
-    fixed: tuple[CounterRef, ...] | None
 
 
 def _rule_facts(rule: Rule, campaign: Campaign) -> _RuleFacts:
@@ -231,17 +230,13 @@ def _rule_facts(rule: Rule, campaign: Campaign) -> _RuleFacts:
     budget: tuple[CounterRef, ...] = ()
     if campaign.budget_fen is not None:
         budget = (CounterRef(f"campaign:{campaign.campaign_id}:budget:{UNIT_FEN}", UNIT_FEN, campaign.budget_fen, "campaign/budget/fen"),)
-    return _RuleFacts(campaign.valid_from, campaign.valid_until, tuple(caps), budget, None if caps else budget)
+    return _RuleFacts(campaign.valid_from, campaign.valid_until, tuple(caps), budget)
 
 
 def _counters(facts: _RuleFacts, swipe: Swipe, moment: _Moment) -> tuple[CounterRef, ...]:
     counters = []
-    period_keys = moment.period_keys
     for cap in facts.caps:
-        period_key = period_keys.get(cap.period)
-        if period_key is None:
-            period_key = moment.period_key(cap.period)
-        key = cap.head + (swipe.card_ref if cap.per_card else swipe.merchant_id) + cap.mid + period_key + cap.suffix
+        key = cap.head + (swipe.card_ref if cap.per_card else swipe.merchant_id) + cap.mid + moment.period_key(cap.period) + cap.suffix
         counters.append(_tuple_new(CounterRef, (key, cap.unit, cap.limit, cap.label)))
     return (*counters, *facts.budget)
 
@@ -264,9 +259,7 @@ def plan_swipe(rulebook: Rulebook, swipe: Swipe) -> Plan:
         if failure is not None:
             skipped.append(_tuple_new(Skipped, (rule, failure)))
             continue
-        counters = facts.fixed
-        if counters is None:
-            counters = _counters(facts, swipe, moment)
+        counters = _counters(facts, swipe, moment) if facts.caps else facts.budget
         steps.append(_tuple_new(PlanStep, (rule, counters)))
     return _tuple_new(Plan, (swipe.amount_fen, tuple(steps), tuple(skipped)))
 
