@@ -112,9 +112,9 @@ class RulebookWatcher:
         self._stop = threading.Event()
         # A thread in each process that serves: `gunicorn --preload` builds the app in the master and forks the
         # workers, which do not inherit the master's threads.
-        self.thread = ProcessThread("rulebook-watcher", self._run, before_start=self._catch_up)
-        # Whether this process, as its thread started, found the files changed and their rulebook broken: it then
-        # holds the rulebook of the moment the app was built, which the other workers may have replaced since.
+        self.thread = ProcessThread("rulebook-watcher", self._run, before_start=self._new_stop_event)
+        # Whether `catch_up` found the files changed and their rulebook broken: this process then holds the
+        # rulebook of the moment the app was built, which the other workers may have replaced since.
         self.refused_at_start = False
 
     def check_now(self) -> bool:
@@ -156,17 +156,20 @@ class RulebookWatcher:
     def stop(self) -> None:
         self._stop.set()
 
-    def _catch_up(self) -> None:
-        """Before this process's thread starts: load the files if they changed since the app was built.
+    def catch_up(self) -> None:
+        """In a process forked from the one that built the app, before it serves: load the files if they changed since.
 
-        A process forked from the one that built the app (`gunicorn --preload`; a worker started again
-        after a timeout or a crash, days later) holds the rulebook of that moment: it must not serve it
-        for a poll interval, or at all if the files are broken now (`refused_at_start`).
+        Such a process (`gunicorn --preload`; a worker started again after a timeout or a crash, days
+        later) holds the rulebook of that moment: it must not serve it for a poll interval, or at all if
+        the files are broken now (`refused_at_start`). pos_engine.serving.start_forked_worker calls it
+        before the worker serves; a process forked some other way catches up at its watcher's first poll.
         """
+        self.refused_at_start = self._check() == "refused"
+
+    def _new_stop_event(self) -> None:
         # The parent's thread may have been waiting on the event as the process forked: the child waits on its own.
         if not self._stop.is_set():
             self._stop = threading.Event()
-        self.refused_at_start = self._check() == "refused"
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -66,7 +66,7 @@ def start_forked_worker(app: Any) -> None:
         return  # the worker built the app itself, and started them then
     watcher = app.extensions.get("pos_engine_rules_watcher")
     if watcher is not None:
-        watcher.thread.ensure_started()  # the rulebook first: a worker that cannot serve loads no cards
+        watcher.catch_up()  # the rulebook first: a worker that cannot serve loads no cards
         if watcher.refused_at_start:
             rulebook_refused(watcher.last_error, unreadable=watcher.last_error_unreadable)
     app.extensions["pos_engine"].start()

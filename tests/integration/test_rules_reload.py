@@ -217,7 +217,7 @@ def test_a_process_forked_after_the_files_changed_loads_them_before_its_watcher_
     city = rules / "campaigns" / "city-dining.yaml"
 
     def start_in_the_child() -> tuple[int, bool]:
-        watcher.thread.ensure_started()  # as post_worker_init does, before the worker serves
+        watcher.catch_up()  # as post_worker_init does (pos_engine.serving), before the worker serves
         return len(installed), watcher.refused_at_start
 
     touch_later(city, city.read_text().replace("name:", "name: Renamed", 1))
