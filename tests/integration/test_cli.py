@@ -258,9 +258,8 @@ def test_serve_without_a_database_says_to_create_it_and_creates_nothing(env: dic
 
 
 def test_serve_reloads_a_changed_rulebook_and_keeps_the_one_it_had_when_a_new_one_is_broken(
-    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rules: Path
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, rules: Path
 ) -> None:
-
     from flask import Flask
 
     served: list[Flask] = []
@@ -284,9 +283,8 @@ def test_serve_reloads_a_changed_rulebook_and_keeps_the_one_it_had_when_a_new_on
 
 
 def test_a_rule_file_edited_while_the_app_reads_the_rulebook_is_loaded_at_the_first_poll(
-    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rules: Path
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, rules: Path
 ) -> None:
-
     from pos_engine import rules_loader
     from pos_engine.api import create_app
     from pos_engine.config import Settings
