@@ -88,14 +88,15 @@ def rebuild_counters(ctx: EngineContext, *, under_traffic: bool = False) -> int:
     return len(values)
 
 
-def expire_counters(ctx: EngineContext) -> tuple[int, int]:
+def expire_counters(ctx: EngineContext, everything: bool = False) -> tuple[int, int]:
     """Drop the counters of periods closed over COUNTER_KEPT_AFTER_CLOSE_S ago, and give Redis counters without a time
-    to live theirs (swipes create them without); return how many were dropped, and how many were given one.
+    to live theirs (swipes create them without, and note them); return how many were dropped, and how many were
+    given one. `everything`: read every Redis counter's time to live, not only those swipes noted.
 
     Safe while terminals swipe: no swipe adds to a closed counter, and no counter's value changes.
     """
     with ctx.unit_of_work() as uow:
-        counts = ctx.counters.expire_closed(partial(_closed_by, at=_kept_since(ctx)), uow.session)
+        counts = ctx.counters.expire_closed(partial(_closed_by, at=_kept_since(ctx)), uow.session, everything=everything)
         uow.commit()
     return counts
 

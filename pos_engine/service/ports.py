@@ -142,11 +142,12 @@ class CounterStore(Protocol):
         """
         ...
 
-    def expire_closed(self, closed: Callable[[str], bool], session: Any = None) -> tuple[int, int]:
+    def expire_closed(self, closed: Callable[[str], bool], session: Any = None, everything: bool = False) -> tuple[int, int]:
         """Drop every counter for which `closed(key)` holds, and give a store's time to live to the others that lack it.
 
         Returns how many were dropped, and how many were given a time to live. Safe while terminals swipe:
-        no swipe adds to a closed counter, and no value changes.
+        no swipe adds to a closed counter, and no value changes. A store that notes the counters swipes create
+        without a time to live looks only at those, unless `everything` is asked.
         """
         ...
 

@@ -36,10 +36,15 @@ COUNTER_KEPT_AFTER_CLOSE_S after its period closed (`counter_closes_at`: the
 end, plus how late a swipe may come; pos_engine.service.counters), so the
 namespace holds a few periods' counters rather than every period's since the
 programme began. `reserve` creates counters without a time to live (an EXPIRE
-in the swipe's script cost its tail); `expire_closed` (`counters expire`, run
-hourly) gives them one, as a give-back that finds a counter without one and a
-rebuild do, counted from the engine's clock (`use_clock`). Counters of a
-campaign's whole run, and budgets, do not expire.
+in the swipe's script cost its tail) and notes each one it creates in the
+namespace's untimed set (``{namespace}untimed``); `expire_closed` (`counters
+expire`, run hourly) gives them one, taking them from that set, as a give-back
+that finds a counter without one and a rebuild do, counted from the engine's
+clock (`use_clock`). Counters of a campaign's whole run, and budgets, do not
+expire. Counters no swipe noted (written before swipes noted them, or by
+workers of an earlier release) are found by reading every counter's time to
+live: the first `expire_closed` on a namespace does it, and so does one asked
+to (`everything`), at a cost to the swipes' tail while it runs.
 
 Errors: a bad URL raises ValueError; everything else is redis-py's own
 (`redis.exceptions.ConnectionError` and friends: the dependency is unavailable).
@@ -82,6 +87,8 @@ AMOUNT_FEN_MAX = 10**12
 PLAN_STEPS_MAX = 1_000  # more rules than any swipe can match; keeps ARGV bounded
 SCAN_COUNT = 1_000  # keys asked of SCAN per call
 MGET_BATCH_KEYS = 1_000  # keys per MGET in `snapshot`
+# Counters of the untimed set given their time to live by one script call: a call holds Redis for ~0.1 ms.
+UNTIMED_BATCH_KEYS = 100
 
 REPLACE_ATOMIC_KEYS_MAX = 50_000  # counters a rebuild writes in one atomic script
 REPLACE_BATCH_KEYS = 10_000  # counters per script beyond that, each written only if no counter changed meanwhile
@@ -254,8 +261,12 @@ class RedisCounterStore:
         self._hold = _register(client, _lua("hold.lua"))
         self._replace_all = _register(client, _lua("replace_all.lua"))
         self._replace_batch = _register(client, _lua("replace_batch.lua"))
-        # Outside the counters' "{ns}:" prefix (snapshot, reconcile and rebuild never see it), in their slot.
+        self._time_untimed = _register(client, _lua("time_untimed.lua"))
+        # Outside the counters' "{ns}:" prefix (snapshot, reconcile and rebuild never see them), in their slot.
         self._changes_key = "{" + namespace + "}changes"
+        self._untimed_key = "{" + namespace + "}untimed"  # the counters swipes created, till they have a time to live
+        # When `expire_closed` last read every counter's time to live (Unix time); missing: never, on this namespace.
+        self._scanned_key = "{" + namespace + "}scanned"
 
     @classmethod
     def from_url(cls, url: str, namespace: str = "pos", socket_timeout_s: float | None = REDIS_SOCKET_TIMEOUT_S) -> RedisCounterStore:
@@ -329,6 +340,7 @@ class RedisCounterStore:
         keys = [self._key(key) for key in key_indexes]
         if claim:
             keys.append(self._claim_key(claim.request))
+        keys.append(self._untimed_key)
         keys.append(self._changes_key)
         reply = cast(list[int], self._run_reserve(keys, args))
         if reply == [-1]:
@@ -357,14 +369,50 @@ class RedisCounterStore:
         failover to a replica whose clock differs) moves the expiry by as much."""
         self.clock = clock
 
-    def expire_closed(self, closed: Callable[[str], bool], session: Any = None) -> tuple[int, int]:
-        """Delete the closed counters, and give a period's counter that has no time to live (`reserve` creates
-        them without) its own; `session` is ignored.
+    def expire_closed(self, closed: Callable[[str], bool], session: Any = None, everything: bool = False) -> tuple[int, int]:
+        """Give a period's counter that has no time to live (`reserve` creates them without) its own, and delete it
+        instead if it is closed; `session` is ignored.
 
-        A key deleted or given a time to live between the SCAN and this is harmless: a swipe never adds to a
-        closed counter, and any time to live given to an open one is the same as this.
+        The counters swipes created since the last call are in the untimed set, so this reads only those. Every
+        counter's time to live is read (SCAN, then TTL on each: on a million counters, seconds of work for Redis
+        that lengthen the swipes' tail meanwhile) on the namespace's first call, and when `everything` is asked:
+        counters written before swipes noted the ones they create, or by workers of an earlier release still
+        running after that first call, are found only so.
+
+        A key deleted or given a time to live meanwhile is harmless: a swipe never adds to a closed counter, and
+        any time to live given to an open one is the same as this.
         """
         now = int(self.clock.now().timestamp())
+        dropped = timed = 0
+        if everything or not self.client.exists(self._scanned_key):
+            dropped, timed = self._expire_scanned(closed, now)
+            self.client.set(self._scanned_key, str(now))
+        noted_dropped, noted_timed = self._expire_noted(closed, now)
+        return dropped + noted_dropped, timed + noted_timed
+
+    def _expire_noted(self, closed: Callable[[str], bool], now: int) -> tuple[int, int]:
+        """Time (or drop) the counters of the untimed set, UNTIMED_BATCH_KEYS at a time, each batch taken out of the
+        set by the script that times it: a crash leaves the rest noted for the next call. Those noted meanwhile
+        wait for the next call, so that a steady stream of new counters cannot keep this one going."""
+        dropped = timed = 0
+        left = cast(int, self.client.scard(self._untimed_key))
+        while left > 0:
+            taken = cast(list[bytes | str], self.client.srandmember(self._untimed_key, min(left, UNTIMED_BATCH_KEYS)))
+            batch = [_text(raw) for raw in taken]
+            if not batch:
+                break
+            left -= len(batch)
+            ttls = []
+            for stored in batch:
+                key = stored.removeprefix(self.prefix)
+                ttls.append("closed" if closed(key) else _ttl(key, now))
+            batch_dropped, batch_timed = cast(list[int], self._run(self._time_untimed, [self._untimed_key, *batch], ttls))
+            dropped += int(batch_dropped)
+            timed += int(batch_timed)
+        return dropped, timed
+
+    def _expire_scanned(self, closed: Callable[[str], bool], now: int) -> tuple[int, int]:
+        """Read every counter of the namespace: delete the closed ones, give the others without one a time to live."""
         found = list(dict.fromkeys(self._scan()))
         dropped = timed = 0
         for start in range(0, len(found), MGET_BATCH_KEYS):
@@ -421,8 +469,10 @@ class RedisCounterStore:
         return next(self._claims(), None) is not None
 
     def reset(self) -> None:
-        """Forget every counter, claim and hold (a world loaded afresh); the change count moves on, for a rebuild under way."""
+        """Forget every counter, claim and hold (a world loaded afresh), and the untimed set; the change count moves on,
+        for a rebuild under way."""
         self.replace_all({})
+        self.client.delete(self._untimed_key, self._scanned_key)
         batch: list[bytes | str] = []
         for key in self._claims():
             batch.append(key)

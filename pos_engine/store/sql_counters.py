@@ -110,8 +110,8 @@ class SqlCounterStore:
         with self.database.sessions() as own:
             return {key: value for key, value in own.execute(query)}
 
-    def expire_closed(self, closed: Callable[[str], bool], session: Any = None) -> tuple[int, int]:
-        """Delete the closed counters' rows (rows have no time to live)."""
+    def expire_closed(self, closed: Callable[[str], bool], session: Any = None, everything: bool = False) -> tuple[int, int]:
+        """Delete the closed counters' rows (rows have no time to live); every row is read, whatever `everything` says."""
         assert session is not None, "the SQL counter store works inside the caller's transaction"
         keys = [key for (key,) in session.execute(select(counters_table.c.key)) if closed(key)]
         for start in range(0, len(keys), _DELETE_BATCH_KEYS):

@@ -876,11 +876,12 @@ def test_a_claim_whose_record_may_still_commit_frees_the_retry_but_holds_off_a_r
 
 def test_reset_forgets_counters_claims_notes_and_the_change_count(store: RedisCounterStore) -> None:
     plan = Plan(10_000, (PlanStep(make_rule("r1", fixed_fen=300), (fen_cap("a", 1_000),)),), ())
+    store.expire_closed(lambda key: False)  # notes that every counter's time to live was read
     store.reserve(plan, claim=Claim("t-1:req-1", "attempt-1"))
     store.reserve(plan, claim=Claim("t-1:req-2", "attempt-2"))
     store.unclaim(Claim("t-1:req-2", "attempt-2"), outcome_unknown=True)
     store.hold_give_back("gb-1")
-    assert len(list(store.client.scan_iter(match="{" + store.namespace + "}*"))) == 5
+    assert len(list(store.client.scan_iter(match="{" + store.namespace + "}*"))) == 7  # with the untimed set
     count = change_count(store)
     store.reset()
     assert [key.decode() for key in store.client.scan_iter(match="{" + store.namespace + "}*")] == [store._changes_key]
@@ -1041,3 +1042,116 @@ def check_expire_closed(store: RedisCounterStore) -> None:
     assert store.snapshot() == dict.fromkeys(PERIOD_KEYS_AND_TTLS, 4)
     assert_ttls(store, PERIOD_KEYS_AND_TTLS | {day: 100})
     assert store.expire_closed(lambda key: key == closed) == (0, 0)
+
+
+# --- counters swipes create are noted, and `counters expire` reads only those -----------------
+
+DAY_KEY = "rule:r1:card:C1:day:2026-12-05:uses"
+
+
+def noted(store: RedisCounterStore) -> set[str]:
+    """The untimed set: counters swipes created, not yet given a time to live."""
+    return {member.decode() for member in store.client.smembers(store._untimed_key)}
+
+
+def check_noted_counters_are_timed_without_reading_the_others(store: RedisCounterStore) -> None:
+    store.use_clock(FixedClock(NOON_IN_SHANGHAI))
+    assert store.expire_closed(lambda key: False) == (0, 0)  # the namespace's first call reads every counter: none yet
+    earlier = "rule:r9:card:C1:day:2026-12-05:uses"
+    store.client.set(store._key(earlier), 1)  # written by an earlier release's swipe, which noted nothing
+    store.reserve(capped_everywhere(list(PERIOD_KEYS_AND_TTLS)))
+    assert noted(store) == {store._key(key) for key in PERIOD_KEYS_AND_TTLS}
+    assert store.expire_closed(lambda key: False) == (0, 4)  # the campaign's whole run and the budget: for ever
+    assert_ttls(store, PERIOD_KEYS_AND_TTLS | {earlier: None})  # the counter nobody noted was not read
+    assert noted(store) == set()
+    assert store.expire_closed(lambda key: False, everything=True) == (0, 1)
+    assert_ttls(store, {earlier: PERIOD_KEYS_AND_TTLS[DAY_KEY]})
+
+
+def test_expire_closed_times_the_counters_swipes_noted_and_reads_the_others_only_when_asked(store: RedisCounterStore) -> None:
+    """Reading every counter's time to live (SCAN, then TTL each: 10-15 s on a million) raised the swipes' p99
+    while it ran, every hour; after its first call `counters expire` reads only what swipes noted."""
+    check_noted_counters_are_timed_without_reading_the_others(store)
+
+
+@pytest.mark.slow
+def test_expire_closed_times_the_noted_counters_on_a_redis_cluster(cluster_store: RedisCounterStore) -> None:
+    check_noted_counters_are_timed_without_reading_the_others(cluster_store)
+
+
+def test_a_swipe_notes_only_the_counters_it_creates(store: RedisCounterStore) -> None:
+    week = "rule:r1:card:C1:week:2026-W49:fen"
+    month = "campaign:c1:card:C1:month:2026-12:uses"
+    store.client.set(store._key(week), 100)
+    plan = Plan(
+        10_000,
+        (
+            PlanStep(make_rule("r1", fixed_fen=300), (CounterRef(week, UNIT_FEN, 10**9, "card/week/fen"), uses_cap(month, 10))),
+            PlanStep(make_rule("r2", fixed_fen=100), (uses_cap(DAY_KEY, 0),)),  # full: read, not written
+        ),
+        (),
+    )
+    assert [outcome.given_fen for outcome in store.reserve(plan)] == [300, 0]
+    assert noted(store) == {store._key(month)}
+    assert store.read([DAY_KEY, week, month]) == {DAY_KEY: 0, week: 400, month: 1}
+    store.client.delete(store._untimed_key)
+    store.reserve(plan)  # every counter it writes is there now
+    assert noted(store) == set()
+
+
+@pytest.mark.parametrize("batch_keys", [100, 2], ids=["one batch", "batches of two"])
+def test_expire_closed_drops_a_noted_counter_that_is_closed_and_forgets_one_that_is_gone(
+    store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch, batch_keys: int
+) -> None:
+    monkeypatch.setattr(redis_counters, "UNTIMED_BATCH_KEYS", batch_keys)
+    store.use_clock(FixedClock(NOON_IN_SHANGHAI))
+    store.expire_closed(lambda key: False)
+    closed = "rule:r1:card:C1:day:2026-12-03:uses"  # a swipe two days late, in its period's last hour
+    store.reserve(capped_everywhere([*PERIOD_KEYS_AND_TTLS, closed]))
+    store.apply({DAY_KEY: -1})  # given back to 0: deleted
+    assert store.expire_closed(lambda key: key == closed) == (1, 3)  # the week, the month and the year
+    assert noted(store) == set()
+    assert store.read([closed, DAY_KEY]) == {closed: 0, DAY_KEY: 0}
+    assert not store.client.exists(store._key(closed), store._key(DAY_KEY))
+    assert_ttls(store, {key: ttl for key, ttl in PERIOD_KEYS_AND_TTLS.items() if key != DAY_KEY})
+
+
+def test_a_crash_half_way_through_the_noted_counters_leaves_the_rest_noted(
+    store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_counters, "UNTIMED_BATCH_KEYS", 2)
+    store.use_clock(FixedClock(NOON_IN_SHANGHAI))
+    store.expire_closed(lambda key: False)
+    store.reserve(capped_everywhere(list(PERIOD_KEYS_AND_TTLS)))
+    asked: list[str] = []
+
+    def crashes_at_the_third(key: str) -> bool:
+        asked.append(key)
+        if len(asked) == 3:
+            raise RuntimeError("the job was killed")
+        return False
+
+    with pytest.raises(RuntimeError, match="killed"):
+        store.expire_closed(crashes_at_the_third)
+    assert noted(store) == {store._key(key) for key in PERIOD_KEYS_AND_TTLS} - {store._key(key) for key in asked[:2]}
+    store.expire_closed(lambda key: False)
+    assert noted(store) == set()
+    assert_ttls(store, PERIOD_KEYS_AND_TTLS)
+
+
+def test_counters_noted_while_expire_closed_runs_wait_for_its_next_call(store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A steady stream of new counters cannot keep one call going."""
+    monkeypatch.setattr(redis_counters, "UNTIMED_BATCH_KEYS", 2)
+    store.use_clock(FixedClock(NOON_IN_SHANGHAI))
+    store.expire_closed(lambda key: False)
+    store.reserve(capped_everywhere([key for key, ttl in PERIOD_KEYS_AND_TTLS.items() if ttl is not None]))
+    asked: list[str] = []
+
+    def while_swipes_come(key: str) -> bool:
+        assert len(asked) < 20, "expire_closed went on taking counters noted after it began"
+        asked.append(key)
+        store.reserve(capped_everywhere([f"rule:r1:card:N{len(asked)}:day:2026-12-05:uses"]))
+        return False
+
+    assert store.expire_closed(while_swipes_come) == (0, 4)
+    assert len(noted(store)) == 4

@@ -3,9 +3,11 @@
 -- test in tests/integration/test_redis_counters.py holds them together).
 --
 -- KEYS: the plan's distinct counter keys, already namespaced ("{ns}:key"),
---   then, if ARGV[3] > 0, the request's claim key, then the namespace's change
---   count ("{ns}changes"), last: a reservation that takes anything adds 1 to it,
---   so that `counters rebuild` can tell that counters changed while it ran.
+--   then, if ARGV[3] > 0, the request's claim key, then the namespace's set of
+--   counters created without a time to live ("{ns}untimed": `counters expire`
+--   gives them one), then the namespace's change count ("{ns}changes"), last: a
+--   reservation that takes anything adds 1 to it, so that `counters rebuild` can
+--   tell that counters changed while it ran.
 -- ARGV[1] = amount_fen, ARGV[2] = number of steps,
 -- ARGV[3] = claim TTL in seconds (0: no claim); a claimed request reserves
 --   nothing and the script returns {-1}: the same request was seen already,
@@ -38,12 +40,18 @@ local function percent_of(amount, bp)
 end
 
 -- Current values, read once per key; the script's own increments update them
--- so that a key shared by several steps sees what earlier steps took.
+-- so that a key shared by several steps sees what earlier steps took. `fresh`:
+-- the keys that did not exist, which an increment below creates.
 local values = {}
+local fresh = {}
 local function value(index)
   local current = values[index]
   if current == nil then
-    local stored = redis.call('GET', KEYS[index]) or '0'
+    local stored = redis.call('GET', KEYS[index])
+    if stored == false then
+      fresh[index] = true
+      stored = '0'
+    end
     -- Fail before any write (Redis does not roll a script back) if a counter is not an integer.
     assert(string.find(stored, '^-?%d+$'), 'counter is not an integer: ' .. KEYS[index])
     current = tonumber(stored)
@@ -54,7 +62,7 @@ end
 
 local claim_ttl = tonumber(ARGV[3])
 if claim_ttl > 0 then
-  if redis.call('SET', KEYS[#KEYS - 1], ARGV[4], 'NX', 'EX', claim_ttl) == false then
+  if redis.call('SET', KEYS[#KEYS - 2], ARGV[4], 'NX', 'EX', claim_ttl) == false then
     return {-1}
   end
 end
@@ -126,11 +134,19 @@ end
 -- Write at the end: nothing above can fail half-way through a plan. A counter
 -- created here has no time to live: an EXPIRE here cost the swipe's tail at a
 -- moderate rate (p99 15-25 ms against 6-9; docs/performance-rounds.md, eighteenth
--- round), so `counters expire` gives it one later, and INCRBY keeps it.
+-- round), so the script notes it in the untimed set, `counters expire` gives it
+-- one later without reading every counter's, and INCRBY keeps it.
 local changed = false
+local created = {}
 for index, delta in pairs(deltas) do
   redis.call('INCRBY', KEYS[index], string.format('%d', delta))
+  if fresh[index] then
+    created[#created + 1] = KEYS[index]
+  end
   changed = true
+end
+if #created > 0 then
+  redis.call('SADD', KEYS[#KEYS - 1], unpack(created))
 end
 if changed then
   redis.call('INCR', KEYS[#KEYS])
