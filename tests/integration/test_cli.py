@@ -382,7 +382,7 @@ def test_counters_expire_drops_the_rows_of_a_period_long_over_and_keeps_the_rest
     with database.sessions() as session, session.begin():
         before = store.snapshot(session)
         store.apply(old, session)
-    result = run(env, "counters", "expire")
+    result = run(env, "counters", "expire", "--everything")  # which the SQL store, reading every row anyway, accepts
     assert result.exit_code == 0, result.output
     assert result.output == "dropped 2 counters of periods that are over; gave 0 counters a time to live\n"
     assert store.snapshot() == before
@@ -605,6 +605,33 @@ def test_a_redis_rebuild_waits_for_quiet_terminals_and_says_so_when_they_are_not
         assert quiet.exit_code == 0, quiet.output
         assert quiet.output.endswith("rebuilt 0 counters from the ledger\n")
         assert client.get(drifted) is None
+    finally:
+        keys = list(client.scan_iter(match="{" + namespace + "}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.mark.redis
+def test_a_redis_counters_expire_reads_every_counter_on_its_first_run_and_when_asked(env: dict[str, str], tmp_path: Path) -> None:
+    namespace = f"test-{uuid.uuid4().hex}"
+    redis_env = {**env, "POS_ENGINE_REDIS_URL": REDIS_URL, "POS_ENGINE_REDIS_NAMESPACE": namespace}
+    assert run(env, "demo", "--out", str(tmp_path / "demo.json")).exit_code == 0
+    client = redis.Redis.from_url(REDIS_URL)
+    untimed = "{" + namespace + "}:rule:city-dining/ten-percent:card:c-1:year:2999:uses"  # no swipe noted it
+    try:
+        client.set(untimed, 1)
+        first = run(redis_env, "counters", "expire")
+        assert (first.exit_code, first.output) == (0, "dropped 0 counters of periods that are over; gave 1 counters a time to live\n")
+        assert client.ttl(untimed) > 0
+        client.persist(untimed)
+        again = run(redis_env, "counters", "expire")  # only what swipes noted since: nothing
+        assert (again.exit_code, again.output) == (0, "dropped 0 counters of periods that are over; gave 0 counters a time to live\n")
+        assert client.ttl(untimed) == -1
+        everything = run(redis_env, "counters", "expire", "--everything")
+        assert everything.exit_code == 0, everything.output
+        assert everything.output == "dropped 0 counters of periods that are over; gave 1 counters a time to live\n"
+        assert client.ttl(untimed) > 0
     finally:
         keys = list(client.scan_iter(match="{" + namespace + "}*"))
         if keys:
