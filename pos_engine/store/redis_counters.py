@@ -391,25 +391,25 @@ class RedisCounterStore:
         return dropped + noted_dropped, timed + noted_timed
 
     def _expire_noted(self, closed: Callable[[str], bool], now: int) -> tuple[int, int]:
-        """Time (or drop) the counters of the untimed set, UNTIMED_BATCH_KEYS at a time, each batch taken out of the
-        set by the script that times it: a crash leaves the rest noted for the next call. Those noted meanwhile
-        wait for the next call, so that a steady stream of new counters cannot keep this one going."""
+        """Time (or drop) the counters of the untimed set, in one pass over it (SSCAN): those noted meanwhile may wait
+        for the next call, so that a steady stream of new counters cannot keep this one going. Each batch of
+        UNTIMED_BATCH_KEYS is taken out of the set by the script that times it: a crash leaves the rest noted."""
         dropped = timed = 0
-        left = cast(int, self.client.scard(self._untimed_key))
-        while left > 0:
-            taken = cast(list[bytes | str], self.client.srandmember(self._untimed_key, min(left, UNTIMED_BATCH_KEYS)))
-            batch = [_text(raw) for raw in taken]
-            if not batch:
-                break
-            left -= len(batch)
-            ttls = []
-            for stored in batch:
-                key = stored.removeprefix(self.prefix)
-                ttls.append("closed" if closed(key) else _ttl(key, now))
-            batch_dropped, batch_timed = cast(list[int], self._run(self._time_untimed, [self._untimed_key, *batch], ttls))
-            dropped += int(batch_dropped)
-            timed += int(batch_timed)
-        return dropped, timed
+        cursor = 0
+        while True:
+            cursor, page = cast(tuple[int, list[bytes | str]], self.client.sscan(self._untimed_key, cursor, count=UNTIMED_BATCH_KEYS))
+            noted = [_text(raw) for raw in page]
+            for start in range(0, len(noted), UNTIMED_BATCH_KEYS):
+                batch = noted[start : start + UNTIMED_BATCH_KEYS]
+                ttls = []
+                for stored in batch:
+                    key = stored.removeprefix(self.prefix)
+                    ttls.append("closed" if closed(key) else _ttl(key, now))
+                batch_dropped, batch_timed = cast(list[int], self._run(self._time_untimed, [self._untimed_key, *batch], ttls))
+                dropped += int(batch_dropped)
+                timed += int(batch_timed)
+            if int(cursor) == 0:
+                return dropped, timed
 
     def _expire_scanned(self, closed: Callable[[str], bool], now: int) -> tuple[int, int]:
         """Read every counter of the namespace: delete the closed ones, give the others without one a time to live."""
