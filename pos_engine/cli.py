@@ -322,15 +322,15 @@ def counters_rebuild(under_traffic: bool) -> None:
     "--everything",
     is_flag=True,
     help="Redis: read every counter's time to live, not only those swipes noted as created without one"
-    " (its first run on a namespace does; ask for it once after workers of an earlier release, whose swipes did not"
-    " note them, ran beside that first run).",
+    " (its first run on a namespace does, and then one run a week; ask for it once after workers of an earlier"
+    " release, whose swipes did not note them, ran beside that first run).",
 )
 def counters_expire(everything: bool) -> None:
     """Drop counters of periods that are over; give Redis counters their time to live (swipes create them without).
 
     Safe while terminals swipe: run it hourly, from cron, with either counter store. With Redis it reads only
-    the counters swipes created since its last run, except with --everything and on its first run, which read
-    every counter (seconds on a million, with a longer tail for the swipes meanwhile).
+    the counters swipes created since its last run, except with --everything, on its first run and then once a
+    week, which read every counter (seconds on a million, with a longer tail for the swipes meanwhile).
     """
     from pos_engine.service.counters import expire_counters
 

@@ -43,8 +43,9 @@ that finds a counter without one and a rebuild do, counted from the engine's
 clock (`use_clock`). Counters of a campaign's whole run, and budgets, do not
 expire. Counters no swipe noted (written before swipes noted them, or by
 workers of an earlier release) are found by reading every counter's time to
-live: the first `expire_closed` on a namespace does it, and so does one asked
-to (`everything`), at a cost to the swipes' tail while it runs.
+live: the first `expire_closed` on a namespace does it, then one a week
+(EXPIRE_READ_EVERY_COUNTER_S), and one asked to (`everything`), at a cost to
+the swipes' tail while it runs.
 
 Errors: a bad URL raises ValueError; everything else is redis-py's own
 (`redis.exceptions.ConnectionError` and friends: the dependency is unavailable).
@@ -87,8 +88,12 @@ AMOUNT_FEN_MAX = 10**12
 PLAN_STEPS_MAX = 1_000  # more rules than any swipe can match; keeps ARGV bounded
 SCAN_COUNT = 1_000  # keys asked of SCAN per call
 MGET_BATCH_KEYS = 1_000  # keys per MGET in `snapshot`
-# Counters of the untimed set given their time to live by one script call: a call holds Redis for ~0.1 ms.
+# Counters of the untimed set given their time to live by one script call: a call held Redis for 0.24 ms on
+# average (docs/performance.md, twenty-fourth round).
 UNTIMED_BATCH_KEYS = 100
+# How often `expire_closed` reads every counter's time to live even so: a counter no swipe noted (written by a
+# worker of an earlier release during an upgrade) then waits at most this long for its own, rather than for ever.
+EXPIRE_READ_EVERY_COUNTER_S = 7 * 24 * 3600
 
 REPLACE_ATOMIC_KEYS_MAX = 50_000  # counters a rebuild writes in one atomic script
 REPLACE_BATCH_KEYS = 10_000  # counters per script beyond that, each written only if no counter changed meanwhile
@@ -265,7 +270,7 @@ class RedisCounterStore:
         # Outside the counters' "{ns}:" prefix (snapshot, reconcile and rebuild never see them), in their slot.
         self._changes_key = "{" + namespace + "}changes"
         self._untimed_key = "{" + namespace + "}untimed"  # the counters swipes created, till they have a time to live
-        # When `expire_closed` last read every counter's time to live (Unix time); missing: never, on this namespace.
+        # When `expire_closed` last read every counter's time to live (Unix time, the engine's clock); missing: never.
         self._scanned_key = "{" + namespace + "}scanned"
 
     @classmethod
@@ -375,16 +380,19 @@ class RedisCounterStore:
 
         The counters swipes created since the last call are in the untimed set, so this reads only those. Every
         counter's time to live is read (SCAN, then TTL on each: on a million counters, seconds of work for Redis
-        that lengthen the swipes' tail meanwhile) on the namespace's first call, and when `everything` is asked:
-        counters written before swipes noted the ones they create, or by workers of an earlier release still
-        running after that first call, are found only so.
+        that lengthen the swipes' tail meanwhile) on the namespace's first call, once EXPIRE_READ_EVERY_COUNTER_S
+        have passed since the last such read, and when `everything` is asked: counters written before swipes
+        noted the ones they create, or by workers of an earlier release still running after that first call, are
+        found only so.
 
         A key deleted or given a time to live meanwhile is harmless: a swipe never adds to a closed counter, and
         any time to live given to an open one is the same as this.
         """
         now = int(self.clock.now().timestamp())
         dropped = timed = 0
-        if everything or not self.client.exists(self._scanned_key):
+        raw = cast(bytes | str | None, self.client.get(self._scanned_key))
+        last_read = int(raw) if raw is not None and _text(raw).isdigit() else None  # anything else: never
+        if everything or last_read is None or now - last_read >= EXPIRE_READ_EVERY_COUNTER_S:
             dropped, timed = self._expire_scanned(closed, now)
             self.client.set(self._scanned_key, str(now))
         noted_dropped, noted_timed = self._expire_noted(closed, now)

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -1061,8 +1061,9 @@ def check_noted_counters_are_timed_without_reading_the_others(store: RedisCounte
     store.client.set(store._key(earlier), 1)  # written by an earlier release's swipe, which noted nothing
     store.reserve(capped_everywhere(list(PERIOD_KEYS_AND_TTLS)))
     assert noted(store) == {store._key(key) for key in PERIOD_KEYS_AND_TTLS}
-    assert store.expire_closed(lambda key: False) == (0, 4)  # the campaign's whole run and the budget: for ever
-    assert_ttls(store, PERIOD_KEYS_AND_TTLS | {earlier: None})  # the counter nobody noted was not read
+    store.client.expire(store._key(DAY_KEY), 100)  # a time to live of its own (a give-back gives one): kept
+    assert store.expire_closed(lambda key: False) == (0, 3)  # the campaign's whole run and the budget: for ever
+    assert_ttls(store, PERIOD_KEYS_AND_TTLS | {DAY_KEY: 100, earlier: None})  # the counter nobody noted was not read
     assert noted(store) == set()
     assert store.expire_closed(lambda key: False, everything=True) == (0, 1)
     assert_ttls(store, {earlier: PERIOD_KEYS_AND_TTLS[DAY_KEY]})
@@ -1139,7 +1140,9 @@ def test_a_crash_half_way_through_the_noted_counters_leaves_the_rest_noted(
     assert_ttls(store, PERIOD_KEYS_AND_TTLS)
 
 
-def test_counters_noted_while_expire_closed_runs_wait_for_its_next_call(store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stream_of_counters_noted_while_expire_closed_runs_cannot_keep_it_going(
+    store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A steady stream of new counters cannot keep one call going."""
     monkeypatch.setattr(redis_counters, "UNTIMED_BATCH_KEYS", 2)
     store.use_clock(FixedClock(NOON_IN_SHANGHAI))
@@ -1163,3 +1166,99 @@ def test_counters_noted_while_expire_closed_runs_wait_for_its_next_call(store: R
     assert_ttls(store, timed)
     assert noted(store) <= {store._key(key) for key in created}
     assert len(noted(store)) == 4 + len(created) - given
+
+
+def test_expire_closed_reads_every_counter_again_once_a_week(store: RedisCounterStore) -> None:
+    """A counter no swipe noted (a worker of an earlier release wrote it) gets its time to live within a week."""
+    clock = FixedClock(NOON_IN_SHANGHAI)
+    store.use_clock(clock)
+    store.expire_closed(lambda key: False)
+    year = "campaign:c1:merchant:m-1:year:2026:fen"
+    store.client.set(store._key(year), 5)
+    clock.set(NOON_IN_SHANGHAI + timedelta(seconds=redis_counters.EXPIRE_READ_EVERY_COUNTER_S - 1))
+    assert store.expire_closed(lambda key: False) == (0, 0)
+    week_s = redis_counters.EXPIRE_READ_EVERY_COUNTER_S
+    clock.set(NOON_IN_SHANGHAI + timedelta(seconds=week_s))
+    assert store.expire_closed(lambda key: False) == (0, 1)
+    assert_ttls(store, {year: PERIOD_KEYS_AND_TTLS[year]}, since_s=week_s)
+    store.client.persist(store._key(year))
+    assert store.expire_closed(lambda key: False) == (0, 0)  # read a moment ago
+    store.client.set(store._scanned_key, "not a time")  # unreadable: as if never
+    assert store.expire_closed(lambda key: False) == (0, 1)
+
+
+def test_a_noted_counter_given_back_to_0_and_created_again_meanwhile_gets_its_time_to_live(store: RedisCounterStore) -> None:
+    store.use_clock(FixedClock(NOON_IN_SHANGHAI))
+    store.expire_closed(lambda key: False)
+    store.reserve(capped_everywhere([DAY_KEY]))
+
+    def given_back_and_swiped_again(key: str) -> bool:
+        store.apply({DAY_KEY: -1})  # back to 0: deleted
+        store.reserve(capped_everywhere([DAY_KEY]))  # created again, and noted again
+        return False
+
+    assert store.expire_closed(given_back_and_swiped_again) == (0, 1)
+    assert noted(store) == set()
+    assert store.read([DAY_KEY]) == {DAY_KEY: 1}
+    assert_ttls(store, {DAY_KEY: PERIOD_KEYS_AND_TTLS[DAY_KEY]})
+
+
+UNTIMED_AND_NOT_NOTED = """
+local found = {}
+for index = 1, #KEYS - 1 do
+  if redis.call('TTL', KEYS[index]) == -1 and redis.call('SISMEMBER', KEYS[#KEYS], KEYS[index]) == 0 then
+    found[#found + 1] = KEYS[index]
+  end
+end
+return found
+"""
+
+
+def test_beside_swipes_and_give_backs_every_counter_without_a_time_to_live_stays_noted(
+    store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the interleaving, a period's counter has a time to live or is in the untimed set, and no value moves."""
+    monkeypatch.setattr(redis_counters, "UNTIMED_BATCH_KEYS", 3)
+    store.use_clock(FixedClock(NOON_IN_SHANGHAI))
+    store.expire_closed(lambda key: False)
+    keys = [f"rule:r1:card:C{index}:day:2026-12-05:uses" for index in range(90)]
+
+    def swipes(offset: int) -> None:
+        for index in range(offset, len(keys), 3):
+            store.reserve(capped_everywhere([keys[index]]))  # creates it
+            store.reserve(capped_everywhere([keys[index]]))
+            if index % 2:
+                store.apply({keys[index]: -2})  # given back to 0: deleted
+
+    stored = [store._key(key) for key in keys]
+
+    def untimed_and_not_noted() -> list[bytes]:
+        """Read at one moment (a script): the counters that exist, have no time to live and are not in the set."""
+        return cast(list[bytes], store.client.eval(UNTIMED_AND_NOT_NOTED, len(stored) + 1, *stored, store._untimed_key))
+
+    threads = [threading.Thread(target=swipes, args=(offset,)) for offset in range(3)]
+    for thread in threads:
+        thread.start()
+    runs = 0
+    while any(thread.is_alive() for thread in threads) or runs < 3:
+        store.expire_closed(lambda key: False)
+        assert untimed_and_not_noted() == []
+        runs += 1
+    for thread in threads:
+        thread.join()
+    assert store.read(keys) == {key: 0 if index % 2 else 2 for index, key in enumerate(keys)}
+    assert untimed_and_not_noted() == []
+    store.expire_closed(lambda key: False)
+    assert_ttls(store, {key: PERIOD_KEYS_AND_TTLS[DAY_KEY] for index, key in enumerate(keys) if not index % 2})
+    assert noted(store) == set()
+
+
+def test_a_swipe_whose_note_cannot_be_written_changes_no_counter(store: RedisCounterStore) -> None:
+    """The script notes the counters it creates before it changes any: a failure there leaves every counter as it was."""
+    store.client.set(store._untimed_key, "not a set")
+    before = change_count(store)
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        store.reserve(capped_everywhere([DAY_KEY, "campaign:c1:budget:fen"]))
+    assert store.read([DAY_KEY, "campaign:c1:budget:fen"]) == {DAY_KEY: 0, "campaign:c1:budget:fen": 0}
+    assert change_count(store) == before
+    store.client.delete(store._untimed_key)

@@ -135,18 +135,22 @@ end
 -- created here has no time to live: an EXPIRE here cost the swipe's tail at a
 -- moderate rate (p99 15-25 ms against 6-9; docs/performance-rounds.md, eighteenth
 -- round), so the script notes it in the untimed set, `counters expire` gives it
--- one later without reading every counter's, and INCRBY keeps it.
-local changed = false
+-- one later without reading every counter's, and INCRBY keeps it. The notes go
+-- first, in chunks well within unpack's limit: if SADD fails (the set's key holds
+-- something else), no counter has changed yet.
 local created = {}
-for index, delta in pairs(deltas) do
-  redis.call('INCRBY', KEYS[index], string.format('%d', delta))
+for index, _ in pairs(deltas) do
   if fresh[index] then
     created[#created + 1] = KEYS[index]
   end
-  changed = true
 end
-if #created > 0 then
-  redis.call('SADD', KEYS[#KEYS - 1], unpack(created))
+for first = 1, #created, 1000 do
+  redis.call('SADD', KEYS[#KEYS - 1], unpack(created, first, math.min(first + 999, #created)))
+end
+local changed = false
+for index, delta in pairs(deltas) do
+  redis.call('INCRBY', KEYS[index], string.format('%d', delta))
+  changed = true
 end
 if changed then
   redis.call('INCR', KEYS[#KEYS])
