@@ -1054,6 +1054,13 @@ def noted(store: RedisCounterStore) -> set[str]:
     return {member.decode() for member in store.client.smembers(store._untimed_key)}
 
 
+def after_the_first_run(store: RedisCounterStore) -> None:
+    """Set the engine's clock, and make the namespace's first `expire_closed`: it reads every counter, later ones
+    only the untimed set."""
+    store.use_clock(FixedClock(NOON_IN_SHANGHAI))
+    store.expire_closed(lambda key: False)
+
+
 def check_noted_counters_are_timed_without_reading_the_others(store: RedisCounterStore) -> None:
     store.use_clock(FixedClock(NOON_IN_SHANGHAI))
     assert store.expire_closed(lambda key: False) == (0, 0)  # the namespace's first call reads every counter: none yet
@@ -1105,8 +1112,7 @@ def test_expire_closed_drops_a_noted_counter_that_is_closed_and_forgets_one_that
     store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch, batch_keys: int
 ) -> None:
     monkeypatch.setattr(redis_counters, "UNTIMED_BATCH_KEYS", batch_keys)
-    store.use_clock(FixedClock(NOON_IN_SHANGHAI))
-    store.expire_closed(lambda key: False)
+    after_the_first_run(store)
     closed = "rule:r1:card:C1:day:2026-12-03:uses"  # a swipe two days late, in its period's last hour
     store.reserve(capped_everywhere([*PERIOD_KEYS_AND_TTLS, closed]))
     store.apply({DAY_KEY: -1})  # given back to 0: deleted
@@ -1121,8 +1127,7 @@ def test_a_crash_half_way_through_the_noted_counters_leaves_the_rest_noted(
     store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(redis_counters, "UNTIMED_BATCH_KEYS", 2)
-    store.use_clock(FixedClock(NOON_IN_SHANGHAI))
-    store.expire_closed(lambda key: False)
+    after_the_first_run(store)
     store.reserve(capped_everywhere(list(PERIOD_KEYS_AND_TTLS)))
     asked: list[str] = []
 
@@ -1145,8 +1150,7 @@ def test_a_stream_of_counters_noted_while_expire_closed_runs_cannot_keep_it_goin
 ) -> None:
     """A steady stream of new counters cannot keep one call going."""
     monkeypatch.setattr(redis_counters, "UNTIMED_BATCH_KEYS", 2)
-    store.use_clock(FixedClock(NOON_IN_SHANGHAI))
-    store.expire_closed(lambda key: False)
+    after_the_first_run(store)
     timed = {key: ttl for key, ttl in PERIOD_KEYS_AND_TTLS.items() if ttl is not None}
     store.reserve(capped_everywhere(list(timed)))
     asked: list[str] = []
@@ -1188,8 +1192,7 @@ def test_expire_closed_reads_every_counter_again_once_a_week(store: RedisCounter
 
 
 def test_a_noted_counter_given_back_to_0_and_created_again_meanwhile_gets_its_time_to_live(store: RedisCounterStore) -> None:
-    store.use_clock(FixedClock(NOON_IN_SHANGHAI))
-    store.expire_closed(lambda key: False)
+    after_the_first_run(store)
     store.reserve(capped_everywhere([DAY_KEY]))
 
     def given_back_and_swiped_again(key: str) -> bool:
@@ -1219,8 +1222,7 @@ def test_beside_swipes_and_give_backs_every_counter_without_a_time_to_live_stays
 ) -> None:
     """Whatever the interleaving, a period's counter has a time to live or is in the untimed set, and no value moves."""
     monkeypatch.setattr(redis_counters, "UNTIMED_BATCH_KEYS", 3)
-    store.use_clock(FixedClock(NOON_IN_SHANGHAI))
-    store.expire_closed(lambda key: False)
+    after_the_first_run(store)
     keys = [f"rule:r1:card:C{index}:day:2026-12-05:uses" for index in range(90)]
 
     def swipes(offset: int) -> None:
