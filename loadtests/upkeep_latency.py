@@ -12,10 +12,10 @@ run with upkeep:
   again 12 s later; each worker's watcher then loads the whole rulebook again
   (the files' contents do not change);
 - `expire`: `pos-engine counters expire` runs from 2 s into the run, as the
-  hourly job does: it reads the counters the swipes since its last run noted
-  (it runs once before the first round, unmeasured, in case that run reads
-  every counter, as a namespace's first does, and one a week); with
-  `--everything`, every counter, each time.
+  hourly job does: it reads the counters the swipes since its last run noted.
+  It runs once, unmeasured, before the first round, since a namespace's first
+  run (and one a week) reads every counter. With `--everything`, every run
+  reads every counter.
 Printed for each run: the rate achieved, p50 / p95 / p99 / max, errors. wrk
 paces each connection with a delay after each answer, so a stall delays the
 requests behind it rather than piling them up (coordinated omission): the
