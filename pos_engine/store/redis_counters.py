@@ -88,9 +88,9 @@ AMOUNT_FEN_MAX = 10**12
 PLAN_STEPS_MAX = 1_000  # more rules than any swipe can match; keeps ARGV bounded
 SCAN_COUNT = 1_000  # keys asked of SCAN per call
 MGET_BATCH_KEYS = 1_000  # keys per MGET in `snapshot`
-# Counters of the untimed set given their time to live by one script call: a call held Redis for 0.24 ms on
-# average (docs/performance.md, twenty-fourth round).
-UNTIMED_BATCH_KEYS = 100
+# Counters `expire_closed` times (or deletes) in one script call: a call held Redis for 0.24 ms on average
+# (docs/performance.md, twenty-fourth round).
+EXPIRE_BATCH_KEYS = 100
 # How often `expire_closed` reads every counter's time to live even so: a counter no swipe noted (written by a
 # worker of an earlier release during an upgrade) then waits at most this long for its own, rather than for ever.
 EXPIRE_READ_EVERY_COUNTER_S = 7 * 24 * 3600
@@ -400,47 +400,36 @@ class RedisCounterStore:
 
     def _expire_noted(self, closed: Callable[[str], bool], now: int) -> tuple[int, int]:
         """Time (or drop) the counters of the untimed set, in one pass over it (SSCAN): those noted meanwhile may wait
-        for the next call, so that a steady stream of new counters cannot keep this one going. Each batch of
-        UNTIMED_BATCH_KEYS is taken out of the set by the script that times it: a crash leaves the rest noted."""
+        for the next call, so that a steady stream of new counters cannot keep this one going. Each batch is taken
+        out of the set by the script that times it: a crash leaves the rest noted."""
         dropped = timed = 0
         cursor = 0
         while True:
-            cursor, page = cast(tuple[int, list[bytes | str]], self.client.sscan(self._untimed_key, cursor, count=UNTIMED_BATCH_KEYS))
-            noted = [_text(raw) for raw in page]
-            for start in range(0, len(noted), UNTIMED_BATCH_KEYS):
-                batch = noted[start : start + UNTIMED_BATCH_KEYS]
-                ttls = []
-                for stored in batch:
-                    key = stored.removeprefix(self.prefix)
-                    ttls.append("closed" if closed(key) else _ttl(key, now))
-                batch_dropped, batch_timed = cast(list[int], self._run(self._time_untimed, [self._untimed_key, *batch], ttls))
-                dropped += int(batch_dropped)
-                timed += int(batch_timed)
+            cursor, page = cast(tuple[int, list[bytes | str]], self.client.sscan(self._untimed_key, cursor, count=EXPIRE_BATCH_KEYS))
+            batch_dropped, batch_timed = self._time([_text(raw) for raw in page], closed, now)
+            dropped += batch_dropped
+            timed += batch_timed
             if int(cursor) == 0:
                 return dropped, timed
 
     def _expire_scanned(self, closed: Callable[[str], bool], now: int) -> tuple[int, int]:
         """Read every counter of the namespace: delete the closed ones, give the others without one a time to live."""
-        found = list(dict.fromkeys(self._scan()))
+        return self._time(list(dict.fromkeys(self._scan())), closed, now)
+
+    def _time(self, stored_keys: list[str], closed: Callable[[str], bool], now: int) -> tuple[int, int]:
+        """Delete the closed counters among `stored_keys` (namespaced) and give the others that have no time to live
+        theirs, EXPIRE_BATCH_KEYS to a script (`time_untimed.lua`) that also takes them out of the untimed set;
+        return how many were deleted, and how many timed."""
         dropped = timed = 0
-        for start in range(0, len(found), MGET_BATCH_KEYS):
-            batch = found[start : start + MGET_BATCH_KEYS]
-            keys = [stored.removeprefix(self.prefix) for stored in batch]
-            shut = [closed(key) for key in keys]
-            gone = [stored for stored, is_shut in zip(batch, shut, strict=True) if is_shut]
-            if gone:
-                dropped += cast(int, self.client.delete(*gone))
-            pipeline = self.client.pipeline(transaction=False)
-            kept = [(stored, key) for stored, key, is_shut in zip(batch, keys, shut, strict=True) if not is_shut]
-            for stored, _key in kept:
-                pipeline.ttl(stored)
-            untimed = [(stored, key) for (stored, key), left in zip(kept, pipeline.execute(), strict=True) if left == -1]
-            pipeline = self.client.pipeline(transaction=False)
-            for stored, key in untimed:
-                ttl = _ttl(key, now)
-                if ttl != "0":  # a campaign's whole run, a budget: kept for ever
-                    pipeline.expire(stored, int(ttl))
-            timed += sum(1 for done in pipeline.execute() if done)
+        for start in range(0, len(stored_keys), EXPIRE_BATCH_KEYS):
+            batch = stored_keys[start : start + EXPIRE_BATCH_KEYS]
+            ttls = []
+            for stored in batch:
+                key = stored.removeprefix(self.prefix)
+                ttls.append("closed" if closed(key) else _ttl(key, now))
+            batch_dropped, batch_timed = cast(list[int], self._run(self._time_untimed, [self._untimed_key, *batch], ttls))
+            dropped += int(batch_dropped)
+            timed += int(batch_timed)
         return dropped, timed
 
     def check_settings(self) -> None:

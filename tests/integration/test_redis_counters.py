@@ -1026,7 +1026,7 @@ def test_expire_closed_works_on_a_redis_cluster(cluster_store: RedisCounterStore
 
 
 def test_expire_closed_treats_every_batch_of_keys_alike(store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(redis_counters, "MGET_BATCH_KEYS", 2)
+    monkeypatch.setattr(redis_counters, "EXPIRE_BATCH_KEYS", 2)
     check_expire_closed(store)
 
 
@@ -1111,7 +1111,7 @@ def test_a_swipe_notes_only_the_counters_it_creates(store: RedisCounterStore) ->
 def test_expire_closed_drops_a_noted_counter_that_is_closed_and_forgets_one_that_is_gone(
     store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch, batch_keys: int
 ) -> None:
-    monkeypatch.setattr(redis_counters, "UNTIMED_BATCH_KEYS", batch_keys)
+    monkeypatch.setattr(redis_counters, "EXPIRE_BATCH_KEYS", batch_keys)
     after_the_first_run(store)
     closed = "rule:r1:card:C1:day:2026-12-03:uses"  # a swipe two days late, in its period's last hour
     store.reserve(capped_everywhere([*PERIOD_KEYS_AND_TTLS, closed]))
@@ -1126,7 +1126,7 @@ def test_expire_closed_drops_a_noted_counter_that_is_closed_and_forgets_one_that
 def test_a_crash_half_way_through_the_noted_counters_leaves_the_rest_noted(
     store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_counters, "UNTIMED_BATCH_KEYS", 2)
+    monkeypatch.setattr(redis_counters, "EXPIRE_BATCH_KEYS", 2)
     after_the_first_run(store)
     store.reserve(capped_everywhere(list(PERIOD_KEYS_AND_TTLS)))
     asked: list[str] = []
@@ -1149,7 +1149,7 @@ def test_a_stream_of_counters_noted_while_expire_closed_runs_cannot_keep_it_goin
     store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A steady stream of new counters cannot keep one call going."""
-    monkeypatch.setattr(redis_counters, "UNTIMED_BATCH_KEYS", 2)
+    monkeypatch.setattr(redis_counters, "EXPIRE_BATCH_KEYS", 2)
     after_the_first_run(store)
     timed = {key: ttl for key, ttl in PERIOD_KEYS_AND_TTLS.items() if ttl is not None}
     store.reserve(capped_everywhere(list(timed)))
@@ -1221,7 +1221,7 @@ def test_beside_swipes_and_give_backs_every_counter_without_a_time_to_live_stays
     store: RedisCounterStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Whatever the interleaving, a period's counter has a time to live or is in the untimed set, and no value moves."""
-    monkeypatch.setattr(redis_counters, "UNTIMED_BATCH_KEYS", 3)
+    monkeypatch.setattr(redis_counters, "EXPIRE_BATCH_KEYS", 3)
     after_the_first_run(store)
     keys = [f"rule:r1:card:C{index}:day:2026-12-05:uses" for index in range(90)]
 

@@ -1,8 +1,8 @@
--- Give the counters swipes created (reserve.lua notes each in the untimed set)
--- their time to live, and take them out of the set, atomically: a crash half-way
--- leaves each counter either timed and out of the set, or noted still.
--- KEYS[1]: the namespace's untimed set ("{ns}untimed"); KEYS[2..]: counters taken
--- from it, namespaced. ARGV[i], for KEYS[i + 1]: how many seconds it lives on
+-- Give counters without a time to live theirs, and take them out of the untimed
+-- set (where reserve.lua notes each counter it creates), atomically: a crash
+-- half-way leaves each counter either timed and out of the set, or as it was.
+-- KEYS[1]: the namespace's untimed set ("{ns}untimed"); KEYS[2..]: counters,
+-- namespaced, taken from the set or found by a SCAN of the namespace. ARGV[i], for KEYS[i + 1]: how many seconds it lives on
 -- (till its period is over), "0": for ever, or "closed": its period is over
 -- (no swipe adds to it any more), so it is deleted.
 -- A counter that has a time to live keeps it; one that is gone (given back to 0)
