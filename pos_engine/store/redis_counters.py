@@ -379,7 +379,7 @@ class RedisCounterStore:
         instead if it is closed; `session` is ignored.
 
         The counters swipes created since the last call are in the untimed set, so this reads only those. Every
-        counter's time to live is read (SCAN, then TTL on each: on a million counters, seconds of work for Redis
+        counter's time to live is read (SCAN, then TTL in a script on each: on a million counters, seconds of work for Redis
         that lengthen the swipes' tail meanwhile) on the namespace's first call, once EXPIRE_READ_EVERY_COUNTER_S
         have passed since the last such read, and when `everything` is asked: counters written before swipes
         noted the ones they create, or by workers of an earlier release still running after that first call, are
