@@ -161,9 +161,10 @@ def create_app(
     app.extensions["pos_engine"] = ctx
     watcher: RulebookWatcher | None = None
     if watching:
-        from pos_engine.rules_loader import load_rulebook
+        from pos_engine.rules_build import load_rulebook_quietly
 
-        watcher = RulebookWatcher(Path(settings.rules_dir), load_rulebook, ctx.replace_rulebook, seen=seen)
+        # A reload's rulebook is built in a child process at nice 19, off the swipes' cores and GIL.
+        watcher = RulebookWatcher(Path(settings.rules_dir), load_rulebook_quietly, ctx.replace_rulebook, seen=seen)
         ctx.run_in_each_process(watcher.thread)
     app.extensions["pos_engine_rules_watcher"] = watcher
     if start:

@@ -1,0 +1,147 @@
+"""A reload's rulebook is built in a child process at nice 19, and comes out the same as one built in the worker."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from pos_engine import rules_build
+from pos_engine.domain.evaluation import Swipe, plan_swipe
+from pos_engine.domain.rulebook import CATEGORIES, DISTRICTS, Rulebook
+from pos_engine.rules_build import RulebookBuildFailed, build_in_child, load_rulebook_quietly, write_answer
+from pos_engine.rules_loader import RulebookError, load_rulebook
+from pos_engine.rules_watch import RulebookWatcher
+
+ROOT = Path(__file__).resolve().parents[2]
+SHANGHAI = timezone(timedelta(hours=8))
+
+
+@pytest.fixture
+def rules(tmp_path: Path) -> Path:
+    """A copy of the shipped rulebook, with generated campaigns beside it."""
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    campaigns = tmp_path / "rules" / "campaigns"
+    template = (campaigns / "city-dining.yaml").read_text()
+    assert "  id: city-dining-2026\n" in template
+    for number in range(30):
+        (campaigns / f"gen-{number:03d}.yaml").write_text(template.replace("  id: city-dining-2026\n", f"  id: gen-{number:03d}\n"))
+    return tmp_path / "rules"
+
+
+def assert_same_rulebook(built: Rulebook, loaded: Rulebook) -> None:
+    assert built.version == loaded.version
+    assert list(built.campaigns) == list(loaded.campaigns)  # the same order
+    assert built.campaigns == loaded.campaigns
+    assert built.funders == loaded.funders
+    assert built.examples == loaded.examples
+    assert built.derived == {}  # worked out per rule in this process, by id: nothing may come from the child's
+    merchants = sorted({m for c in loaded.campaigns.values() for r in c.rules for m in (r.conditions.merchant_ids or ())})
+    for merchant_id in [*merchants, "m-none"]:
+        for category in CATEGORIES:
+            for district in DISTRICTS:
+                assert built.candidates(merchant_id, category, district) == loaded.candidates(merchant_id, category, district)
+                swipe = Swipe(8_800, datetime(2026, 12, 5, 12, 30, tzinfo=SHANGHAI), merchant_id, category, district, "card-1")
+                assert plan_swipe(built, swipe) == plan_swipe(loaded, swipe)
+
+
+def test_a_rulebook_built_in_the_child_is_the_one_the_worker_would_build(rules: Path) -> None:
+    loaded = load_rulebook(rules)
+    assert len(loaded.campaigns) > 30
+    assert_same_rulebook(build_in_child(rules), loaded)
+
+
+def test_a_refused_rulebook_is_refused_with_the_same_problems(rules: Path) -> None:
+    city = rules / "campaigns" / "city-dining.yaml"
+    city.write_text(city.read_text() + "\n  surprise: field\n")
+    (rules / "campaigns" / "gen-000.yaml").write_text("campaign_id: [not, closed\n")
+    with pytest.raises(RulebookError) as in_worker:
+        load_rulebook(rules)
+    with pytest.raises(RulebookError) as in_child:
+        build_in_child(rules)
+    assert in_child.value.details == in_worker.value.details
+    assert str(in_child.value) == str(in_worker.value)
+    assert len(in_child.value.details) >= 2
+
+
+def test_files_that_cannot_be_read_are_an_os_error_as_in_the_worker(monkeypatch: pytest.MonkeyPatch, rules: Path) -> None:
+    def unreadable(directory: Path) -> Rulebook:
+        raise PermissionError(13, "Permission denied", str(directory / "campaigns"))
+
+    monkeypatch.setattr(rules_build, "load_rulebook", unreadable)
+    answer = io.BytesIO()
+    write_answer(rules, answer)
+    with pytest.raises(OSError, match="Permission denied") as raised:
+        rules_build._read_answer(answer.getvalue(), rules)
+    assert raised.value.errno == 13
+    assert raised.value.filename == str(rules / "campaigns")
+
+
+def test_the_child_runs_at_the_lowest_priority(rules: Path) -> None:
+    """Its CPU is what the swipes leave idle; the worker's own priority stays as it was."""
+    before = os.nice(0)
+    probe = (
+        "import os, sys; from pos_engine.rules_build import main; "
+        "code = main([sys.argv[1]]); print(os.nice(0), file=sys.stderr); sys.exit(code)"
+    )
+    completed = subprocess.run([sys.executable, "-c", probe, str(rules)], capture_output=True, check=True)
+    assert int(completed.stderr.decode().strip().splitlines()[-1]) == min(before + rules_build.CHILD_NICENESS, 19)
+    assert pickle.loads(completed.stdout)[0] == "rulebook"  # the first of its pickles
+    assert os.nice(0) == before
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (["-c", "import sys; sys.exit('the child broke')"], r"failed \(exit status 1\): the child broke"),
+        (["-c", "import sys; sys.stdout.buffer.write(b'not a pickle')"], "could not be read"),
+        (["-c", "import pickle, sys; sys.stdout.buffer.write(pickle.dumps(('rulebook', 'v', [], [], []))[:-3])"], "could not be read"),
+        (["-c", "import pickle, sys; pickle.dump(('rulebook', 'v', [], [], 2), sys.stdout.buffer)"], "could not be read"),
+        (["-c", "import time; time.sleep(30)"], "took longer than"),
+    ],
+    ids=["crashed", "garbage", "cut short", "malformed", "hung"],
+)
+def test_a_child_that_fails_gives_no_verdict_and_the_watcher_loads_in_the_worker_instead(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, rules: Path, command: list[str], expected: str
+) -> None:
+    monkeypatch.setattr(rules_build, "_child_command", lambda directory: [sys.executable, *command])
+    monkeypatch.setattr(rules_build, "RULES_BUILD_TIMEOUT_S", 1.0)
+    with pytest.raises(RulebookBuildFailed, match=expected):
+        build_in_child(rules)
+    with caplog.at_level(logging.WARNING, logger="pos_engine.rules_build"):
+        assert_same_rulebook(load_rulebook_quietly(rules), load_rulebook(rules))
+    assert any("loading the rulebook in this process instead" in record.getMessage() for record in caplog.records)
+
+
+def test_the_watcher_reloads_through_the_child(monkeypatch: pytest.MonkeyPatch, rules: Path) -> None:
+    """The app's watcher loads with load_rulebook_quietly: a change arrives built by a child, a broken one is refused."""
+    children: list[list[str]] = []
+    command = rules_build._child_command
+
+    def counted(directory: Path) -> list[str]:
+        children.append(command(directory))
+        return children[-1]
+
+    monkeypatch.setattr(rules_build, "_child_command", counted)
+    installed: list[Rulebook] = []
+    watcher = RulebookWatcher(rules, load_rulebook_quietly, installed.append)
+    city = rules / "campaigns" / "city-dining.yaml"
+    city.write_text(city.read_text().replace("name:", "name: Renamed", 1))
+    os.utime(city, ns=(city.stat().st_atime_ns, city.stat().st_mtime_ns + 1_000_000_000))
+    assert watcher.check_now() is True
+    assert_same_rulebook(installed[-1], load_rulebook(rules))
+    city.write_text(city.read_text() + "\n  surprise: field\n")
+    os.utime(city, ns=(city.stat().st_atime_ns, city.stat().st_mtime_ns + 2_000_000_000))
+    assert watcher.check_now() is False
+    assert watcher.last_error is not None and "city-dining.yaml" in watcher.last_error
+    assert watcher.last_error_unreadable is False
+    assert len(installed) == 1
+    assert len(children) == 2
