@@ -13,7 +13,8 @@ The child writes one pickle to its standard output:
   builds the Rulebook (its indexes) itself; or
 - ("refused", problems): the RulebookError's problems, each with file, line, path and reason; or
 - ("unreadable", errno, strerror, filename): the files could not be read (an OSError).
-Anything else (a crash, a kill, no answer within RULES_BUILD_TIMEOUT_S) raises
+Anything else (a child that cannot start, a crash, a kill, no answer within
+RULES_BUILD_TIMEOUT_S) raises
 RulebookBuildFailed with what the child wrote to its standard error, and
 `load_rulebook_quietly` then loads the rulebook in the worker, as before.
 """
@@ -59,7 +60,7 @@ def build_in_child(directory: Path) -> Rulebook:
     Raises:
         RulebookError: the rulebook was refused (the same problems `load_rulebook` lists).
         OSError: the files could not be read.
-        RulebookBuildFailed: the child crashed, was killed or took longer than RULES_BUILD_TIMEOUT_S.
+        RulebookBuildFailed: the child could not start, crashed, was killed or took longer than RULES_BUILD_TIMEOUT_S.
     """
     env = dict(os.environ)
     # The child imports this same pos_engine, whatever its parent's working directory or path.
@@ -75,6 +76,8 @@ def build_in_child(directory: Path) -> Rulebook:
         )
     except subprocess.TimeoutExpired:
         raise RulebookBuildFailed(f"the rulebook build for {directory} took longer than {RULES_BUILD_TIMEOUT_S:.0f} s; killed") from None
+    except OSError as error:  # the child could not be started (no memory for it, no interpreter at sys.executable)
+        raise RulebookBuildFailed(f"the rulebook build for {directory} could not start: {error}") from error
     stderr = completed.stderr.decode("utf-8", "replace").strip()[-_STDERR_CHARS_MAX:]
     if completed.returncode != 0:
         status = completed.returncode

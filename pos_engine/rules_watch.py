@@ -28,11 +28,13 @@ RELOAD_TURN_POLL_S = 0.05
 def reload_turn(directory: Path) -> Iterator[None]:
     """One process of this host at a time loads the rulebook of `directory` again.
 
-    gunicorn's workers all see a change within the same poll interval, and each load is about 0.7 s of CPU on
+    gunicorn's workers all see a change within the same poll interval, and each load is about 0.8 s of CPU on
     a 5,000-rule book: loaded together, they took the cores from the swipes (docs/performance-rounds.md, twentieth
-    round). The turn is an flock on a file in the temporary directory, named after the rules directory; the
-    kernel lets it go when its holder exits, however. A worker that waits longer than RELOAD_TURN_WAIT_S (a
-    holder stopped, say), or cannot open the file, loads without its turn, and says so.
+    round). Since the twenty-fifth round that CPU is spent in a child process at nice 19 (pos_engine.rules_build),
+    and the turn keeps the children from running all at once. The turn is an flock on a file in the temporary
+    directory, named after the rules directory; the kernel lets it go when its holder exits, however. A worker
+    that waits longer than RELOAD_TURN_WAIT_S (a holder stopped, say), or cannot open the file, loads without
+    its turn, and says so.
     """
     path = reload_turn_path(directory)
     wait_s = RELOAD_TURN_WAIT_S
@@ -133,7 +135,8 @@ class RulebookWatcher:
         if current == self._seen:
             return "unchanged"
         try:
-            # About 0.7 s of CPU on a 5,000-rule book: one worker of the host at a time, and its swipes go first.
+            # One worker of the host at a time, and its swipes go first: the app's `load` builds the book in a child
+            # process at nice 19 (pos_engine.rules_build), and indexing it here is Python that yields the GIL.
             with reload_turn(self.directory), yielding_to_requests():
                 rulebook = self.load(self.directory)
         except Exception as error:  # a RulebookError, or anything else the loader raised: keep the old rulebook

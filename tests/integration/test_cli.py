@@ -262,8 +262,13 @@ def test_serve_reloads_a_changed_rulebook_and_keeps_the_one_it_had_when_a_new_on
 ) -> None:
     from flask import Flask
 
+    from pos_engine import rules_build
+
     served: list[Flask] = []
     monkeypatch.setattr(Flask, "run", lambda app, **_options: served.append(app))  # build the app as `serve` does, serve nothing
+    children: list[Path] = []
+    child_command = rules_build._child_command
+    monkeypatch.setattr(rules_build, "_child_command", lambda directory: children.append(directory) or child_command(directory))
 
     assert run({**env, "POS_ENGINE_RULES_DIR": str(rules)}, "serve").exit_code == 0
 
@@ -280,6 +285,7 @@ def test_serve_reloads_a_changed_rulebook_and_keeps_the_one_it_had_when_a_new_on
     assert not watcher.check_now()
     assert ctx.rulebook.version == changed  # the last good one stays
     assert watcher.last_error is not None
+    assert children == [rules, rules], "the reloads were not built in a child process, off the swipes' GIL"
 
 
 def test_a_rule_file_edited_while_the_app_reads_the_rulebook_is_loaded_at_the_first_poll(

@@ -101,18 +101,20 @@ def test_the_child_runs_at_the_lowest_priority(rules: Path) -> None:
 @pytest.mark.parametrize(
     ("command", "expected"),
     [
+        (None, "could not start"),
         (["-c", "import sys; sys.exit('the child broke')"], r"failed \(exit status 1\): the child broke"),
         (["-c", "import sys; sys.stdout.buffer.write(b'not a pickle')"], "could not be read"),
         (["-c", "import pickle, sys; sys.stdout.buffer.write(pickle.dumps(('rulebook', 'v', [], [], []))[:-3])"], "could not be read"),
         (["-c", "import pickle, sys; pickle.dump(('rulebook', 'v', [], [], 2), sys.stdout.buffer)"], "could not be read"),
         (["-c", "import time; time.sleep(30)"], "took longer than"),
     ],
-    ids=["crashed", "garbage", "cut short", "malformed", "hung"],
+    ids=["no interpreter", "crashed", "garbage", "cut short", "malformed", "hung"],
 )
 def test_a_child_that_fails_gives_no_verdict_and_the_watcher_loads_in_the_worker_instead(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, rules: Path, command: list[str], expected: str
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, rules: Path, command: list[str] | None, expected: str
 ) -> None:
-    monkeypatch.setattr(rules_build, "_child_command", lambda directory: [sys.executable, *command])
+    child = [str(rules / "no-such-python")] if command is None else [sys.executable, *command]
+    monkeypatch.setattr(rules_build, "_child_command", lambda directory: child)
     monkeypatch.setattr(rules_build, "RULES_BUILD_TIMEOUT_S", 1.0)
     with pytest.raises(RulebookBuildFailed, match=expected):
         build_in_child(rules)
