@@ -39,6 +39,7 @@ RULES_BUILD_TIMEOUT_S = 300.0
 CHILD_NICENESS = 19
 _STDERR_CHARS_MAX = 2000
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_CHILD_CODE = "import sys; sys.path.insert(0, sys.argv[1]); from pos_engine.rules_build import main; sys.exit(main(sys.argv[2:]))"
 
 
 class RulebookBuildFailed(RuntimeError):
@@ -62,15 +63,11 @@ def build_in_child(directory: Path) -> Rulebook:
         OSError: the files could not be read.
         RulebookBuildFailed: the child could not start, crashed, was killed or took longer than RULES_BUILD_TIMEOUT_S.
     """
-    env = dict(os.environ)
-    # The child imports this same pos_engine, whatever its parent's working directory or path.
-    env["PYTHONPATH"] = os.pathsep.join(part for part in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if part)
     try:
         completed = subprocess.run(  # noqa: S603  # this interpreter, this module, a path
             _child_command(directory),
             stdin=subprocess.DEVNULL,
             capture_output=True,
-            env=env,
             timeout=RULES_BUILD_TIMEOUT_S,
             check=False,
         )
@@ -86,7 +83,9 @@ def build_in_child(directory: Path) -> Rulebook:
 
 
 def _child_command(directory: Path) -> list[str]:
-    return [sys.executable, "-m", "pos_engine.rules_build", str(directory)]
+    # This interpreter, and this same pos_engine first on the path, whatever the working directory,
+    # PYTHONPATH or installed release (gunicorn --chdir or --pythonpath, a rolling upgrade).
+    return [sys.executable, "-c", _CHILD_CODE, _PACKAGE_ROOT, str(directory)]
 
 
 def _read_answer(answer: bytes, directory: Path) -> Rulebook:

@@ -59,6 +59,18 @@ def test_a_rulebook_built_in_the_child_is_the_one_the_worker_would_build(rules: 
     assert_same_rulebook(build_in_child(rules), loaded)
 
 
+def test_the_child_imports_the_workers_own_pos_engine_whatever_its_directory_or_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, rules: Path
+) -> None:
+    """Another pos_engine in the working directory or on PYTHONPATH (another release, a checkout) is not the one run."""
+    other = tmp_path / "other"
+    (other / "pos_engine").mkdir(parents=True)
+    (other / "pos_engine" / "__init__.py").write_text("raise ImportError('the child imported another pos_engine')\n")
+    monkeypatch.setenv("PYTHONPATH", str(other))
+    monkeypatch.chdir(other)
+    assert_same_rulebook(build_in_child(rules), load_rulebook(rules))
+
+
 def test_a_refused_rulebook_is_refused_with_the_same_problems(rules: Path) -> None:
     city = rules / "campaigns" / "city-dining.yaml"
     city.write_text(city.read_text() + "\n  surprise: field\n")
