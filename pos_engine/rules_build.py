@@ -22,7 +22,6 @@ RulebookBuildFailed with what the child wrote to its standard error, and
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import subprocess
 import sys
@@ -39,7 +38,11 @@ RULES_BUILD_TIMEOUT_S = 300.0
 CHILD_NICENESS = 19
 _STDERR_CHARS_MAX = 2000
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-_CHILD_CODE = "import sys; sys.path.insert(0, sys.argv[1]); from pos_engine.rules_build import main; sys.exit(main(sys.argv[2:]))"
+# At nice 19 from its first line: its imports (marshmallow, PyYAML) cost CPU too.
+_CHILD_CODE = (
+    f"import os, sys; os.nice({CHILD_NICENESS}); sys.path.insert(0, sys.argv[1]); "
+    "from pos_engine.rules_build import main; sys.exit(main(sys.argv[2:]))"
+)
 
 
 class RulebookBuildFailed(RuntimeError):
@@ -119,16 +122,11 @@ def write_answer(directory: Path, out: BinaryIO) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+def main(args: list[str]) -> int:
+    """The child's work (_CHILD_CODE): args is the rules directory."""
     if len(args) != 1:
-        print("usage: python -m pos_engine.rules_build DIRECTORY", file=sys.stderr)
+        print("usage: main([DIRECTORY])", file=sys.stderr)
         return 2
-    os.nice(CHILD_NICENESS)
     write_answer(Path(args[0]), sys.stdout.buffer)
     sys.stdout.buffer.flush()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
