@@ -75,6 +75,9 @@ RULE_FILE_BYTES_MAX = 256 * 1024  # bytes per file
 RULES_PER_FILE_MAX = 200  # rules per campaign file
 RULES_PER_RULEBOOK_MAX = 20_000  # rules in all files together
 EXAMPLES_PER_FILE_MAX = 100  # worked examples per campaign file
+# A reload's build in a child process (pos_engine.rules_build) that takes longer is killed, and tried again at a
+# later poll: a file read that never returns, or a child at nice 19 that a saturated host gives no CPU.
+RULES_BUILD_TIMEOUT_S = 300.0
 BENEFITS_PER_EXAMPLE_MAX = 32  # expected benefits per example
 FUNDERS_MAX = 200  # funders in funders.yaml
 FUNDERS_PER_CAMPAIGN_MAX = 10  # funder shares per campaign

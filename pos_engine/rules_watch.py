@@ -24,6 +24,10 @@ RELOAD_TURN_WAIT_S = 30.0
 RELOAD_TURN_POLL_S = 0.05
 
 
+class ReloadDeferred(Exception):  # not an error of the files: a reload put off
+    """A load that gave no verdict on the files, for a reason that may pass: the watcher tries again at its next poll."""
+
+
 @contextmanager
 def reload_turn(directory: Path) -> Iterator[None]:
     """One process of this host at a time loads the rulebook of `directory` again.
@@ -100,10 +104,16 @@ class RulebookWatcher:
         interval_s: float = RULES_RELOAD_INTERVAL_S,
         *,
         seen: tuple[tuple[str, int, int], ...] | None = None,
+        load_at_start: Callable[[Path], Rulebook] | None = None,
     ) -> None:
-        """`seen`: the files' fingerprint from before the running rulebook was read (else taken now)."""
+        """`seen`: the files' fingerprint from before the running rulebook was read (else taken now).
+
+        `load_at_start` (default: `load`) is what `catch_up` loads with: a worker that serves nothing yet has no
+        swipe to spare its CPU for, and gunicorn's timeout runs.
+        """
         self.directory = directory
         self.load = load
+        self.load_at_start = load_at_start or load
         self.install = install
         self.interval_s = interval_s
         self.last_error: str | None = None
@@ -121,9 +131,9 @@ class RulebookWatcher:
 
     def check_now(self) -> bool:
         """Reload if the files changed; return True if a new rulebook was installed."""
-        return self._check() == "installed"
+        return self._check(self.load) == "installed"
 
-    def _check(self) -> Literal["unchanged", "installed", "refused"]:
+    def _check(self, load: Callable[[Path], Rulebook]) -> Literal["unchanged", "installed", "refused", "deferred"]:
         """Reload if the files changed: what came of it ("refused": unreadable, or a rulebook refused)."""
         try:
             current = fingerprint(self.directory)
@@ -138,7 +148,12 @@ class RulebookWatcher:
             # One worker of the host at a time, and its swipes go first: the app's `load` builds the book in a child
             # process at nice 19 (pos_engine.rules_build), and indexing it here is Python that yields the GIL.
             with reload_turn(self.directory), yielding_to_requests():
-                rulebook = self.load(self.directory)
+                rulebook = load(self.directory)
+        except ReloadDeferred as error:  # no verdict on the files: `_seen` stays, so the next poll tries them again
+            self.last_error = str(error)
+            self.last_error_unreadable = False
+            log.warning("rulebook reload from %s put off: %s", self.directory, error)
+            return "deferred"
         except Exception as error:  # a RulebookError, or anything else the loader raised: keep the old rulebook
             self.last_error = str(error)
             self.last_error_unreadable = isinstance(error, OSError)
@@ -167,7 +182,7 @@ class RulebookWatcher:
         the files are broken now (`refused_at_start`). pos_engine.serving.start_forked_worker calls it
         before the worker serves; a process forked some other way catches up at its watcher's first poll.
         """
-        self.refused_at_start = self._check() == "refused"
+        self.refused_at_start = self._check(self.load_at_start) == "refused"
 
     def _new_stop_event(self) -> None:
         # The parent's thread may have been waiting on the event as the process forked: the child waits on its own.

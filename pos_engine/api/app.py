@@ -162,9 +162,13 @@ def create_app(
     watcher: RulebookWatcher | None = None
     if watching:
         from pos_engine.rules_build import load_rulebook_quietly
+        from pos_engine.rules_loader import load_rulebook
 
-        # A reload's rulebook is built in a child process at nice 19, off the swipes' cores and GIL.
-        watcher = RulebookWatcher(Path(settings.rules_dir), load_rulebook_quietly, ctx.replace_rulebook, seen=seen)
+        # A reload's rulebook is built in a child process at nice 19, off the swipes' cores and GIL; a forked
+        # worker catching up before it serves loads it itself.
+        watcher = RulebookWatcher(
+            Path(settings.rules_dir), load_rulebook_quietly, ctx.replace_rulebook, seen=seen, load_at_start=load_rulebook
+        )
         ctx.run_in_each_process(watcher.thread)
     app.extensions["pos_engine_rules_watcher"] = watcher
     if start:

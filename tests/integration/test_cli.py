@@ -269,6 +269,7 @@ def test_serve_reloads_a_changed_rulebook_and_keeps_the_one_it_had_when_a_new_on
     children: list[Path] = []
     child_command = rules_build._child_command
     monkeypatch.setattr(rules_build, "_child_command", lambda directory: children.append(directory) or child_command(directory))
+    load_in_worker = rules_build.load_rulebook
 
     assert run({**env, "POS_ENGINE_RULES_DIR": str(rules)}, "serve").exit_code == 0
 
@@ -276,6 +277,11 @@ def test_serve_reloads_a_changed_rulebook_and_keeps_the_one_it_had_when_a_new_on
     watcher, ctx = app.extensions["pos_engine_rules_watcher"], app.extensions["pos_engine"]
     assert watcher is not None, "serve does not watch the rulebook"
     watcher.stop()  # its thread; the checks below are made here, one at a time
+
+    def not_in_the_worker(directory: Path) -> Any:
+        raise AssertionError(f"the reload of {directory} was loaded in the worker, not built by a child")
+
+    monkeypatch.setattr(rules_build, "load_rulebook", not_in_the_worker)  # a child never sees the patch
     version = ctx.rulebook.version
     (rules / "funders.yaml").write_text((rules / "funders.yaml").read_text() + "# changed\n")
     assert watcher.check_now()
@@ -286,6 +292,11 @@ def test_serve_reloads_a_changed_rulebook_and_keeps_the_one_it_had_when_a_new_on
     assert ctx.rulebook.version == changed  # the last good one stays
     assert watcher.last_error is not None
     assert children == [rules, rules], "the reloads were not built in a child process, off the swipes' GIL"
+    monkeypatch.setattr(rules_build, "load_rulebook", load_in_worker)
+    (rules / "funders.yaml").write_text((ROOT / "rules" / "funders.yaml").read_text() + "# mended\n")
+    watcher.catch_up()  # a forked worker before it serves: loads the files itself, under gunicorn's timeout
+    assert ctx.rulebook.version not in (version, changed)
+    assert children == [rules, rules]
 
 
 def test_a_rule_file_edited_while_the_app_reads_the_rulebook_is_loaded_at_the_first_poll(
