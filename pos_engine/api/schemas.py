@@ -172,7 +172,12 @@ class HealthSchema(StrictSchema):
     counters_error = fields.String(
         metadata={"description": "present when Redis cannot be reached, or may evict counters to make room (503)"}
     )
-    rules_reload_error = fields.String(metadata={"description": "the rulebook on disk is broken; the one in use stays (200)"})
+    rules_reload_error = fields.String(
+        metadata={
+            "description": "the rulebook on disk is broken or cannot be read, or its reload was put off (a build over "
+            "its time limit, tried again at the next poll); the one in use stays (200)"
+        }
+    )
     card_directory = fields.String(validate=validate.OneOf(["ready", "loading"]))
     card_directory_error = fields.String()
 
