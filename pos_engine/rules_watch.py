@@ -134,7 +134,11 @@ class RulebookWatcher:
         return self._check(self.load) == "installed"
 
     def _check(self, load: Callable[[Path], Rulebook]) -> Literal["unchanged", "installed", "refused", "deferred"]:
-        """Reload if the files changed: what came of it ("refused": unreadable, or a rulebook refused)."""
+        """Reload if the files changed: what came of it.
+
+        "refused": unreadable, or a rulebook refused (not loaded again until the files change again);
+        "deferred": the load gave no verdict (ReloadDeferred), and the next poll loads the same files again.
+        """
         try:
             current = fingerprint(self.directory)
         except OSError as error:
