@@ -179,9 +179,7 @@ def write_answer(directory: Path, out: BinaryIO) -> None:
 
 def main(args: list[str]) -> int:
     """The child's work (_CHILD_CODE): args is the rules directory."""
-    if len(args) != 1:
-        print("usage: main([DIRECTORY])", file=sys.stderr)
-        return 2
-    write_answer(Path(args[0]), sys.stdout.buffer)
+    (directory,) = args
+    write_answer(Path(directory), sys.stdout.buffer)
     sys.stdout.buffer.flush()
     return 0

@@ -393,7 +393,7 @@ class RedisCounterStore:
         raw = cast(bytes | str | None, self.client.get(self._scanned_key))
         last_read = int(raw) if raw is not None and _text(raw).isdigit() else None  # anything else: never
         if everything or last_read is None or now - last_read >= EXPIRE_READ_EVERY_COUNTER_S:
-            dropped, timed = self._expire_scanned(closed, now)
+            dropped, timed = self._time(list(dict.fromkeys(self._scan())), closed, now)  # every counter of the namespace
             self.client.set(self._scanned_key, str(now))
         noted_dropped, noted_timed = self._expire_noted(closed, now)
         return dropped + noted_dropped, timed + noted_timed
@@ -411,10 +411,6 @@ class RedisCounterStore:
             timed += batch_timed
             if int(cursor) == 0:
                 return dropped, timed
-
-    def _expire_scanned(self, closed: Callable[[str], bool], now: int) -> tuple[int, int]:
-        """Read every counter of the namespace: delete the closed ones, give the others without one a time to live."""
-        return self._time(list(dict.fromkeys(self._scan())), closed, now)
 
     def _time(self, stored_keys: list[str], closed: Callable[[str], bool], now: int) -> tuple[int, int]:
         """Delete the closed counters among `stored_keys` (namespaced) and give the others that have no time to live

@@ -113,15 +113,13 @@ def test_files_that_cannot_be_read_are_the_same_os_error_as_in_the_worker(
 
 def _child_reading(path: Path) -> int | None:
     """The niceness of this process's child that has `path` open, if there is one yet (from /proc)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) != os.getpid():  # stat's fourth field: the parent
-                continue
-            if any(os.readlink(fd) == str(path) for fd in (stat.parent / "fd").iterdir()):
-                return int(fields[16])  # the nineteenth: nice
-        except (OSError, IndexError):
-            continue  # gone meanwhile
+    for children in Path("/proc/self/task").glob("*/children"):  # each thread's children (one started the child)
+        for pid in children.read_text().split():
+            try:
+                if any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                    return os.getpriority(os.PRIO_PROCESS, int(pid))
+            except OSError:
+                continue  # gone meanwhile
     return None
 
 
